@@ -1,0 +1,1 @@
+"""GAR toolkit: generator, records, Hub datasets and lm-eval glue."""

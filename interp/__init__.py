@@ -1,0 +1,1 @@
+"""nnsight interpretability on GAR (attribution patching, heads, probes)."""
