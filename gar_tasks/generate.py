@@ -169,23 +169,26 @@ class GeneratorConfig:
         """All records of the run (``seed`` overrides the config's)."""
         return list(self.iter_records(seed, progress))
 
+    def cell_records(self, cell: Cell, seed: int | None = None) -> list[GARRecord]:
+        """The records of one grid cell."""
+        cfg = self if seed is None else replace(self, seed=seed)
+        return list(_cell_records(cfg, load_profile(cfg.profile), cell))
+
     def iter_records(self, seed: int | None = None,
                      progress: Callable[[int], None] | None = None) -> Iterator[GARRecord]:
         cfg = self if seed is None else replace(self, seed=seed)
         profile = load_profile(cfg.profile)
-        exclude: set[tuple] = set()
-        if cfg.split != "test":  # keep other splits disjoint from the test split by construction
-            exclude = {_test_row_key(r) for r in replace(cfg, split="test").iter_records()}
         for cell in cfg.cells():
-            recs = list(_cell_records(cfg, profile, cell, exclude))
+            recs = list(_cell_records(cfg, profile, cell))
             yield from recs
             if progress is not None:
                 progress(len(recs))
 
 
 def _test_row_key(rec: GARRecord) -> tuple:
+    """What a test row asks (context and query): no other split may ask it again."""
     row = rec.rows[-1]
-    return (rec.task_id, row.keys, row.values, row.query)
+    return (row.keys, row.values, row.query)
 
 
 def _cell_rng(cfg: GeneratorConfig, cell: Cell) -> random.Random:
@@ -201,7 +204,10 @@ def _balanced(rng: random.Random, n: int, values: list) -> list:
     return out
 
 
-def _cell_records(cfg: GeneratorConfig, profile: Profile, cell: Cell, exclude: set) -> Iterator[GARRecord]:
+def _cell_records(cfg: GeneratorConfig, profile: Profile, cell: Cell) -> Iterator[GARRecord]:
+    exclude: set[tuple] = set()
+    if cfg.split != "test":  # keep other splits disjoint from the test split by construction
+        exclude = {_test_row_key(r) for r in _cell_records(replace(cfg, split="test"), profile, cell)}
     rng = _cell_rng(cfg, cell)
     vocab = profile.vocab
     task_id = cell.task_id(vocab)

@@ -26,7 +26,7 @@ first letter (sentence-initial capitals) and a plural suffix (``The boys`` for `
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 DELIMITER = " "
@@ -95,11 +95,12 @@ class GARRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists, not tuples), the layout of ``features()``."""
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in _SCALAR_FIELDS}
         d["choices"] = list(self.choices)
         d["spans"] = [{r: [list(s) for s in row.get(r, ())] for r in ROLES} for row in self.spans]
-        d["rows"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(r).items()}
-                     for r in self.rows]
+        d["rows"] = [{"keys": list(r.keys), "values": list(r.values), "answers": list(r.answers),
+                      "queries": list(r.queries), "true_index": r.true_index,
+                      "shown_index": r.shown_index, "label": r.label} for r in self.rows]
         return d
 
     @classmethod
@@ -130,6 +131,7 @@ def features():
     })
 
 
+_SCALAR_FIELDS = tuple(f.name for f in fields(GARRecord) if f.name not in ("choices", "spans", "rows"))
 _PUBLISHED_RENAME = {"K": "K'", "V": "V'", "A": "A'", "K'": "K", "V'": "V"}
 
 

@@ -180,7 +180,7 @@ def _last_unit(text: str, end: int) -> Span:
 @dataclass(frozen=True)
 class RenderedRow:
     text: str
-    spans: dict[str, list[Span]]
+    spans: dict[str, tuple[Span, ...]]
     answer_start: int  # offset (in the whole text) of the answer (gen) or label (cls)
 
 
@@ -236,7 +236,7 @@ def render_row(cell: Cell, profile: Profile, row: RowInfo, start: int) -> Render
         nots = list(re.finditer(r"\bnot\b", region))
         if nots:
             spans["R"] = [(q_region[0] + nots[-1].start(), q_region[0] + nots[-1].end())]
-    return RenderedRow(text, spans, answer_start)
+    return RenderedRow(text, {role: tuple(v) for role, v in spans.items()}, answer_start)
 
 
 def preamble(rng: random.Random, cell: Cell, profile: Profile, rows: list[RowInfo]) -> str | None:
@@ -251,7 +251,7 @@ def preamble(rng: random.Random, cell: Cell, profile: Profile, rows: list[RowInf
 
 
 def render_instance(rng: random.Random, cell: Cell, profile: Profile,
-                    rows: list[RowInfo]) -> tuple[str, list[dict[str, list[Span]]], int]:
+                    rows: list[RowInfo]) -> tuple[str, list[dict[str, tuple[Span, ...]]], int]:
     """Whole text, per-row spans, and the offset of the test row's answer/label."""
     rng.choice(_SYNONYM_SLOT)
     rng.choice(_SYNONYM_SLOT)

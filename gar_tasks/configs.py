@@ -1,0 +1,46 @@
+"""The registry of dataset configs: the single source for the Hub card, the Hub folder builder,
+the loader and the ``dataset_name`` of the lm-eval tasks.
+
+A config maps each of its splits to a ``GeneratorConfig``; every split is generated in-process
+(offline) or read from a Hub folder built from the same registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from .errors import GARConfigError
+from .generate import GeneratorConfig
+from .records import GARRecord
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One Hub dataset config: a name, a one-line description and its splits."""
+
+    name: str
+    description: str
+    splits: Mapping[str, Callable[[], list[GARRecord]]]
+    default: bool = False
+
+
+def _gen(**kw) -> Callable[[], list[GARRecord]]:
+    cfg = GeneratorConfig(**kw)
+    return cfg.build
+
+
+CONFIGS: dict[str, DatasetConfig] = {c.name: c for c in (
+    DatasetConfig("paper", "The published GAR benchmark (4608 instances), byte-identical to the "
+                  "paper's GAR_data.jsonl, quirks kept.", {"test": _gen()}, default=True),
+    DatasetConfig("v1", "The same grid and templates with the published quirks fixed, answers and "
+                  "answer positions balanced; a validation split from disjoint seeds is the few-shot pool.",
+                  {"test": _gen(profile="v1"), "validation": _gen(profile="v1", split="validation")}),
+)}
+
+
+def get_config(name: str) -> DatasetConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise GARConfigError(f"unknown dataset config {name!r}; known: {', '.join(CONFIGS)}") from None
