@@ -1,4 +1,4 @@
-"""The ``gar`` command line: ``gar generate`` and ``gar validate``.
+"""The ``gar`` command line: ``gar generate``, ``gar validate``, ``gar push``.
 
 Commands are thin wrappers over the library. Heavy modules (datasets, tqdm, the generator) are
 imported inside the commands so that ``gar --help`` stays fast. Every ``GARError`` becomes one
@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file", metavar="FILE", help="a .jsonl or .parquet GAR file")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("push", help="build the Hub dataset folder and upload it",
+                       description="Build the Hugging Face Hub dataset folder (card + parquet for every "
+                                   "config) and upload it as one commit. The token comes from HF_TOKEN "
+                                   "or the login cache and is never printed.")
+    p.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub dataset repository")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--revision", metavar="REV", help="branch to commit to (created if missing)")
+    p.add_argument("--dry-run", action="store_true", help="build the folder and list it; upload nothing")
+    p.add_argument("--out", metavar="DIR", help="where to build the folder (default: a temporary folder)")
+    p.add_argument("--config", action="append", metavar="NAME", help="only this config (repeatable)")
+    p.set_defaults(func=cmd_push)
     return parser
 
 
@@ -132,6 +144,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         print(report.to_text())
     return 0 if report.ok else 1
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push
+
+    res = push(args.repo, private=args.private, revision=args.revision, dry_run=args.dry_run,
+               out=args.out, configs=args.config,
+               progress=lambda what: print(f"building {what}", file=sys.stderr))
+    if args.dry_run:
+        print(f"dry run: built {res.folder} (nothing uploaded)")
+        for f in res.files:
+            print(f"{f.stat().st_size:>12,d}  {f.relative_to(res.folder)}")
+    else:
+        print(f"pushed {len(res.files)} files to {args.repo}: {res.commit_url}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,7 +108,7 @@ def build_folder(out: str | Path, configs: Sequence[str] | None = None, repo_id:
                 ds = records_to_dataset(build())
                 path = tmp / "data" / name / f"{split}-00000-of-00001.parquet"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                ds.to_parquet(str(path))
+                _to_parquet(ds, path)
                 sizes[name][split], nbytes[name][split] = len(ds), ds.data.nbytes
         (tmp / "README.md").write_text(card_text(sizes, nbytes, repo_id), encoding="utf-8")
         if out.exists():
@@ -118,6 +118,19 @@ def build_folder(out: str | Path, configs: Sequence[str] | None = None, repo_id:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sorted(p for p in out.rglob("*") if p.is_file())
+
+
+def _to_parquet(ds, path: Path) -> None:
+    """``Dataset.to_parquet`` without its progress bar (restoring the caller's setting)."""
+    from datasets.utils import logging as dlog
+
+    was = dlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    try:
+        ds.to_parquet(str(path))
+    finally:
+        if was:
+            dlog.enable_progress_bar()
 
 
 def _is_our_folder(folder: Path) -> bool:
