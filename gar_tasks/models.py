@@ -304,6 +304,8 @@ def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[s
         model, tokenizer = _load_source(gguf)
         notes = _save_converted(model, tokenizer, tmp)
         del model
+        for f in tmp.iterdir():  # some writers create 0600 files; the cache may be shared
+            f.chmod(0o644)
         _write_marker(tmp, _marker_info(name, entry, gguf, sha, notes))
         _install(tmp, target, replace=rebuild)
         log.info("converted %s in %.1f s", name, time.perf_counter() - t0)

@@ -1,0 +1,117 @@
+"""Let the plain ``lm_eval`` CLI find the GAR tasks without ``--include_path``.
+
+lm-eval 0.4.13 discovers tasks only under its own ``lm_eval/tasks/`` or through ``include_path``
+(its entry-point plugin PR is still open). The installed ``gar_eval_lm_eval.pth`` runs
+``install()`` at interpreter start. ``install()`` only appends a tiny import hook to
+``sys.meta_path`` (no lm-eval, torch or datasets import: a few microseconds). When, and only
+when, a process imports ``lm_eval.tasks.manager``, the hook wraps ``TaskManager.__init__`` so that
+our ``yaml_tasks`` folder is put first in ``include_path`` (a user's own ``--include_path`` still
+overrides our tasks, as lm-eval gives later paths precedence).
+
+Trade-off: a ``.pth`` line runs in every interpreter of the environment, so it must stay cheap and
+must never fail (errors are swallowed; set ``GAR_NO_LM_EVAL_HOOK=1`` to switch it off). hatchling
+installs the file for ``pip install`` and ``pip install -e`` and ``pip uninstall`` removes it.
+The plain route ``--include_path "$(python -m gar_tasks.tasks_path)"`` needs no hook.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if False:  # typing.TYPE_CHECKING without importing typing (7 ms at every interpreter start)
+    from pathlib import Path
+    from typing import Any
+
+TARGET = "lm_eval.tasks.manager"
+_PATCHED = "_gar_include_path_patched"
+
+
+def tasks_dir() -> "Path":
+    """The folder of our lm-eval YAML tasks (the ``yaml_tasks`` package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("yaml_tasks")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the yaml_tasks package of gar-eval is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _with_ours(include_path: Any) -> list:
+    """``include_path`` (None, a path, or a list) with our folder first, without duplicates."""
+    from pathlib import Path
+
+    ours = tasks_dir()
+    if include_path is None:
+        paths: list = []
+    elif isinstance(include_path, (list, tuple)):
+        paths = list(include_path)
+    else:
+        paths = [include_path]
+    if any(Path(p).resolve() == ours.resolve() for p in paths):
+        return paths
+    return [ours, *paths]
+
+
+def patch_task_manager(module: Any) -> None:
+    """Wrap ``module.TaskManager.__init__`` to add our tasks folder (idempotent)."""
+    import functools
+    import inspect
+
+    cls = module.TaskManager
+    if getattr(cls.__init__, _PATCHED, False):
+        return
+    original = cls.__init__
+    sig = inspect.signature(original)
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        bound = sig.bind(self, *args, **kwargs)
+        bound.arguments["include_path"] = _with_ours(bound.arguments.get("include_path"))
+        original(*bound.args, **bound.kwargs)
+
+    setattr(__init__, _PATCHED, True)
+    cls.__init__ = __init__
+
+
+class _Finder:
+    """A meta-path finder (duck-typed: importing importlib.abc would cost 13 ms at every start)
+    that finds nothing itself and wraps the real loader of ``lm_eval.tasks.manager``."""
+
+    def find_spec(self, name, path, target=None):
+        if name != TARGET:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                exec_module = spec.loader.exec_module
+
+                def exec_and_patch(module, _exec=exec_module):
+                    _exec(module)
+                    try:
+                        patch_task_manager(module)
+                    except Exception:  # never break lm-eval because of us
+                        pass
+
+                spec.loader.exec_module = exec_and_patch
+                return spec
+            if spec is not None:
+                return spec
+        return None
+
+
+def install() -> None:
+    """Install the hook (called from the ``.pth`` file; cheap, idempotent, never raises)."""
+    try:
+        if os.environ.get("GAR_NO_LM_EVAL_HOOK"):
+            return
+        if TARGET in sys.modules:
+            patch_task_manager(sys.modules[TARGET])
+            return
+        if not any(isinstance(f, _Finder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _Finder())
+    except Exception:
+        pass
