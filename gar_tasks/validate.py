@@ -92,6 +92,12 @@ class ValidationReport:
         if len(ex) < MAX_EXAMPLES and example not in ex:
             ex.append(example)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (``dataclasses.asdict`` would mangle the Counters)."""
+        return {"ok": self.ok, "n_records": self.n_records, "format": self.format, "source": self.source,
+                "errors": list(self.errors), "error_counts": dict(self.error_counts),
+                "warnings": dict(self.warnings), "examples": {k: list(v) for k, v in self.examples.items()}}
+
     def to_text(self) -> str:
         head = f"{self.n_records} records"
         if self.format:

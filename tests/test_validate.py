@@ -304,3 +304,11 @@ def test_shared_path_requires_when_asked(monkeypatch, tmp_path):
         shared_path("absent.jsonl")
     (tmp_path / "here.txt").write_text("x")
     assert shared_path("here.txt") == tmp_path / "here.txt"
+
+
+def test_report_to_dict_is_json(sample):
+    gen, cls = sample
+    rep = validate_records(gen + [_shift_span(cls[0], "K")] + cls[1:])
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["ok"] is False and d["n_records"] == 24 and d["error_counts"] == {"span": 1}
+    assert d["errors"] == rep.errors

@@ -1,0 +1,156 @@
+"""lm-eval integration: every task we ship is indexed, YAML is up to date, scoring is right."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from lm_eval.api.model import LM
+
+from gar_tasks.configs import CONFIGS
+from gar_tasks.lm_eval_glue import render_yaml_files, task_tree
+from gar_tasks.lm_eval_hook import tasks_dir
+from gar_tasks.load import load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+GAR_DIR = ROOT / "yaml_tasks" / "gar"
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def test_yaml_files_are_generated_and_up_to_date():
+    want = render_yaml_files()
+    have = {p.name: p.read_text(encoding="utf-8") for p in GAR_DIR.glob("*.yaml")}
+    assert set(have) == set(want), "run scripts/make_yaml_tasks.py"
+    assert all(have[n] == want[n] for n in want), "run scripts/make_yaml_tasks.py"
+
+
+def test_task_manager_indexes_every_task_group_and_tag_we_ship(task_manager):
+    tree = task_tree()
+    index = task_manager.task_index
+    leaves = {leaf.name for leaf in tree.leaves}
+    groups = {g.name for g in tree.groups}
+    assert leaves <= set(task_manager.all_subtasks), sorted(leaves - set(task_manager.all_subtasks))[:5]
+    assert groups <= set(task_manager.all_groups), sorted(groups - set(task_manager.all_groups))[:5]
+    assert tree.tags <= set(task_manager.all_tags), sorted(tree.tags - set(task_manager.all_tags))[:5]
+    # every YAML file on disk is something lm-eval indexed from our folder (none silently skipped)
+    ours = {name for name, e in index.items() if e.yaml_path and Path(e.yaml_path).parent == GAR_DIR}
+    docs = [yaml.safe_load(p.read_text()) for p in GAR_DIR.glob("*.yaml")]
+    files = {d.get("group") or d["task"] for d in docs}
+    assert files == ours
+    assert {"gar", "gar_gen", "gar_cls", "gar_gen_nr0", "gar_cls_nr2", "gar_v1", "gar_gen_greedy"} <= ours
+
+
+def test_dataset_names_are_the_registry_configs():
+    names = {yaml.safe_load(p.read_text()).get("dataset_name") for p in GAR_DIR.glob("*.yaml")} - {None}
+    assert names == set(CONFIGS)
+    for leaf in task_tree().leaves:
+        assert leaf.yaml_dict()["dataset_kwargs"]["gar_config"] == leaf.config
+
+
+def test_leaves_partition_each_config():
+    """Every record of a config is in exactly one non-greedy leaf of that config."""
+    from gar_tasks.lm_eval_glue import load_docs
+
+    for config in CONFIGS:
+        n = len(load_records(config))
+        leaves = [leaf for leaf in task_tree().leaves if leaf.config == config and leaf.n_r is not None]
+        ids = [i for leaf in leaves for i in load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]]
+        assert len(ids) == len(set(ids)) == n
+
+
+def test_plain_include_path_route_without_the_hook(tmp_path):
+    code = textwrap.dedent("""
+        import sys
+        from lm_eval.tasks import TaskManager
+        assert "gar" not in TaskManager().all_groups, "hook active although switched off"
+        tm = TaskManager(include_path=sys.argv[1])
+        assert {"gar", "gar_gen", "gar_cls", "gar_v1"} <= set(tm.all_groups)
+        print("ok")
+    """)
+    path = subprocess.run([sys.executable, "-m", "gar_tasks.tasks_path"], capture_output=True, text=True,
+                          check=True, cwd=tmp_path).stdout.strip()
+    assert Path(path) == tasks_dir() == ROOT / "yaml_tasks"
+    env = dict(os.environ, GAR_NO_LM_EVAL_HOOK="1")
+    res = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+def test_hook_is_cheap_and_idempotent():
+    from gar_tasks import lm_eval_hook
+
+    res = subprocess.run([sys.executable, "-c", "import sys; print('lm_eval' in sys.modules, "
+                          "'gar_tasks.lm_eval_hook' in sys.modules, 'typing' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert res.stdout.split()[:2] == ["False", "True"]  # installed, lm_eval not imported
+    lm_eval_hook.install()
+    lm_eval_hook.install()
+    assert sum(isinstance(f, lm_eval_hook._Finder) for f in sys.meta_path) <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# oracle: a model that always knows the answer scores 1.0 everywhere, one that never does 0.0
+
+class OracleLM(LM):
+    """Answers from the records themselves: catches target, choice and delimiter bugs."""
+
+    def __init__(self, correct: bool, configs=("paper", "v1")):
+        super().__init__()
+        self.correct = correct
+        self.answer_of: dict[str, str] = {}
+        for config in configs:
+            for split in CONFIGS[config].splits:
+                for r in load_records(config, split=split):
+                    assert self.answer_of.setdefault(r.prompt, r.answer) == r.answer, "ambiguous prompt"
+
+    def _right(self, context: str, continuation: str) -> bool:
+        return continuation == " " + self.answer_of[context]
+
+    def loglikelihood(self, requests):
+        out = []
+        for req in requests:
+            ctx, cont = req.args
+            right = self._right(ctx, cont) == self.correct
+            out.append((0.0 if right else -5.0, right))
+        return out
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+    def generate_until(self, requests):
+        out = []
+        for req in requests:
+            answer = self.answer_of[req.args[0]]
+            out.append(" " + answer + "\n" if self.correct else " certainly not " + answer)
+        return out
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
+    from lm_eval import simple_evaluate
+
+    tree = task_tree()
+    tasks = [g.name for g in tree.groups if g.name in ("gar", "gar_v1")] + ["gar_gen_greedy", "gar_v1_gen_greedy"]
+    res = simple_evaluate(model=OracleLM(correct), tasks=tasks, task_manager=task_manager,
+                          bootstrap_iters=0, log_samples=False)
+    results = res["results"]
+    want = 1.0 if correct else 0.0
+    for leaf in tree.leaves:
+        metric = "exact_match,none" if leaf.name.endswith("greedy") else "acc,none"
+        assert results[leaf.name][metric] == want, leaf.name
+    for g in tree.groups:
+        assert res["groups"][g.name]["acc,none"] == want, g.name
+    n = {name: len(load_records(c)) for c, name in (("paper", "gar"), ("v1", "gar_v1"))}
+    assert sum(res["n-samples"][leaf.name]["effective"] for leaf in tree.leaves
+               if leaf.config == "paper" and leaf.n_r is not None) == n["gar"]
