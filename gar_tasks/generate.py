@@ -27,9 +27,16 @@ KNOB_RANGES = {"cxt_len": (2, 8), "n_demos": (0, 4), "n_per_task": (1, 10_000)}
 # sampling (GAR_SPEC 4)
 
 def sample_hop(rng: random.Random, schema: Schema, rel: Relation, k: int,
-               fix_similar: bool = False) -> tuple[list[str], list[str]]:
-    """Distractive sampling of one hop: (query column, target column), position 0 = true pair."""
-    query = rng.choice(rel.domain)
+               fix_similar: bool = False, unique_answer: bool = False) -> tuple[list[str], list[str]]:
+    """Distractive sampling of one hop: (query column, target column), position 0 = true pair.
+
+    ``unique_answer`` (v1, hop 1): draw a ``similar`` query only among words with exactly one
+    synonym, so that the value shown leads back to exactly one answer.
+    """
+    domain = rel.domain
+    if unique_answer and rel.name == "similar":
+        domain = tuple(w for w in domain if len(rel(w)) == 1)
+    query = rng.choice(domain)
     answers = rel(query)
     if rel.name == "neg_equal" and isinstance(schema, TreeSchema):
         siblings = set(schema.siblings(query))
@@ -58,7 +65,8 @@ def sample_row(rng: random.Random, cell: Cell, profile: Profile, cxt_len: int,
     (s0, r0), (s1, r1) = cell.hop0, cell.hop1
     h0, h1 = profile.vocab[s0], profile.vocab[s1]
     queries, keys = sample_hop(rng, h0, h0.relation(r0), cxt_len - 1, profile.fix_similar)
-    answers, values = sample_hop(rng, h1, h1.relation(r1), cxt_len - 1, profile.fix_similar)
+    answers, values = sample_hop(rng, h1, h1.relation(r1), cxt_len - 1, profile.fix_similar,
+                                 unique_answer=profile.fix_similar)
     order = list(range(cxt_len))
     rng.shuffle(order)  # the same draws as shuffling the tuples themselves
     if position is not None:  # balancing: move the true tuple to the requested position

@@ -29,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import GARDataError
+from .errors import GARDataError, GARError
 from .grid import Cell, parse_task_id
 from .parse import TextParser
 from .profiles import PROFILES, Profile, load_profile
@@ -424,7 +424,11 @@ def _check_record(rep: ValidationReport, rec: GARRecord, profile: str | Profile 
     # (1) spans, (3) semantics
     if not _check_layout(rep, where, rec):
         return
-    hops = _hops(pname, (rec.query_schema, rec.rel0), (rec.answer_schema, rec.rel1))
+    try:
+        hops = _hops(pname, (rec.query_schema, rec.rel0), (rec.answer_schema, rec.rel1))
+    except GARError as e:  # unknown schema or relation
+        rep.error("vocab", where, str(e))
+        return
     for i, info in enumerate(rec.rows):
         _check_spans(rep, where, rec, i, info)
         (s, e), = rec.spans[i]["row"]

@@ -1,4 +1,4 @@
-"""Files under the shared folder (``/work/shared``, or ``$GAR_SHARED_DIR``) for tests.
+"""Files under the shared folder (``../shared`` beside the checkout, or ``$GAR_SHARED_DIR``) for tests.
 
 ``shared_path("reference/GAR_data.jsonl")`` returns the path, or skips the calling test when the
 file is absent; with ``GAR_REQUIRE_SHARED=1`` in the environment it fails instead, so a CI job
@@ -14,7 +14,8 @@ import pytest
 
 
 def shared_root() -> Path:
-    return Path(os.environ.get("GAR_SHARED_DIR", "/work/shared"))
+    default = Path(__file__).resolve().parents[2] / "shared"  # <checkout>/../shared
+    return Path(os.environ.get("GAR_SHARED_DIR", default))
 
 
 def shared_path(relpath: str) -> Path:
