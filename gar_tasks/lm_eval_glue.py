@@ -5,6 +5,10 @@ The YAML files under ``yaml_tasks/gar/`` are written from ``task_tree()`` by
 (config, family, n_r, schema pair) slice of a dataset config; ``load_docs`` (the leaves'
 ``custom_dataset``) returns that slice through the one loader, offline by default.
 
+The sub-question configs (``sub``, ``v1_sub``; see ``gar_tasks.subq``) have one leaf per kind
+(``gar_sub_assoc``, ``gar_sub_hop0``, ``gar_sub_hop1``) under their own groups ``gar_sub`` and
+``gar_v1_sub``; they are not part of the ``gar``/``gar_v1`` benchmark groups.
+
 Data source: ``--metadata '{"gar_source": "ORG/NAME"}'`` (a Hub id) or a local folder built by
 ``gar push --dry-run --out DIR`` switches every GAR task without editing YAML; the environment
 variable ``GAR_SOURCE`` does the same. ``gar_revision`` picks a Hub revision.
@@ -21,6 +25,7 @@ from .configs import CONFIGS
 from .errors import GARConfigError
 from .grid import iter_cells
 from .records import DELIMITER
+from .subq import KINDS as SUB_FAMILIES
 
 FAMILIES = ("gen", "cls")
 SCHEMA_SHORT = {
@@ -30,6 +35,8 @@ SCHEMA_SHORT = {
 }
 # dataset config -> task-name prefix; the paper config owns the bare `gar` names
 TASK_PREFIX = {"paper": "gar", "v1": "gar_v1"}
+# sub-question config -> task-name prefix: groups of their own, outside the benchmark groups
+SUB_TASK_PREFIX = {"sub": "gar_sub", "v1_sub": "gar_v1_sub"}
 
 
 def pair_name(person_schema: str, thing_schema: str) -> str:
@@ -108,6 +115,13 @@ def task_tree() -> TaskTree:
             fam_groups.append(f"{prefix}_{fam}")
         tree.groups.append(Group(prefix, tuple(fam_groups)))
         tree.leaves.append(Leaf(f"{prefix}_gen_greedy", config, "gen", None, None, "_template_gen_greedy"))
+    for config, prefix in SUB_TASK_PREFIX.items():
+        names = []
+        for kind in SUB_FAMILIES:
+            name = f"{prefix}_{kind.removeprefix('sub_')}"
+            tree.leaves.append(Leaf(name, config, kind, None, None, "_template_sub"))
+            names.append(name)
+        tree.groups.append(Group(prefix, tuple(names)))
     return tree
 
 
@@ -138,8 +152,8 @@ def load_docs(gar_config: str = "paper", family: str = "gen", n_r: int | None = 
 
     if gar_config not in CONFIGS:
         raise GARConfigError(f"unknown GAR dataset config {gar_config!r}; known: {', '.join(CONFIGS)}")
-    if family not in FAMILIES:
-        raise GARConfigError(f"unknown GAR family {family!r}; expected one of {FAMILIES}")
+    if family not in FAMILIES + SUB_FAMILIES:
+        raise GARConfigError(f"unknown GAR family {family!r}; expected one of {FAMILIES + SUB_FAMILIES}")
     source = gar_source or os.environ.get("GAR_SOURCE") or GENERATE
     dd = load(gar_config, source, None, gar_revision)
     return DatasetDict({split: ds.select(_slice_indices(gar_config, source, gar_revision, split, family,

@@ -21,7 +21,6 @@ counted per category: see ``WARNINGS``.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import GARDataError, GARError
+from .io import read_dicts
 from .grid import Cell, parse_task_id
 from .parse import TextParser
 from .profiles import PROFILES, Profile, load_profile
@@ -540,39 +540,12 @@ _RECORD_FIELDS = tuple(f.name for f in fields(GARRecord))
 _STR_FIELDS = ("id", "pair_id", "profile", "task_id", "family", "prompt", "answer", "text")
 
 
-def _read_dicts(path: Path) -> list[tuple[str, Any]]:
-    """(location, decoded object) per record of a jsonl or parquet file."""
-    if not path.is_file():
-        raise GARDataError(f"{path}: no such file")
-    if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises many types for a bad file
-            raise GARDataError(f"{path}: cannot read parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        return [(f"row {i}", r) for i, r in enumerate(rows, 1)]
-    out = []
-    try:
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append((f"line {n}", json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise GARDataError(f"{path}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
-    except UnicodeDecodeError as e:
-        raise GARDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return out
-
-
 def validate_file(path: str | Path, profile: str | Profile | None = None) -> ValidationReport:
     """Validate a file of our records (jsonl of ``GARRecord.to_dict()`` or parquet) or the
     published ``GAR_data.jsonl`` format; the format is detected from the first record's keys.
     Unreadable or malformed input raises ``GARDataError`` naming the file and line."""
     path = Path(path)
-    items = _read_dicts(path)
+    items = read_dicts(path)
     if not items:
         raise GARDataError(f"{path}: no records")
     first = items[0][1]

@@ -64,7 +64,7 @@ def test_leaves_partition_each_config():
 
     for config in CONFIGS:
         n = len(load_records(config))
-        leaves = [leaf for leaf in task_tree().leaves if leaf.config == config and leaf.n_r is not None]
+        leaves = [leaf for leaf in task_tree().leaves if leaf.config == config and "greedy" not in leaf.template]
         ids = [i for leaf in leaves for i in load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]]
         assert len(ids) == len(set(ids)) == n
 
@@ -105,7 +105,7 @@ def test_hook_is_cheap_and_idempotent():
 class OracleLM(LM):
     """Answers from the records themselves: catches target, choice and delimiter bugs."""
 
-    def __init__(self, correct: bool, configs=("paper", "v1")):
+    def __init__(self, correct: bool, configs=tuple(CONFIGS)):
         super().__init__()
         self.correct = correct
         self.answer_of: dict[str, str] = {}
@@ -141,7 +141,8 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
     from lm_eval import simple_evaluate
 
     tree = task_tree()
-    tasks = [g.name for g in tree.groups if g.name in ("gar", "gar_v1")] + ["gar_gen_greedy", "gar_v1_gen_greedy"]
+    tasks = [g.name for g in tree.groups if g.name in ("gar", "gar_v1", "gar_sub", "gar_v1_sub")] + [
+        "gar_gen_greedy", "gar_v1_gen_greedy"]
     res = simple_evaluate(model=OracleLM(correct), tasks=tasks, task_manager=task_manager,
                           bootstrap_iters=0, log_samples=False)
     results = res["results"]
@@ -151,6 +152,13 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
         assert results[leaf.name][metric] == want, leaf.name
     for g in tree.groups:
         assert res["groups"][g.name]["acc,none"] == want, g.name
-    n = {name: len(load_records(c)) for c, name in (("paper", "gar"), ("v1", "gar_v1"))}
-    assert sum(res["n-samples"][leaf.name]["effective"] for leaf in tree.leaves
-               if leaf.config == "paper" and leaf.n_r is not None) == n["gar"]
+    for config in ("paper", "sub", "v1_sub"):
+        assert sum(res["n-samples"][leaf.name]["effective"] for leaf in tree.leaves
+                   if leaf.config == config and "greedy" not in leaf.template) == len(load_records(config))
+    members = {g.name: g.tasks for g in tree.groups}
+
+    def under(name):  # every task below a group
+        return {name} | {t for child in members.get(name, ()) for t in under(child)}
+
+    benchmark = under("gar") | under("gar_v1")
+    assert not {leaf.name for leaf in tree.leaves if leaf.config in ("sub", "v1_sub")} & benchmark

@@ -1,0 +1,146 @@
+"""`gar report`: the numbers of report.json against a hand computation, the files, the errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gar_tasks.cli import main
+from gar_tasks.configs import CONFIGS
+from gar_tasks.errors import GARDataError
+from gar_tasks.report import OUTPUTS, make_report
+
+TS_OLD, TS = "2024-12-31T23-59-59.000001", "2025-01-02T03-04-05.678901"
+P = "paper/test/"
+# parents (all of task row 0, pair gender_city) -> (n_r, parent correct, {sub kind: correct})
+A, B = P + "r0.01.---.gen/000", P + "r0.01.---.gen/001"  # equal, child: sub_assoc + sub_hop1
+C, D = P + "r0.11.---.gen/000", P + "r0.11.---.gen/001"  # child, child: all three
+E = P + "r0.00.---.gen/000"  # equal, equal: no sub samples scored
+F = P + "r0.10.---.gen/000"  # child, equal: sub_hop0 missing
+PLAN = {
+    A: (1, False, {"sub_assoc": True, "sub_hop1": True}),  # subs right, composite wrong: counts for the gap
+    B: (1, True, {"sub_assoc": True, "sub_hop1": True}),
+    C: (2, True, {"sub_assoc": True, "sub_hop0": True, "sub_hop1": True}),
+    D: (2, False, {"sub_assoc": True, "sub_hop0": False, "sub_hop1": True}),  # a sub wrong: joined only
+    E: (0, True, {}),
+    F: (1, False, {"sub_assoc": True}),  # incomplete: not joined
+}
+CLS = {P + "r0.00.---.cls/000": True, P + "r0.00.---.cls/001": False}
+
+
+@pytest.fixture(scope="module")
+def docs() -> dict[str, dict]:
+    recs = CONFIGS["paper"].splits["test"]() + CONFIGS["sub"].splits["test"]()
+    return {r.id: r.to_dict() for r in recs}
+
+
+def _line(doc: dict, metric: str, value) -> str:
+    return json.dumps({"doc_id": 0, "doc": doc, "target": " " + doc["answer"], "resps": [], "filtered_resps": [],
+                       "filter": "none", "metrics": [metric], "doc_hash": "x", metric: value})
+
+
+def _write(folder: Path, task: str, ts: str, lines: list[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"samples_{task}_{ts}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def results(tmp_path, docs) -> Path:
+    run = tmp_path / "results" / "tiny-model"
+    by_task: dict[str, list[str]] = {}
+    for pid, (n_r, ok, subs) in PLAN.items():
+        by_task.setdefault(f"gar_gen_nr{n_r}_gender_city", []).append(_line(docs[pid], "acc", int(ok)))
+        for kind, sub_ok in subs.items():
+            by_task.setdefault(f"gar_{kind}", []).append(_line(docs[f"{pid}/{kind}"], "acc", int(sub_ok)))
+    by_task["gar_cls_nr0_gender_city"] = [_line(docs[i], "acc", int(ok)) for i, ok in CLS.items()]
+    by_task["gar_gen_greedy"] = [_line(docs[E], "exact_match", 0.0)]
+    by_task["other_task"] = [json.dumps({"doc_id": 0, "doc": {"question": "2+2"}, "acc": 1})]  # not GAR: skipped
+    for task, lines in by_task.items():
+        _write(run, task, TS, lines)
+    # an earlier run scored A right: the later file replaces it
+    _write(run, "gar_gen_nr1_gender_city", TS_OLD, [_line(docs[A], "acc", 1)])
+    (run / f"results_{TS}.json").write_text(json.dumps({"results": {}, "model_name": "tiny-model"}))
+    return tmp_path / "results"
+
+
+def _acc(correct: int, n: int) -> dict:
+    return {"correct": correct, "n": n, "acc": correct / n}
+
+
+def _cell(family: str, n_r: int, correct: int, n: int) -> dict:
+    return {"family": family, "n_r": n_r, "pair": "gender_city", **_acc(correct, n)}
+
+
+def test_every_number_matches_a_hand_computation(results, tmp_path):
+    report, md, written = make_report(results, tmp_path / "rep")
+    assert [p.name for p in written] == list(OUTPUTS)
+    assert json.loads((tmp_path / "rep" / "report.json").read_text()) == report
+    assert report["model"] == "tiny-model" and report["samples"] == 6 + 11 + 2 + 1  # parents, subs, cls, greedy
+    acc = report["metrics"]["acc"]
+    assert acc["cells"] == [
+        _cell("gen", 0, 1, 1),  # E
+        _cell("gen", 1, 1, 3),  # A wrong (the later run), B right, F wrong
+        _cell("gen", 2, 1, 2),  # C right, D wrong
+        _cell("cls", 0, 1, 2),
+        _cell("sub_assoc", 1, 3, 3),  # A B F
+        _cell("sub_assoc", 2, 2, 2),  # C D
+        _cell("sub_hop0", 2, 1, 2),  # C right, D wrong
+        _cell("sub_hop1", 1, 2, 2),  # A B
+        _cell("sub_hop1", 2, 2, 2),  # C D
+    ]
+    assert acc["by_family"] == {"gen": _acc(3, 6), "cls": _acc(1, 2), "sub_assoc": _acc(5, 5),
+                                "sub_hop0": _acc(1, 2), "sub_hop1": _acc(4, 4)}
+    assert acc["by_family_n_r"] == {
+        "gen": {"0": _acc(1, 1), "1": _acc(1, 3), "2": _acc(1, 2)}, "cls": {"0": _acc(1, 2)},
+        "sub_assoc": {"1": _acc(3, 3), "2": _acc(2, 2)}, "sub_hop0": {"2": _acc(1, 2)},
+        "sub_hop1": {"1": _acc(2, 2), "2": _acc(2, 2)}}
+    # joined: A B C D (E has no subs, F lacks sub_hop0); all subs right: A B C; of which wrong: A
+    assert acc["gap"] == {
+        "overall": {"wrong": 1, "all_subs_right": 3, "gap": 1 / 3, "joined": 4}, "parents": 6,
+        "by_n_r": {"1": {"wrong": 1, "all_subs_right": 2, "gap": 1 / 2, "joined": 2},
+                   "2": {"wrong": 0, "all_subs_right": 1, "gap": 0.0, "joined": 2}}}
+    em = report["metrics"]["exact_match"]  # the greedy task: its own section, no sub-questions to join
+    assert em["cells"] == [{"family": "gen", "n_r": 0, "pair": "gender_city", "correct": 0, "n": 1, "acc": 0.0}]
+    assert em["gap"] == {"overall": {"wrong": 0, "all_subs_right": 0, "gap": None, "joined": 0},
+                         "parents": 1, "by_n_r": {}}
+    assert "| all | 1 | 3 | 0.333 | 4 |" in md and "| gen | 1 | gender_city | 1 | 3 | 0.333 |" in md
+
+
+def test_cli_writes_the_three_files(results, tmp_path, capsys):
+    out = tmp_path / "new" / "rep"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+    assert (out / "report.md").read_text(encoding="utf-8") == printed
+    assert (out / "acc_vs_nr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text())["metrics"]["acc"]["gap"]["overall"]["gap"] == 1 / 3
+    # default --out: the results folder itself
+    assert main(["report", str(results)]) == 0
+    assert all((results / name).is_file() for name in OUTPUTS)
+
+
+def _fails(capsys, args, match):
+    assert main(["report", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gar: error: ") and match in err and err.count("\n") == 1, err
+
+
+def test_errors_are_one_line_and_write_nothing(results, tmp_path, capsys, docs):
+    out = tmp_path / "rep"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _fails(capsys, [str(empty), "--out", str(out)], "no lm-eval samples files")
+    _fails(capsys, [str(tmp_path / "absent"), "--out", str(out)], "no such folder")
+    only_other = tmp_path / "other" / "m"
+    _write(only_other, "hellaswag", TS, [json.dumps({"doc": {"q": 1}, "acc": 1})])
+    _fails(capsys, [str(only_other), "--out", str(out)], "no GAR samples")
+    _write(results / "tiny-model", "gar_sub_assoc", "2026-01-01T00-00-00.000001", ['{"doc": '])
+    _fails(capsys, [str(results), "--out", str(out)], "not valid JSON")
+    (results / "tiny-model" / "samples_gar_sub_assoc_2026-01-01T00-00-00.000001.jsonl").unlink()
+    _write(results / "other-model", "gar_sub_assoc", TS, [_line(docs[A + "/sub_assoc"], "acc", 1)])
+    _fails(capsys, [str(results), "--out", str(out)], "report one of them at a time")
+    assert not out.exists()
+    with pytest.raises(GARDataError):
+        make_report(results / "tiny-model" / f"results_{TS}.json")
