@@ -39,15 +39,16 @@ def _sub(parent: str) -> Callable[[], list[GARRecord]]:
     return build
 
 
+# in alphabetical order: the order in which the Hub card lists them (`datasets` sorts them)
 CONFIGS: dict[str, DatasetConfig] = {c.name: c for c in (
     DatasetConfig("paper", "The published GAR benchmark (4608 instances), byte-identical to the "
                   "paper's GAR_data.jsonl, quirks kept.", {"test": _gen()}, default=True),
-    DatasetConfig("v1", "The same grid and templates with the published quirks fixed, answers and "
-                  "answer positions balanced; a validation split from disjoint seeds is the few-shot pool.",
-                  {"test": _gen(profile="v1"), "validation": _gen(profile="v1", split="validation")}),
     DatasetConfig("sub", "Compositionality sub-questions of the paper config's generation records: each hop "
                   "of the test row asked alone (family sub_assoc, sub_hop0, sub_hop1; pair_id = the "
                   "parent's id).", {"test": _sub("paper")}),
+    DatasetConfig("v1", "The same grid and templates with the published quirks fixed, answers and "
+                  "answer positions balanced; a validation split from disjoint seeds is the few-shot pool.",
+                  {"test": _gen(profile="v1"), "validation": _gen(profile="v1", split="validation")}),
     DatasetConfig("v1_sub", "Compositionality sub-questions of the v1 config's test generation records "
                   "(as in sub).", {"test": _sub("v1")}),
 )}
