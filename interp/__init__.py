@@ -1,1 +1,17 @@
-"""nnsight interpretability on GAR (attribution patching, heads, probes)."""
+"""nnsight interpretability on GAR (attribution patching, heads, probes).
+
+The flow: ``make_pairs(records, tokenizer) -> Pairs`` (clean/corrupted prompts and a metric per
+pair), then ``attribution_scores(model, pairs) -> [layers, heads]`` (AtP, every head at once),
+``select_heads`` + ``exact_patch_scores`` (the check) and ``agreement``. Importing this package
+is light: torch, transformers and nnsight are imported inside the functions.
+"""
+
+from .model import as_nnsight, check_remote
+from .pairs import Pair, PairBatch, Pairs, make_pairs
+from .patching import (Agreement, ExactResult, agreement, attribution_batch, attribution_scores,
+                       exact_patch_batch, exact_patch_scores, select_heads)
+from .sites import HEAD_OUTPUT_SITES, HeadSites, head_sites
+
+__all__ = ["Agreement", "ExactResult", "HEAD_OUTPUT_SITES", "HeadSites", "Pair", "PairBatch", "Pairs",
+           "agreement", "as_nnsight", "attribution_batch", "attribution_scores", "check_remote",
+           "exact_patch_batch", "exact_patch_scores", "head_sites", "make_pairs", "select_heads"]

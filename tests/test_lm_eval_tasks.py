@@ -162,3 +162,66 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
 
     benchmark = under("gar") | under("gar_v1")
     assert not {leaf.name for leaf in tree.leaves if leaf.config in ("sub", "v1_sub")} & benchmark
+
+
+# ---------------------------------------------------------------------------------------------
+# data source switch, the `gar eval` wrapper, and the installed artefacts
+
+def test_gar_source_switches_the_data_without_editing_yaml(tmp_path, monkeypatch):
+    from gar_tasks import hub, load as load_mod
+    from gar_tasks.lm_eval_glue import load_docs
+
+    folder = tmp_path / "hub"
+    hub.build_folder(folder, ["paper"])
+    monkeypatch.setattr(load_mod, "_load_all", load_mod._load_all.__wrapped__)  # no cross-test cache
+    calls = []
+    real = load_mod._load_folder
+    monkeypatch.setattr(load_mod, "_load_folder", lambda f, c: calls.append((f, c)) or real(f, c))
+    offline = load_docs("paper", "cls", 1, "gender_city")["test"]
+    via_metadata = load_docs("paper", "cls", 1, "gender_city", gar_source=str(folder), version=1.0)["test"]
+    monkeypatch.setenv("GAR_SOURCE", str(folder))
+    via_env = load_docs("paper", "cls", 1, "gender_city")["test"]
+    assert calls == [(folder, "paper"), (folder, "paper")]
+    assert offline["id"] == via_metadata["id"] == via_env["id"] and len(offline) == 64
+    assert offline["prompt"] == via_env["prompt"]
+
+
+def test_gar_eval_adds_defaults_and_passes_everything_through(monkeypatch):
+    from gar_tasks import cli
+
+    monkeypatch.setattr("gar_tasks.models.embedded_model_path", lambda *a, **k: Path("/m/smol"))
+    argv = cli.lm_eval_argv(["--limit", "3", "--batch_size=4"])
+    assert argv[0] == "run" and argv[1:5] == ["--limit", "3", "--batch_size=4", "--tasks"]
+    assert argv[argv.index("--tasks") + 1] == "gar" and argv[argv.index("--model") + 1] == "hf"
+    assert argv[argv.index("--model_args") + 1] == "pretrained=/m/smol,dtype=float32"
+    assert Path(argv[argv.index("--include_path") + 1]) == tasks_dir()
+    mine = cli.lm_eval_argv(["--tasks=gar_cls", "--model", "dummy", "--model_args", "x=1", "--include_path", "/t"])
+    assert mine == ["run", "--tasks=gar_cls", "--model", "dummy", "--model_args", "x=1", "--include_path", "/t"]
+
+
+def test_gar_eval_runs_lm_eval_in_process(tmp_path, capsys):
+    from gar_tasks.cli import main
+
+    out = tmp_path / "res"
+    rc = main(["eval", "--model", "dummy", "--model_args", "", "--tasks", "gar_cls_nr0_gender_city",
+               "--limit", "2", "--output_path", str(out)])
+    assert rc == 0
+    assert "gar_cls_nr0_gender_city" in capsys.readouterr().out
+    assert list(out.rglob("results_*.json"))
+
+
+def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
+    """`pip install` (non-editable) gets the hook, the YAML tasks and the data; RECORD lists the
+    hook, so `pip uninstall` removes it."""
+    import zipfile
+
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    wheel, = tmp_path.glob("gar_eval-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "gar_eval_lm_eval.pth" in names
+    assert {f"yaml_tasks/gar/{p.name}" for p in GAR_DIR.iterdir() if p.is_file() and p.suffix != ".pyc"} <= names
+    assert "gar_tasks/data/vocab/person_adjs.json" in names and "gar_tasks/data/card.md" in names
+    record = next(n for n in names if n.endswith(".dist-info/RECORD"))
+    assert "gar_eval_lm_eval.pth," in zipfile.ZipFile(wheel).read(record).decode()

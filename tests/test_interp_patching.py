@@ -1,0 +1,241 @@
+"""interp.patching against slow plain-torch references, on tiny random Llama (GQA) and GPT-2.
+
+The references run one pair at a time, unpadded, without nnsight: forward pre-hooks on the
+output projections read (or overwrite) the head outputs, and ``torch.autograd.grad`` takes the
+gradient. So they also check the batching: left padding, position ids (GPT-2 has absolute
+positions), several heads patched in one forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gar_tasks.errors import GARConfigError
+from interp.model import as_nnsight
+from interp.pairs import make_pairs
+from interp.patching import (agreement, attribution_scores, exact_patch_scores, select_heads)
+from interp.sites import head_sites
+from tiny_models import one_thread, tiny_model
+from tiny_tokenizers import bpe_tokenizer, gar_records
+
+ARCHS = ("llama", "gpt2")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """A dozen short pairs of both families, of several lengths (so batches are padded)."""
+    full = make_pairs(gar_records("paper")[:300], bpe_tokenizer())
+    cls = [i for i in range(len(full)) if full[i].family == "cls"]
+    gen = [i for i in range(len(full)) if full[i].family == "gen"]
+    chosen = sorted(gen, key=lambda i: full[i].length)[:6] + sorted(cls, key=lambda i: full[i].length)[:6]
+    sub = full.subset(chosen)
+    assert len({p.length for p in sub}) > 3
+    return sub
+
+
+def _captures(model, sites):
+    caps: dict[int, object] = {}
+    handles = [model.get_submodule(sites.path(i)).register_forward_pre_hook(
+        lambda m, args, i=i: caps.__setitem__(i, args[0])) for i in range(sites.n_layers)]
+    return caps, handles
+
+
+def _metric(model, ids, pair):
+    import torch
+
+    logits = model(torch.tensor([ids])).logits[0, -1]
+    return logits[pair.clean_target] - logits[pair.corrupt_target]
+
+
+def reference_atp(model, pairs):
+    """Per pair: AtP terms ``[layers, heads, positions]`` (unpadded positions)."""
+    import torch
+
+    sites = head_sites(model)
+    model.requires_grad_(True)  # an ordinary graph, grads w.r.t. intermediate tensors
+    out = []
+    caps, handles = _captures(model, sites)
+    try:
+        for p in pairs:
+            with torch.no_grad():
+                model(torch.tensor([p.corrupt_ids]))
+            corrupt = {i: caps[i].detach().clone() for i in caps}
+            metric = _metric(model, p.clean_ids, p)
+            clean = [caps[i] for i in range(sites.n_layers)]
+            grads = torch.autograd.grad(metric, clean)
+            terms = torch.stack([((corrupt[i] - clean[i]) * grads[i])[0].detach()
+                                 .reshape(p.length, sites.n_heads, sites.head_dim).sum(-1).T
+                                 for i in range(sites.n_layers)])
+            out.append(terms.numpy().astype(np.float64))
+    finally:
+        for h in handles:
+            h.remove()
+        model.requires_grad_(False)
+    return out
+
+
+def reference_exact(model, pairs, heads):
+    """Mean over pairs of metric(clean with head's slice from corrupt) - metric(clean)."""
+    import torch
+
+    sites = head_sites(model)
+    scores = []
+    with torch.no_grad():
+        for layer, head in heads:
+            cols = sites.columns(head)
+            total = 0.0
+            for p in pairs:
+                caps, handles = _captures(model, sites)
+                model(torch.tensor([p.corrupt_ids]))
+                source = caps[layer].clone()
+                for h in handles:
+                    h.remove()
+
+                def patch(m, args):
+                    x = args[0].clone()
+                    x[..., cols] = source[..., cols]
+                    return (x,) + args[1:]
+
+                handle = model.get_submodule(sites.path(layer)).register_forward_pre_hook(patch)
+                try:
+                    patched = _metric(model, p.clean_ids, p)
+                finally:
+                    handle.remove()
+                total += float(patched - _metric(model, p.clean_ids, p))
+            scores.append(total / len(pairs))
+    return np.array(scores)
+
+
+def _close(ours, ref):
+    scale = np.abs(ref).max()
+    assert scale > 0
+    np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_atp_matches_plain_torch_reference(arch, pairs):
+    model = tiny_model(arch, scale=3.0)  # not near-linear: the gradient itself must be right
+    nn_model = as_nnsight(model, bpe_tokenizer())
+    ref = reference_atp(model, pairs)
+    total = sum(r.sum(-1) for r in ref) / len(pairs)
+    _close(attribution_scores(nn_model, pairs, batch_size=5), total)
+
+    width = pairs.max_length
+    aligned = sum(np.pad(r, ((0, 0), (0, 0), (width - r.shape[-1], 0))) for r in ref) / len(pairs)
+    per_pos = attribution_scores(nn_model, pairs, batch_size=5, per_position=True)
+    _close(per_pos, aligned)
+    np.testing.assert_allclose(per_pos.sum(-1), total, rtol=1e-3, atol=1e-4 * np.abs(total).max())
+    # chunks (as a checkpointed run would do them) add up to the whole, weighted by size
+    halves = [pairs.subset(range(0, 5)), pairs.subset(range(5, len(pairs)))]
+    chunked = sum(attribution_scores(nn_model, h, batch_size=5, per_position=True, n_positions=width) * len(h)
+                  for h in halves) / len(pairs)
+    _close(chunked, aligned)
+
+    roles = ("Q", "END", "K")
+    by_role = np.stack([sum(r[..., s:e].sum(-1) for r, p in zip(ref, pairs) for s, e in p.roles.get(role, []))
+                        for role in roles], -1) / len(pairs)
+    _close(attribution_scores(nn_model, pairs, batch_size=5, roles=roles), by_role)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_patching_matches_plain_torch_reference(arch, pairs):
+    model = tiny_model(arch, scale=3.0)
+    heads = [(0, 1), (1, 3), (1, 0), (0, 2)]  # two layers, two heads in one layer
+    some = pairs.subset([0, 5, 6, 11])  # gen and cls, of different lengths: padded batches
+    ref = reference_exact(model, some, heads)
+    got = exact_patch_scores(model, some, heads, batch_size=4, heads_per_forward=3,
+                             tokenizer=bpe_tokenizer())
+    _close(np.array([got.scores[h] for h in heads]), ref)
+    assert np.isnan(got.scores).sum() == got.scores.size - len(heads)
+    assert got.heads == tuple(heads)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_atp_agrees_with_exact_patching_near_linear(arch, pairs):
+    """HF's init (std 0.02) keeps heads small perturbations of the residual stream, so the
+    model is close to linear in them and AtP (first order) must track exact patching."""
+    model = as_nnsight(tiny_model(arch, scale=1.0), bpe_tokenizer())
+    atp = attribution_scores(model, pairs, batch_size=6)
+    heads = [(layer, head) for layer in range(2) for head in range(4)]
+    exact = exact_patch_scores(model, pairs, heads, batch_size=6, heads_per_forward=8)
+    ag = agreement(atp, exact, k=3)
+    assert ag.n == 8 and ag.pearson > 0.99 and ag.spearman > 0.9 and ag.topk_overlap >= 2 / 3
+    # and it is a real check: far from linear (weights x10), first order no longer suffices
+    far = as_nnsight(tiny_model(arch, scale=10.0), bpe_tokenizer())
+    far_ag = agreement(attribution_scores(far, pairs, batch_size=6),
+                       exact_patch_scores(far, pairs, heads, batch_size=6), k=3)
+    assert far_ag.pearson < 0.999 < ag.pearson
+
+
+def test_sdpa_attention_gives_the_eager_scores(pairs):
+    """Left padding under SDPA (the default implementation of real checkpoints) is harmless."""
+    from tiny_models import tiny_llama
+
+    heads = [(0, 1), (1, 2)]
+    got = {}
+    for impl in ("eager", "sdpa"):
+        model = tiny_llama(scale=3.0)
+        model.set_attn_implementation(impl)
+        nn_model = as_nnsight(model, bpe_tokenizer())
+        got[impl] = (attribution_scores(nn_model, pairs, batch_size=12, per_position=True),
+                     exact_patch_scores(nn_model, pairs, heads, batch_size=12).scores[tuple(zip(*heads))])
+    for eager, sdpa in zip(got["eager"], got["sdpa"]):
+        _close(sdpa, eager)
+
+
+def test_select_heads_top_k_plus_seeded_random():
+    atp = np.array([[0.1, -5.0, 0.2], [3.0, 0.0, -0.3]])
+    heads = select_heads(atp, k=2, n_random=2, seed=1)
+    assert heads[:2] == [(0, 1), (1, 0)] and len(set(heads)) == 4
+    assert heads == select_heads(atp, k=2, n_random=2, seed=1)
+    assert set(select_heads(atp, k=2, n_random=10)[2:]) == {(0, 0), (0, 2), (1, 1), (1, 2)}
+
+
+def test_agreement_statistics():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    atp = rng.normal(size=(3, 4))
+    exact = np.full((3, 4), np.nan)
+    exact[0] = atp[0] * 2 + rng.normal(size=4) * 0.1
+    exact[2, :2] = [1.0, 1.0]  # ties
+    ag = agreement(atp, exact, k=2)
+    a, e = atp[~np.isnan(exact)], exact[~np.isnan(exact)]
+    assert ag.n == 6
+    assert ag.pearson == pytest.approx(scipy_stats.pearsonr(a, e)[0])
+    assert ag.spearman == pytest.approx(scipy_stats.spearmanr(a, e)[0])
+    assert agreement(atp, np.where(np.isnan(exact), np.nan, atp), k=3).topk_overlap == 1.0
+
+
+def test_bad_patching_arguments(pairs):
+    model = tiny_model("llama")
+    tok = bpe_tokenizer()
+    with pytest.raises(GARConfigError, match="tokenizer"):
+        attribution_scores(model, pairs)
+    with pytest.raises(GARConfigError, match="head 9"):
+        exact_patch_scores(model, pairs, [(0, 9)], tokenizer=tok)
+    with pytest.raises(GARConfigError, match="no pairs"):
+        attribution_scores(model, pairs.subset([]), tokenizer=tok)
+    with pytest.raises(GARConfigError, match="exclusive"):
+        attribution_scores(model, pairs, per_position=True, roles=("Q",), tokenizer=tok)
+    with pytest.raises(GARConfigError, match="shape"):
+        agreement(np.zeros((2, 4)), np.zeros((2, 3)))
+    from interp.patching import attribution_batch
+
+    with pytest.raises(GARConfigError, match="as_nnsight"):
+        attribution_batch(model, pairs.batch([0]))
+
+
+def test_unsupported_architecture_is_refused_before_any_work(pairs):
+    from transformers import BertConfig, BertLMHeadModel
+
+    bert = BertLMHeadModel(BertConfig(vocab_size=1000, hidden_size=16, num_hidden_layers=1,
+                                      num_attention_heads=2, intermediate_size=16, is_decoder=True))
+    with pytest.raises(GARConfigError, match="unsupported architecture 'bert'"):
+        attribution_scores(bert, pairs, tokenizer=bpe_tokenizer())
