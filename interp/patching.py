@@ -96,14 +96,15 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
                 x.requires_grad_(True)
             acts.append(x)
         logits = model.output.logits[:n, -1, :]
-        metric = (logits.gather(1, clean_target) - logits.gather(1, corrupt_target)).sum()
+        device = logits.device  # the model's (here, or on the NDIF server): move captured tensors there
+        metric = (logits.gather(1, clean_target.to(device)) - logits.gather(1, corrupt_target.to(device))).sum()
         with metric.backward():
             terms = []
             for x in reversed(acts):  # gradients arrive in reverse forward order
                 grad = x.grad[:n]
                 delta = (x[n:] - x[:n]).detach()
                 term = (delta * grad).reshape(n, width, n_heads, head_dim).sum(-1)
-                terms.append(torch.where(real, term, torch.zeros_like(term)))
+                terms.append(torch.where(real.to(device), term, torch.zeros_like(term)))
             terms.reverse()
             out = nnsight.save(torch.stack(terms, 2).detach().cpu())
     return out.numpy()
@@ -192,7 +193,9 @@ def exact_patch_batch(model: Any, batch: PairBatch, heads: Sequence[Head], *,
                 x[row:row + n, :, start:stop] = x[n:2 * n, :, start:stop]
             envoy.input = x
         logits = model.output.logits[:, -1, :]
-        metric = nnsight.save((logits.gather(1, clean_target) - logits.gather(1, corrupt_target))[:, 0].detach().cpu())
+        device = logits.device
+        metric = nnsight.save((logits.gather(1, clean_target.to(device))
+                               - logits.gather(1, corrupt_target.to(device)))[:, 0].detach().cpu())
     values = metric.numpy().reshape(reps, n)
     return values[2:] - values[0], values[0], values[1]
 
