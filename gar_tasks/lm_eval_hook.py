@@ -6,7 +6,11 @@ lm-eval 0.4.13 discovers tasks only under its own ``lm_eval/tasks/`` or through 
 ``sys.meta_path`` (no lm-eval, torch or datasets import: a few microseconds). When, and only
 when, a process imports ``lm_eval.tasks.manager``, the hook wraps ``TaskManager.__init__`` so that
 our ``yaml_tasks`` folder is put first in ``include_path`` (a user's own ``--include_path`` still
-overrides our tasks, as lm-eval gives later paths precedence).
+overrides our tasks, as lm-eval gives later paths precedence). Likewise, right after
+``lm_eval.models`` is imported (``get_model`` imports it on first use; it registers lm-eval's own
+models as lazy placeholders, which keeps it cheap), our model types (:data:`MODELS`, e.g. ``gar-hf-intervened``)
+are registered in its ``model_registry`` as lazy ``"module:Class"`` placeholders, so
+``lm_eval --model gar-hf-intervened`` works and nothing of ours is imported until it is used.
 
 Trade-off: a ``.pth`` line runs in every interpreter of the environment, so it must stay cheap and
 must never fail (errors are swallowed; set ``GAR_NO_LM_EVAL_HOOK=1`` to switch it off). hatchling
@@ -24,7 +28,10 @@ if False:  # typing.TYPE_CHECKING without importing typing (7 ms at every interp
     from typing import Any
 
 TARGET = "lm_eval.tasks.manager"
+MODELS_MODULE = "lm_eval.models"
 _PATCHED = "_gar_include_path_patched"
+# our lm-eval model types: name -> lazy "module:Class" placeholder (imported only when requested)
+MODELS = {"gar-hf-intervened": "interp.lm_eval_model:InterventionHFLM"}
 
 
 def tasks_dir() -> "Path":
@@ -75,12 +82,32 @@ def patch_task_manager(module: Any) -> None:
     cls.__init__ = __init__
 
 
+def register_models(module: Any = None) -> None:
+    """Register :data:`MODELS` as lazy placeholders in lm-eval's ``model_registry`` (idempotent;
+    a name someone else already registered is left alone).
+
+    Called once ``lm_eval.models`` has run (it registers lm-eval's own models), never earlier:
+    ``get_model`` imports ``lm_eval.models`` only while the registry is *empty*, so an entry of
+    ours in an otherwise empty registry would hide every built-in model (``hf`` ...).
+    """
+    from lm_eval.api.registry import model_registry as registry
+
+    for name, target in MODELS.items():
+        if name not in registry:
+            registry.register(name, target=target)
+
+
+_PATCHERS = {TARGET: patch_task_manager, MODELS_MODULE: register_models}
+
+
 class _Finder:
     """A meta-path finder (duck-typed: importing importlib.abc would cost 13 ms at every start)
-    that finds nothing itself and wraps the real loader of ``lm_eval.tasks.manager``."""
+    that finds nothing itself and wraps the real loaders of ``lm_eval.tasks.manager`` (adds our
+    tasks folder) and ``lm_eval.models`` (registers our model types)."""
 
     def find_spec(self, name, path, target=None):
-        if name != TARGET:
+        patch = _PATCHERS.get(name)
+        if patch is None:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -89,10 +116,10 @@ class _Finder:
             if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
                 exec_module = spec.loader.exec_module
 
-                def exec_and_patch(module, _exec=exec_module):
+                def exec_and_patch(module, _exec=exec_module, _patch=patch):
                     _exec(module)
                     try:
-                        patch_task_manager(module)
+                        _patch(module)
                     except Exception:  # never break lm-eval because of us
                         pass
 
@@ -108,8 +135,13 @@ def install() -> None:
     try:
         if os.environ.get("GAR_NO_LM_EVAL_HOOK"):
             return
-        if TARGET in sys.modules:
-            patch_task_manager(sys.modules[TARGET])
+        for name, patch in _PATCHERS.items():
+            if name in sys.modules:
+                try:
+                    patch(sys.modules[name])
+                except Exception:
+                    pass
+        if all(name in sys.modules for name in _PATCHERS):
             return
         if not any(isinstance(f, _Finder) for f in sys.meta_path):
             sys.meta_path.insert(0, _Finder())
