@@ -1,5 +1,5 @@
 """The ``gar`` command line: ``gar generate``, ``gar validate``, ``gar push``, ``gar models``, ``gar eval``,
-``gar report``.
+``gar report``, ``gar patch``.
 
 Commands are thin wrappers over the library. Heavy modules (datasets, tqdm, the generator) are
 imported inside the commands so that ``gar --help`` stays fast. Every ``GARError`` becomes one
@@ -87,6 +87,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("results_dir", metavar="RESULTS_DIR", help="the lm-eval --output_path folder")
     r.add_argument("--out", metavar="DIR", help="where to write the report (default: RESULTS_DIR)")
     r.set_defaults(func=cmd_report)
+
+    pt = sub.add_parser("patch", help="attribution patching (AtP) of every attention head, checked exactly",
+                        description="Attribution patching (nnsight) of every attention head on GAR clean/corrupted "
+                                    "pairs, then exact patching of the top-K heads by |AtP| plus K random ones; "
+                                    "writes scores.npz, scores.json, summary.md and one heatmap PNG per family to "
+                                    "--out, checkpointing per batch (rerun the same command to resume). "
+                                    "Selectors: all | gar | cls | gen | nr1 | cls_nr1 | PAIR (gender_city) | an "
+                                    "lm-eval leaf/group name (gar_cls, gar_cls_nr1_gender_city); comma list = union.")
+    pt.add_argument("--model", required=True, metavar="MODEL",
+                    help="a local HF model folder, smollm2 (the embedded model) or a Hub id (with --remote)")
+    pt.add_argument("--tasks", required=True, metavar="SELECTOR", help="which GAR tasks (see above)")
+    pt.add_argument("--config", default="paper", choices=("paper", "v1"), help="dataset config (default paper)")
+    pt.add_argument("--n", type=int, default=32, metavar="N", help="pairs per task family (default 32)")
+    pt.add_argument("--batch-size", type=int, default=8, metavar="B", help="pairs per forward (default 8)")
+    pt.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
+    pt.add_argument("--verify-top", type=int, default=10, metavar="K",
+                    help="exact-patch the top K heads by |AtP| plus K random heads (default 10)")
+    pt.add_argument("--seed", type=int, default=0, metavar="S", help="pair choice and random heads (default 0)")
+    pt.add_argument("--remote", action="store_true", help="run on NDIF (Hub id model, NDIF_API_KEY)")
+    pt.add_argument("--restart", action="store_true", help="discard a checkpoint in --out and start again")
+    pt.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    pt.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    pt.set_defaults(func=cmd_patch)
     return parser
 
 
@@ -241,6 +264,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     _, md, written = make_report(args.results_dir, args.out)
     print(md, end="")
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def cmd_patch(args: argparse.Namespace) -> int:
+    from interp.run import PatchArgs, run_patch
+
+    pa = PatchArgs(model=args.model, tasks=args.tasks, out=args.out, config=args.config, n=args.n,
+                   batch_size=args.batch_size, dtype=args.dtype, verify_top=args.verify_top, seed=args.seed,
+                   remote=args.remote, restart=args.restart)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if not args.quiet:
+            print(f"{stage}: batch {done}/{total}", file=sys.stderr)
+
+    info = run_patch(pa, progress=progress, log=lambda m: print(m, file=sys.stderr))
+    for fam, r in info["families"].items():
+        ag = r["agreement"] or {}
+        print(f"{fam}: {r['n_pairs']} pairs, AtP vs exact on {ag.get('n')} heads: "
+              f"spearman {ag.get('spearman', float('nan')):.3f}, pearson {ag.get('pearson', float('nan')):.3f}, "
+              f"top-{ag.get('k')} overlap {ag.get('topk_overlap', float('nan')):.2f}")
+    print(f"wrote {args.out}")
     return 0
 
 

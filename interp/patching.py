@@ -106,7 +106,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
                 term = (delta * grad).reshape(n, width, n_heads, head_dim).sum(-1)
                 terms.append(torch.where(real.to(device), term, torch.zeros_like(term)))
             terms.reverse()
-            out = nnsight.save(torch.stack(terms, 2).detach().cpu())
+            out = nnsight.save(torch.stack(terms, 2).detach().float().cpu())
     return out.numpy()
 
 
@@ -170,7 +170,6 @@ def exact_patch_batch(model: Any, batch: PairBatch, heads: Sequence[Head], *,
     corrupted metric [pairs])``. ``model`` must be an nnsight model.
     """
     import nnsight
-    import torch
 
     sites = _require_nnsight(model, remote)
     heads = [(int(layer), int(head)) for layer, head in heads]
@@ -195,7 +194,7 @@ def exact_patch_batch(model: Any, batch: PairBatch, heads: Sequence[Head], *,
         logits = model.output.logits[:, -1, :]
         device = logits.device
         metric = nnsight.save((logits.gather(1, clean_target.to(device))
-                               - logits.gather(1, corrupt_target.to(device)))[:, 0].detach().cpu())
+                               - logits.gather(1, corrupt_target.to(device)))[:, 0].detach().float().cpu())
     values = metric.numpy().reshape(reps, n)
     return values[2:] - values[0], values[0], values[1]
 
