@@ -140,6 +140,18 @@ def _save_npz(path: Path, **arrays: Any) -> None:
     _atomic_write(path, buf.getvalue())
 
 
+def _checkpointed(ckpt, name: str, compute, computed: dict, kind: str) -> dict:
+    """One batch's partial sums: loaded from the checkpoint if finished before, else computed and saved."""
+    f = ckpt.path(name)
+    if f.exists():
+        computed[f"{kind}_batches_loaded"] += 1
+        return _load_npz(f)
+    d = compute()
+    _save_npz(f, **d)
+    computed[f"{kind}_batches"] += 1
+    return d
+
+
 def _load_npz(path: Path) -> dict[str, Any]:
     import numpy as np
 
@@ -368,16 +380,12 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
         role_atp = np.zeros(sites.shape + (len(roles),))
         t = time.perf_counter()
         for i, idx in enumerate(batches):
-            f = ckpt.path(f"atp_{fam}_{i:05d}.npz")
-            if f.exists():
-                d = _load_npz(f)
-                computed["atp_batches_loaded"] += 1
-            else:
+            def atp_batch(idx=idx):
                 batch = pairs.batch(idx)
                 terms = P.attribution_batch(nn_model, batch, remote=remote)  # [B,T,L,H]
-                d = {"atp": terms.sum((0, 1)), "roles": _role_sums(terms, batch, roles)}
-                _save_npz(f, **d)
-                computed["atp_batches"] += 1
+                return {"atp": terms.sum((0, 1)), "roles": _role_sums(terms, batch, roles)}
+
+            d = _checkpointed(ckpt, f"atp_{fam}_{i:05d}.npz", atp_batch, computed, "atp")
             atp += d["atp"]
             role_atp += d["roles"]
             if progress is not None:
@@ -395,17 +403,12 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
         clean = corrupt = 0.0
         t = time.perf_counter()
         for i, idx in enumerate(batches):
-            f = ckpt.path(f"exact_{fam}_{i:05d}.npz")
-            if f.exists():
-                d = _load_npz(f)
-                computed["exact_batches_loaded"] += 1
-            else:
-                sub = pairs.subset(idx)
-                r = P.exact_patch_scores(nn_model, sub, heads, batch_size=len(idx), remote=remote)
-                d = {"sums": np.array([r.scores[h] for h in heads]) * len(idx),
-                     "clean": np.array(r.clean_metric * len(idx)), "corrupt": np.array(r.corrupt_metric * len(idx))}
-                _save_npz(f, **d)
-                computed["exact_batches"] += 1
+            def exact_batch(idx=idx):
+                r = P.exact_patch_scores(nn_model, pairs.subset(idx), heads, batch_size=len(idx), remote=remote)
+                return {"sums": np.array([r.scores[h] for h in heads]) * len(idx),
+                        "clean": np.array(r.clean_metric * len(idx)), "corrupt": np.array(r.corrupt_metric * len(idx))}
+
+            d = _checkpointed(ckpt, f"exact_{fam}_{i:05d}.npz", exact_batch, computed, "exact")
             sums += d["sums"]
             clean += float(d["clean"])
             corrupt += float(d["corrupt"])
