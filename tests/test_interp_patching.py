@@ -16,16 +16,10 @@ from interp.model import as_nnsight
 from interp.pairs import make_pairs
 from interp.patching import (agreement, attribution_scores, exact_patch_scores, select_heads)
 from interp.sites import head_sites
-from tiny_models import one_thread, tiny_model
+from tiny_models import one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer, gar_records
 
 ARCHS = ("llama", "gpt2")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,10 @@ from gar_tasks.errors import GARConfigError
 from interp.model import as_nnsight, check_remote
 from interp.pairs import make_pairs
 from interp.patching import attribution_scores, exact_patch_scores
-from tiny_models import BUILDERS, one_thread, tiny_model
+from tiny_models import BUILDERS, one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer, gar_records
 
 SECRET = "ndif-test-key-do-not-print-0123456789"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ the regime where attribution patching (a first-order approximation) must match e
 
 from __future__ import annotations
 
+import pytest
+
 import contextlib
 from functools import lru_cache
 from typing import Any, Iterator
@@ -84,3 +86,10 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_module() -> Iterator[None]:
+    """Autouse in every test module that imports it: the whole module runs torch on one thread."""
+    with one_thread():
+        yield
