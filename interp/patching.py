@@ -6,16 +6,24 @@ prompt is replaced by its output on the corrupted prompt:
 
 * **AtP** (Nanda 2023; Kramar et al. 2024) estimates it to first order for every head at once:
   ``(a_corrupt - a_clean) . dm/da_clean``, summed over the head's ``head_dim`` columns of the
-  output projection's input and over positions, averaged over pairs. One batched forward and
-  backward per batch: clean and corrupted rows in one forward, parameters frozen, gradients only
-  w.r.t. the head outputs (made to require grad inside the trace). The metric is summed over
-  the clean rows, so each clean row's gradient is its own pair's.
+  output projection's input and over positions, averaged over pairs. Per batch, one nnsight
+  session (one request on NDIF): a graph-free forward of the corrupted rows, then a forward and
+  backward of the clean rows, parameters frozen, gradients only w.r.t. the head outputs (made
+  to require grad inside the trace). The metric is summed over the clean rows, so each row's
+  gradient is its own pair's.
 * **Exact patching** measures it for chosen heads: the clean prompt is run again with one head's
   output slice taken from the corrupted run, at every position. One forward holds the clean
   rows, the corrupted rows and one copy of the clean rows per patched head.
 
-AtP* fixes (Kramar et al. 2024) are not implemented: no QK fix (attention-pattern
-nonlinearity is linearised as in plain AtP) and no GradDrop.
+AtP* (Kramar et al. 2024) has two fixes. **GradDrop** is here (:func:`graddrop_batch`,
+``attribution_scores(..., grad_drop=True)``, ``gar patch --grad-drop``): plain AtP can miss a
+head whose direct and indirect effects cancel in the gradient; GradDrop re-runs the backward
+once per layer ``l`` with the gradient through layer ``l``'s residual-stream contribution cut, and
+scores ``1/(L-1) * sum_l |AtP_l|`` (a magnitude; for a head in layer ``l`` the ``l`` term is 0,
+hence ``L-1``). It costs ``L`` forward+backward passes of the clean rows per batch. The **QK
+fix** does not apply to the nodes scored here: it makes the effect of patching a head's
+*queries or keys* exact through that head's softmax, while our nodes are head *outputs*, which
+sit after their own softmax (scoring query/key nodes is not implemented).
 
 All traced code is plain torch on captured tensors, ints and nnsight envoys, so ``remote=True``
 (NDIF) and ``remote="local"`` (nnsight's offline simulation of it) run the same block.
@@ -87,34 +95,115 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
     n_heads, head_dim = sites.n_heads, sites.head_dim
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None]  # padding adds exactly 0, even were it NaN
-    inputs = _inputs(batch, 0, forward_kwargs(model))
-    with frozen(model), model.trace(inputs, remote=remote):
-        acts = []
-        for envoy in envoys:
-            x = envoy.input
-            if not x.requires_grad:  # the first head site: nothing upstream requires grad
-                x.requires_grad_(True)
-            acts.append(x)
-        logits = model.output.logits[:n, -1, :]
-        device = logits.device  # the model's (here, or on the NDIF server): move captured tensors there
-        metric = (logits.gather(1, clean_target.to(device)) - logits.gather(1, corrupt_target.to(device))).sum()
-        with metric.backward():
-            terms = []
-            for x in reversed(acts):  # gradients arrive in reverse forward order
-                grad = x.grad[:n]
-                delta = (x[n:] - x[:n]).detach()
-                term = (delta * grad).reshape(n, width, n_heads, head_dim).sum(-1)
-                terms.append(torch.where(real.to(device), term, torch.zeros_like(term)))
-            terms.reverse()
-            out = nnsight.save(torch.stack(terms, 2).detach().float().cpu())
+    extra = forward_kwargs(model)
+    mask, pos = batch.attention_mask, batch.position_ids
+    corrupt_in = {"input_ids": batch.corrupt_ids, "attention_mask": mask, "position_ids": pos, **extra}
+    clean_in = {"input_ids": batch.clean_ids, "attention_mask": mask, "position_ids": pos, **extra}
+    # One session (one request when remote): the corrupted rows in a forward that builds no graph
+    # (nothing requires grad), then the clean rows forward + backward. Two passes rather than one
+    # batch of both, so the backward runs over the clean rows only: ~1/3 less compute and half
+    # the autograd memory. Values flow between the traces inside the session.
+    with frozen(model), model.session(remote=remote):
+        with model.trace(corrupt_in):
+            corrupt = [envoy.input.detach() for envoy in envoys]
+        with model.trace(clean_in):
+            acts = []
+            for envoy in envoys:
+                x = envoy.input
+                if not x.requires_grad:  # the first head site: nothing upstream requires grad
+                    x.requires_grad_(True)
+                acts.append(x)
+            logits = model.output.logits[:, -1, :]
+            device = logits.device  # the model's (here, or on the NDIF server)
+            metric = (logits.gather(1, clean_target.to(device)) - logits.gather(1, corrupt_target.to(device))).sum()
+            with metric.backward():
+                terms = []
+                for layer in reversed(range(len(acts))):  # gradients arrive in reverse forward order
+                    x = acts[layer]
+                    delta = (corrupt[layer].to(x.device) - x).detach()
+                    term = (delta * x.grad).reshape(n, width, n_heads, head_dim).sum(-1)
+                    terms.append(torch.where(real.to(device), term, torch.zeros_like(term)))
+                terms.reverse()
+                out = nnsight.save(torch.stack(terms, 2).detach().float().cpu())
     return out.numpy()
+
+
+def graddrop_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -> "np.ndarray":
+    """AtP* GradDrop magnitudes of one batch: ``[pairs, layers, heads]``, each
+    ``1/(L-1) * sum_l |AtP of the head with the backward through block l's residual
+    contribution cut|`` (per pair, positions summed before the absolute value).
+
+    One nnsight session: a graph-free forward of the corrupted rows, then ``L`` forward+backward
+    passes of the clean rows; in pass ``l`` block ``l``'s output becomes
+    ``out.detach() + (x - x.detach())`` (same value; the gradient reaches the block's input only
+    through the residual skip, not through its attention and MLP).
+    """
+    import nnsight
+    import torch
+
+    sites = _require_nnsight(model, remote)
+    L = sites.n_layers
+    if L < 2:
+        raise GARConfigError("GradDrop needs a model with at least two layers")
+    envoys = [model.get(sites.path(layer)) for layer in range(L)]
+    blocks = [model.get(sites.block_path(layer)) for layer in range(L)]
+    n, width = batch.size, batch.width
+    n_heads, head_dim = sites.n_heads, sites.head_dim
+    clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
+    real = batch.attention_mask.bool()[:, :, None, None]
+    extra = forward_kwargs(model)
+    mask, pos = batch.attention_mask, batch.position_ids
+    corrupt_in = {"input_ids": batch.corrupt_ids, "attention_mask": mask, "position_ids": pos, **extra}
+    clean_in = {"input_ids": batch.clean_ids, "attention_mask": mask, "position_ids": pos, **extra}
+    with frozen(model), model.session(remote=remote):
+        with model.trace(corrupt_in):
+            corrupt = [envoy.input.detach() for envoy in envoys]
+        total = None
+        for drop in range(L):
+            with model.trace(clean_in):
+                acts = []
+                for layer in range(L):  # in forward order: block input, head site, block output
+                    if layer == drop:
+                        block_in = blocks[layer].input
+                    x = envoys[layer].input
+                    if not x.requires_grad:
+                        x.requires_grad_(True)
+                    acts.append(x)
+                    if layer == drop:
+                        out = blocks[layer].output
+                        hidden = out[0] if isinstance(out, tuple) else out
+                        cut = hidden.detach() + (block_in - block_in.detach())
+                        blocks[layer].output = (cut, *out[1:]) if isinstance(out, tuple) else cut
+                logits = model.output.logits[:, -1, :]
+                device = logits.device
+                metric = (logits.gather(1, clean_target.to(device))
+                          - logits.gather(1, corrupt_target.to(device))).sum()
+                with metric.backward():
+                    terms = []
+                    for layer in reversed(range(L)):
+                        x = acts[layer]
+                        if layer == drop:  # its block's output is cut: no gradient ever arrives
+                            terms.append(torch.zeros(n, width, n_heads, device=device, dtype=x.dtype))
+                            continue
+                        grad = x.grad
+                        delta = (corrupt[layer].to(x.device) - x).detach()
+                        term = (delta * grad).reshape(n, width, n_heads, head_dim).sum(-1)
+                        terms.append(torch.where(real[:, :, :, 0].to(device), term, torch.zeros_like(term)))
+                    terms.reverse()
+                    per_pair = torch.stack(terms, 1).sum(2).abs().detach().float()  # [B, L, H]
+                    total = per_pair if total is None else total + per_pair
+        out_total = nnsight.save((total / (L - 1)).cpu())
+    return out_total.numpy()
 
 
 def attribution_scores(model: Any, pairs: Pairs, batch_size: int = 8, *, per_position: bool = False,
                        roles: Sequence[str] | None = None, n_positions: int | None = None,
                        remote: Remote = False, progress: Progress | None = None,
-                       tokenizer: Any = None) -> "np.ndarray":
+                       tokenizer: Any = None, grad_drop: bool = False) -> "np.ndarray":
     """AtP score of every head, averaged over pairs: ``[layers, heads]``.
+
+    * ``grad_drop=True``: the AtP* GradDrop magnitude instead (see :func:`graddrop_batch`;
+      non-negative, ``L`` times the cost), ``[layers, heads]`` only.
 
     * ``per_position=True``: ``[layers, heads, positions]`` with ``positions = pairs.max_length``,
       aligned on the answer position (index ``-1``; ``-2`` the token before it, ...); a pair
@@ -132,6 +221,8 @@ def attribution_scores(model: Any, pairs: Pairs, batch_size: int = 8, *, per_pos
 
     if per_position and roles:
         raise GARConfigError("per_position and roles are exclusive: choose one reduction over positions")
+    if grad_drop and (per_position or roles):
+        raise GARConfigError("grad_drop gives one magnitude per head and pair: it takes no per_position or roles")
     nn_model, sites = _prepare(model, pairs, remote, tokenizer)
     roles = list(roles or [])
     positions = pairs.max_length if n_positions is None else int(n_positions)
@@ -142,6 +233,12 @@ def attribution_scores(model: Any, pairs: Pairs, batch_size: int = 8, *, per_pos
     done = 0
     for idx in pairs.batch_indices(batch_size):
         batch = pairs.batch(idx)
+        if grad_drop:
+            total += graddrop_batch(nn_model, batch, remote=remote).sum(0)
+            done += batch.size
+            if progress is not None:
+                progress(done, len(pairs))
+            continue
         terms = attribution_batch(nn_model, batch, remote=remote)  # [B, T, L, H]
         if per_position:
             total[..., positions - batch.width:] += terms.sum(0).transpose(1, 2, 0)
@@ -328,4 +425,4 @@ def agreement(atp: "np.ndarray", exact: "np.ndarray | ExactResult", k: int = 10)
 
 
 __all__ = ["Agreement", "ExactResult", "agreement", "attribution_batch", "attribution_scores",
-           "exact_patch_batch", "exact_patch_scores", "select_heads"]
+           "exact_patch_batch", "exact_patch_scores", "graddrop_batch", "select_heads"]

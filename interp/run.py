@@ -250,6 +250,7 @@ class PatchArgs:
     seed: int = 0
     remote: bool = False
     restart: bool = False
+    grad_drop: bool = False
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed."""
@@ -373,6 +374,8 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
     results: dict[str, Any] = {}
     arrays: dict[str, Any] = {}
     computed = {"atp_batches": 0, "exact_batches": 0, "atp_batches_loaded": 0, "exact_batches_loaded": 0}
+    if args.grad_drop:
+        computed.update(graddrop_batches=0, graddrop_batches_loaded=0)
     t_atp = t_exact = 0.0
     for fam, pairs in fams.items():
         batches = pairs.batch_indices(args.batch_size)
@@ -390,6 +393,16 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
             role_atp += d["roles"]
             if progress is not None:
                 progress(f"atp {fam}", i + 1, len(batches))
+        if args.grad_drop:  # AtP* GradDrop magnitudes, L forward+backward passes per batch
+            gd = np.zeros(sites.shape)
+            for i, idx in enumerate(batches):
+                def gd_batch(idx=idx):
+                    return {"graddrop": P.graddrop_batch(nn_model, pairs.batch(idx), remote=remote).sum(0)}
+
+                gd += _checkpointed(ckpt, f"graddrop_{fam}_{i:05d}.npz", gd_batch, computed, "graddrop")["graddrop"]
+                if progress is not None:
+                    progress(f"graddrop {fam}", i + 1, len(batches))
+            arrays[f"graddrop_{fam}"] = gd / len(pairs)
         t_atp += time.perf_counter() - t
         atp /= len(pairs)
         role_atp /= len(pairs)
@@ -424,6 +437,9 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
                         "rejected": pairs.rejected, "heads_checked": [list(h) for h in heads],
                         "clean_metric": clean / len(pairs), "corrupt_metric": corrupt / len(pairs),
                         "agreement": asdict(ag) if ag else None}
+        if args.grad_drop and len(heads) >= 2:  # magnitudes: compare with |exact|
+            gd_ag = P.agreement(arrays[f"graddrop_{fam}"], np.abs(exact), k=args.verify_top)
+            results[fam]["agreement_graddrop"] = asdict(gd_ag)
     timings.update(atp=t_atp, exact=t_exact)
 
     # outputs: each written to a temporary file and renamed
@@ -442,6 +458,7 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
             "n_layers": sites.n_layers, "n_heads": sites.n_heads, "tasks": args.tasks, "config": args.config,
             "slices": [asdict(s) for s in slices], "n": args.n, "batch_size": args.batch_size,
             "dtype": args.dtype, "verify_top": args.verify_top, "seed": args.seed, "remote": args.remote,
+            "grad_drop": args.grad_drop,
             "resumed": resumed, "batches": computed, "families": results, "plots": plots,
             "versions": _versions(), "timings_s": timings}
     _save_npz(out / "scores.npz", **arrays)
@@ -477,6 +494,10 @@ def summary_md(info: dict[str, Any], arrays: dict[str, Any], roles: list[str], k
         if ag:
             lines += [f"AtP vs exact over {ag['n']} checked heads: Pearson {ag['pearson']:.3f}, Spearman "
                       f"{ag['spearman']:.3f}, top-{ag['k']} overlap {ag['topk_overlap']:.2f}.", ""]
+        gd = r.get("agreement_graddrop")
+        if gd:
+            lines += [f"AtP* GradDrop magnitude vs |exact| over the same heads: Spearman {gd['spearman']:.3f}, "
+                      f"top-{gd['k']} overlap {gd['topk_overlap']:.2f} (scores in scores.npz `graddrop_{fam}`).", ""]
         lines += ["| rank | head (L.H) | AtP | exact | main roles (share of AtP) |", "|---|---|---|---|---|"]
         for i, (layer, head) in enumerate(top_heads(atp, k), 1):
             total = atp[layer, head]

@@ -45,6 +45,12 @@ class HeadSites:
             raise GARConfigError(f"layer {layer} out of range (model has {self.n_layers} layers)")
         return self.template.format(i=layer)
 
+    def block_path(self, layer: int) -> str:
+        """Dotted path of ``layer``'s whole transformer block (the template up to ``{i}``): its
+        output minus its input is what the layer adds to the residual stream."""
+        prefix = self.template[:self.template.index("{i}") + 3]
+        return self.path(layer)[:len(prefix.format(i=layer))]
+
     def columns(self, head: int) -> slice:
         """The columns of the site's input that belong to ``head``."""
         if not 0 <= head < self.n_heads:

@@ -233,3 +233,61 @@ def test_unsupported_architecture_is_refused_before_any_work(pairs):
                                       num_attention_heads=2, intermediate_size=16, is_decoder=True))
     with pytest.raises(GARConfigError, match="unsupported architecture 'bert'"):
         attribution_scores(bert, pairs, tokenizer=bpe_tokenizer())
+
+
+def reference_graddrop(model, pairs):
+    """Per pair ``[layers, heads]``: ``1/(L-1) * sum_l |AtP with block l's residual contribution
+    cut from the backward|``, with plain forward hooks and ``torch.autograd.grad``."""
+    import torch
+
+    sites = head_sites(model)
+    L = sites.n_layers
+    model.requires_grad_(True)
+    caps, handles = _captures(model, sites)
+    out = []
+
+    def cut(module, args, kwargs, output):
+        x = args[0] if args else kwargs["hidden_states"]
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = hidden.detach() + (x - x.detach())
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+    try:
+        for p in pairs:
+            with torch.no_grad():
+                model(torch.tensor([p.corrupt_ids]))
+            corrupt = {i: caps[i].detach().clone() for i in caps}
+            total = np.zeros(sites.shape)
+            for drop in range(L):
+                h = model.get_submodule(sites.block_path(drop)).register_forward_hook(cut, with_kwargs=True)
+                try:
+                    metric = _metric(model, p.clean_ids, p)
+                finally:
+                    h.remove()
+                clean = [caps[i] for i in range(L)]
+                grads = torch.autograd.grad(metric, clean, allow_unused=True)
+                for i in range(L):
+                    g = grads[i] if grads[i] is not None else torch.zeros_like(clean[i])
+                    t = ((corrupt[i] - clean[i]) * g)[0].detach().reshape(p.length, sites.n_heads, sites.head_dim)
+                    total[i] += np.abs(t.sum((0, 2)).numpy())
+            out.append(total / (L - 1))
+    finally:
+        for h in handles:
+            h.remove()
+        model.requires_grad_(False)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graddrop_matches_plain_torch_reference(arch, pairs):
+    model = tiny_model(arch, scale=3.0)
+    nn_model = as_nnsight(model, bpe_tokenizer())
+    ref = sum(reference_graddrop(model, pairs)) / len(pairs)
+    ours = attribution_scores(nn_model, pairs, batch_size=5, grad_drop=True)
+    _close(ours, ref)
+    assert (ours >= 0).all()
+    # cutting a later block changes some head's gradient (else GradDrop would equal |AtP|)
+    plain = np.abs(attribution_scores(nn_model, pairs, batch_size=5))
+    assert not np.allclose(ours, plain * head_sites(model).n_layers / (head_sites(model).n_layers - 1))
+    with pytest.raises(GARConfigError, match="grad_drop"):
+        attribution_scores(nn_model, pairs, grad_drop=True, per_position=True)

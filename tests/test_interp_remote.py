@@ -61,6 +61,10 @@ def test_local_remote_gives_the_same_scores(arch, pairs, monkeypatch):
     np.testing.assert_allclose(ex_remote.scores, ex_local.scores, rtol=1e-6, atol=1e-9)
     assert ex_remote.clean_metric == pytest.approx(ex_local.clean_metric)
     assert len(shipped) == 2 + 4  # 2 batches x 2 head chunks
+    gd_local = attribution_scores(model, pairs, batch_size=3, grad_drop=True)
+    gd_remote = attribution_scores(model, pairs, batch_size=3, grad_drop=True, remote="local")
+    np.testing.assert_allclose(gd_remote, gd_local, rtol=1e-6, atol=1e-9)
+    assert len(shipped) == 2 + 4 + 2  # GradDrop: one session (one request) per batch
 
 
 def test_remote_with_a_local_model_is_refused(pairs, monkeypatch):

@@ -111,6 +111,22 @@ def test_tiny_run_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     for key in ("atp_cls", "exact_cls", "atp_roles_cls"):
         np.testing.assert_allclose(z2[key], z[key], rtol=1e-6, atol=1e-7, equal_nan=True)
 
+    # --grad-drop adds the AtP* GradDrop magnitudes of the same pairs, and their agreement
+    rc, out, err = run(capsys, *args, "--out", tmp_path / "gd", "--grad-drop")
+    assert rc == 0, err
+    from interp.pairs import Pairs
+    from interp.run import load_model
+
+    gd_pairs = Pairs.from_dict(json.loads((tmp_path / "gd" / "checkpoint" / "pairs.json").read_text())["cls"])
+    nn_model = load_model(str(tiny_dir), "float32", False)[0]
+    z_gd = np.load(tmp_path / "gd" / "scores.npz")
+    np.testing.assert_allclose(z_gd["graddrop_cls"], patching.attribution_scores(nn_model, gd_pairs, batch_size=2,
+                                                                                 grad_drop=True), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(z_gd["atp_cls"], z["atp_cls"], rtol=1e-6, atol=1e-7)
+    info_gd = json.loads((tmp_path / "gd" / "scores.json").read_text())
+    assert info_gd["grad_drop"] and info_gd["families"]["cls"]["agreement_graddrop"]["n"] == 6
+    assert "GradDrop" in (tmp_path / "gd" / "summary.md").read_text()
+
     # --restart recomputes everything, with the same result
     calls["n"] = 0
     rc, out, err = run(capsys, *args, "--out", part, "--restart")
@@ -156,17 +172,19 @@ def test_bad_model(tmp_path, capsys, monkeypatch):
 
 
 def test_smollm2_run(tmp_path, capsys):
-    """The embedded SmolLM2 on 4 GAR cls pairs: completes, every output, finite agreement."""
+    """The embedded SmolLM2 on 4 GAR cls and 4 gen pairs: completes, every output, finite agreement."""
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
     out = tmp_path / "smol"
-    rc, o, e = run(capsys, "patch", "--model", "smollm2", "--tasks", TASK, "--n", 4, "--batch-size", 4,
-                   "--verify-top", 3, "-q", "--out", out)
+    rc, o, e = run(capsys, "patch", "--model", "smollm2", "--tasks", f"{TASK},gar_gen_nr0_gender_city", "--n", 4,
+                   "--batch-size", 4, "--verify-top", 3, "-q", "--out", out)
     assert rc == 0, e
-    assert outputs(out) == ["heatmap_cls.png", "scores.json", "scores.npz", "summary.md"]
+    assert outputs(out) == ["heatmap_cls.png", "heatmap_gen.png", "scores.json", "scores.npz", "summary.md"]
     info = json.loads((out / "scores.json").read_text())
-    ag = info["families"]["cls"]["agreement"]
     assert info["n_layers"] == 30 and info["n_heads"] == 9
-    assert all(np.isfinite([ag["pearson"], ag["spearman"], ag["topk_overlap"]]))
-    assert re.search(r"cls: 4 pairs, AtP vs exact on 6 heads: spearman -?\d", o)
-    assert np.load(out / "scores.npz")["atp_cls"].shape == (30, 9)
+    z = np.load(out / "scores.npz")
+    for fam in ("cls", "gen"):
+        ag = info["families"][fam]["agreement"]
+        assert all(np.isfinite([ag["pearson"], ag["spearman"], ag["topk_overlap"]]))
+        assert re.search(fam + r": 4 pairs, AtP vs exact on 6 heads: spearman -?\d", o)
+        assert z[f"atp_{fam}"].shape == (30, 9) and np.isfinite(z[f"atp_{fam}"]).all()

@@ -35,6 +35,7 @@ def test_sites_from_config(model_type, kw, expected):
     sites = head_sites(_config(model_type, **kw))
     assert (sites.template, sites.n_layers, sites.n_heads, sites.head_dim) == expected
     assert sites.path(1) == expected[0].format(i=1)
+    assert sites.block_path(11 % expected[1]) == expected[0].split("{i}")[0] + str(11 % expected[1])
     assert sites.columns(2) == slice(2 * expected[3], 3 * expected[3])
     assert sites.shape == expected[1:3]
 
@@ -49,6 +50,7 @@ def test_sites_resolve_on_real_modules():
         model = tiny_model(arch)
         sites = head_sites(model)
         assert (sites.n_layers, sites.n_heads, sites.head_dim) == (2, 4, 8)
+        assert type(model.get_submodule(sites.block_path(1))).__name__ in ("LlamaDecoderLayer", "GPT2Block")
         seen = {}
         hooks = [model.get_submodule(sites.path(i)).register_forward_pre_hook(
             lambda m, args, i=i: seen.__setitem__(i, args[0].shape)) for i in range(sites.n_layers)]
