@@ -131,7 +131,10 @@ def main() -> None:
         return child_memory(a.dtype, a.child_memory)
 
 
+    import numpy as np
+
     from interp import agreement, attribution_batch, exact_patch_scores
+    from interp.patching import graddrop_batch
 
     hf, tok, nn, task, pairs = setup(a.dtype)
     batch = pairs.batch(list(range(len(pairs))))
@@ -172,6 +175,12 @@ def main() -> None:
                                                            file=sys.stderr, flush=True) if d % 160 == 0 else None)
     atp = atp_terms[:a.agreement_pairs].sum((0, 1)) / len(agp)
     ag = agreement(atp, exact, k=10)
+    # AtP* GradDrop (L forward+backward passes): timed once, ranked against |exact| (magnitudes)
+    t = time.perf_counter()
+    gd = graddrop_batch(nn, agp.batch(list(range(len(agp))))).mean(0)
+    t_gd = time.perf_counter() - t
+    ag_gd = agreement(gd, np.abs(exact.scores), k=10)
+    ag_abs = agreement(np.abs(atp), np.abs(exact.scores), k=10)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"dtype": a.dtype, "task": task, "n_pairs": len(pairs), "lengths": [p.length for p in pairs],
            "width": batch.width, "threads": int(os.environ.get("BENCH_THREADS", "2")),
@@ -179,6 +188,9 @@ def main() -> None:
            "atp_over_forward": med["atp"] / med["forward"], "exact_over_atp": med["exact_all"] / med["atp"],
            "spearman_all_heads": ag.spearman, "pearson_all_heads": ag.pearson,
            "top10_overlap": int(round(ag.topk_overlap * 10)),
+           "abs_atp_vs_abs_exact": {"spearman": ag_abs.spearman, "top10_overlap": int(round(ag_abs.topk_overlap * 10))},
+           "graddrop": {"seconds_once": t_gd, "over_atp": t_gd / statistics.median(times["atp"]),
+                        "spearman_vs_abs_exact": ag_gd.spearman, "top10_overlap": int(round(ag_gd.topk_overlap * 10))},
            "peak_rss_delta_mib": {k: v / 2**20 for k, v in mem.items()},
            "mem_atp_over_fwdbwd": mem["atp"] / mem["fwdbwd"],
            "mem_atp_over_fwdbwd_clean_rows": mem["atp"] / mem["fwdbwd_clean"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,12 +88,14 @@ def test_lm_eval_cli_runs_intervened_model(llama_dir, tmp_path):
     env.pop("GAR_NO_LM_EVAL_HOOK", None)
     cmd = [exe, "--model", "gar-hf-intervened", "--model_args",
            f"pretrained={llama_dir},heads=0:1;1:{N_HEADS - 1},mode=ablate,dtype=float32",
-           "--tasks", "gar_cls_nr0_gender_city", "--limit", "2", "--batch_size", "4", "--device", "cpu", "--output_path", str(out)]
+           "--tasks", "gar_cls", "--limit", "1", "--batch_size", "4", "--device", "cpu", "--output_path", str(out)]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     files = sorted(out.rglob("results_*.json"))
     assert files, res.stderr[-2000:]
     data = json.loads(files[-1].read_text())
-    assert "gar_cls_nr0_gender_city" in data["results"]
+    leaves = [t for t in data["results"] if re.fullmatch(r"gar_cls_nr\d_\w+", t)]
+    assert "gar_cls" in data["groups"] and len(leaves) == 21  # every cls leaf of the paper config
+    assert all(data["n-samples"][t]["effective"] == 1 for t in leaves)
     assert data["config"]["model"] == "gar-hf-intervened"
     assert data["config"]["gar_intervention"]["heads"] == [[0, 1], [1, N_HEADS - 1]]
