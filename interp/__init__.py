@@ -14,8 +14,9 @@ from .plots import heatmap
 from .run import PatchArgs, run_patch, select_slices
 from .sites import HEAD_OUTPUT_SITES, HeadSites, head_sites
 from .intervene import intervened, random_heads
+from .heads import HeadsArgs, head_effects, load_heads, run_heads, score_heads
 
 __all__ = ["Agreement", "ExactResult", "HEAD_OUTPUT_SITES", "HeadSites", "Pair", "PairBatch", "Pairs",
            "agreement", "as_nnsight", "attribution_batch", "attribution_scores", "check_remote",
            "PatchArgs", "exact_patch_batch", "heatmap", "run_patch", "select_slices", "exact_patch_scores", "head_sites", "intervened", "make_pairs", "random_heads",
-           "select_heads"]
+           "select_heads", "HeadsArgs", "head_effects", "load_heads", "run_heads", "score_heads"]

@@ -25,7 +25,8 @@ fix** does not apply to the nodes scored here: it makes the effect of patching a
 *queries or keys* exact through that head's softmax, while our nodes are head *outputs*, which
 sit after their own softmax (scoring query/key nodes is not implemented).
 
-All traced code is plain torch on captured tensors, ints and nnsight envoys, so ``remote=True``
+All traced code is plain torch on captured tensors, ints and nnsight envoys (never a function of
+this package: the NDIF server has no copy of it, and ``remote="local"`` checks that), so ``remote=True``
 (NDIF) and ``remote="local"`` (nnsight's offline simulation of it) run the same block.
 """
 
@@ -55,6 +56,14 @@ def _inputs(batch: PairBatch, copies: int, extra: dict[str, Any]) -> dict[str, A
     reps = 2 + copies
     return {"input_ids": ids, "attention_mask": batch.attention_mask.repeat(reps, 1),
             "position_ids": batch.position_ids.repeat(reps, 1), **extra}
+
+
+def _split_inputs(model: Any, batch: PairBatch) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model inputs of the corrupted rows and of the clean rows (two passes of one session)."""
+    extra = forward_kwargs(model)
+    mask, pos = batch.attention_mask, batch.position_ids
+    return ({"input_ids": batch.corrupt_ids, "attention_mask": mask, "position_ids": pos, **extra},
+            {"input_ids": batch.clean_ids, "attention_mask": mask, "position_ids": pos, **extra})
 
 
 def _require_nnsight(model: Any, remote: Remote) -> HeadSites:
@@ -95,10 +104,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
     n_heads, head_dim = sites.n_heads, sites.head_dim
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None]  # padding adds exactly 0, even were it NaN
-    extra = forward_kwargs(model)
-    mask, pos = batch.attention_mask, batch.position_ids
-    corrupt_in = {"input_ids": batch.corrupt_ids, "attention_mask": mask, "position_ids": pos, **extra}
-    clean_in = {"input_ids": batch.clean_ids, "attention_mask": mask, "position_ids": pos, **extra}
+    corrupt_in, clean_in = _split_inputs(model, batch)
     # One session (one request when remote): the corrupted rows in a forward that builds no graph
     # (nothing requires grad), then the clean rows forward + backward. Two passes rather than one
     # batch of both, so the backward runs over the clean rows only: ~1/3 less compute and half
@@ -107,6 +113,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
         with model.trace(corrupt_in):
             corrupt = [envoy.input.detach() for envoy in envoys]
         with model.trace(clean_in):
+            # inline, not a helper: traced code may call only torch (NDIF has no copy of this package)
             acts = []
             for envoy in envoys:
                 x = envoy.input
@@ -151,10 +158,7 @@ def graddrop_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -> "
     n_heads, head_dim = sites.n_heads, sites.head_dim
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None, None]
-    extra = forward_kwargs(model)
-    mask, pos = batch.attention_mask, batch.position_ids
-    corrupt_in = {"input_ids": batch.corrupt_ids, "attention_mask": mask, "position_ids": pos, **extra}
-    clean_in = {"input_ids": batch.clean_ids, "attention_mask": mask, "position_ids": pos, **extra}
+    corrupt_in, clean_in = _split_inputs(model, batch)
     with frozen(model), model.session(remote=remote):
         with model.trace(corrupt_in):
             corrupt = [envoy.input.detach() for envoy in envoys]

@@ -12,7 +12,10 @@ Randomness goes through seeded ``torch.Generator`` / ``numpy.random.default_rng`
 the global RNGs are never seeded or consumed (parameter init included), so results do not depend
 on what ran before.
 
-Features of our own models: :func:`head_features` (the seed's attention feature, see its doc).
+Features of our own models: :func:`head_features` (the seed's attention feature, one unpadded
+forward per sequence: the reference) and :func:`batched_head_features` (the same feature for every
+head, batched, plus our projection feature: a head's output at the last token projected on its
+unit True-minus-False direction). ``gar probe`` (:mod:`interp.probe_run`) runs both.
 """
 
 from __future__ import annotations
@@ -142,13 +145,20 @@ def snli_csv(directory: str | Path, split: str) -> Path:
 def evaluate_snli(directory: str | Path, heads: Sequence[Head] | None = PAPER_HEADS, *, runs: int = 5,
                   seed: int = 0, **train_kw: Any) -> ProbeResult:
     """Test accuracy of the probe on the given SNLI split, ``runs`` runs seeded ``seed + run``."""
+    data = {s: load_feature_csv(snli_csv(directory, s), heads)[:2] for s in SNLI_SPLITS}
+    return evaluate_split(data["train"], data["validation"], data["test"], runs=runs, seed=seed, **train_kw)
+
+
+def evaluate_split(train: tuple[Any, Any], validation: tuple[Any, Any], test: tuple[Any, Any], *, runs: int = 5,
+                   seed: int = 0, **train_kw: Any) -> ProbeResult:
+    """The SNLI protocol on ``(X, y)`` arrays of a given split: ``runs`` runs seeded ``seed + run``,
+    each tested at its best validation epoch."""
     import torch
 
-    data = {s: load_feature_csv(snli_csv(directory, s), heads)[:2] for s in SNLI_SPLITS}
-    Xte, yte = (torch.as_tensor(a) for a in data["test"])
+    Xte, yte = torch.as_tensor(test[0], dtype=torch.float32), torch.as_tensor(test[1], dtype=torch.long)
     accs = []
     for run in range(runs):
-        model, _ = train_probe(*data["train"], *data["validation"], seed=seed + run, **train_kw)
+        model, _ = train_probe(*train, *validation, seed=seed + run, **train_kw)
         accs.append(_accuracy(model, Xte, yte))
     return ProbeResult(tuple(accs))
 
@@ -173,10 +183,20 @@ def evaluate_got(path: str | Path, heads: Sequence[Head] | None = PAPER_HEADS, *
                  seed: int = 42, val_fraction: float = 0.25, **train_kw: Any) -> ProbeResult:
     """5-fold CV test accuracy on a Geometry-of-Truth feature CSV (each training fold split
     75/25 train/validation, shuffled by a Generator seeded ``seed + fold``)."""
+    X, y, _ = load_feature_csv(path, heads)
+    return evaluate_cv(X, y, folds=folds, seed=seed, val_fraction=val_fraction, **train_kw)
+
+
+def evaluate_cv(X: Any, y: Any, *, folds: int = 5, seed: int = 42, val_fraction: float = 0.25,
+                **train_kw: Any) -> ProbeResult:
+    """The Geometry-of-Truth protocol on ``(X, y)`` arrays: shuffled ``folds``-fold CV, each
+    training fold split ``1 - val_fraction`` / ``val_fraction`` train/validation."""
     import numpy as np
     import torch
 
-    X, y, _ = load_feature_csv(path, heads)
+    X, y = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    if len(y) < folds:
+        raise GARConfigError(f"{folds}-fold cross-validation needs at least {folds} items, got {len(y)}")
     accs = []
     for fold, (train, test) in enumerate(kfold_indices(len(y), folds, seed)):
         train = np.random.default_rng(seed + fold).permutation(train)
@@ -228,6 +248,109 @@ def head_features(model: Any, input_ids: Sequence[Sequence[int]], spans: Sequenc
     return torch.stack(rows).cpu()
 
 
+def unit_directions(directions: Any) -> Any:
+    """``directions`` ``[layers, heads, head_dim]`` scaled to unit length per head (float32 tensor);
+    a zero direction stays zero (its projection feature is then 0)."""
+    import torch
+
+    d = torch.as_tensor(directions, dtype=torch.float32)
+    if d.ndim != 3:
+        raise GARConfigError(f"directions must be [layers, heads, head_dim], got shape {tuple(d.shape)}")
+    norm = d.norm(dim=-1, keepdim=True)
+    return torch.where(norm > 0, d / norm.clamp_min(1e-30), torch.zeros_like(d))
+
+
+def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+                          directions: Any = None, *, batch_size: int = 32,
+                          progress: Any = None) -> dict[str, Any]:
+    """Both per-head features of every head, from length-sorted, left-padded batched forwards.
+
+    * ``"attn"`` ``[n, layers, heads]``: the seed's attention feature (:func:`attention_feature`)
+      over the query span ``spans[i]`` (positions in the unpadded sequence); "first token" is the
+      sequence's own first token, not a pad.
+    * ``"proj"`` ``[n, layers, heads]`` (only with ``directions`` ``[layers, heads, head_dim]``): the
+      head's output (its columns of the head-site input, :mod:`interp.sites`) at the sequence's
+      last token, dotted with the head's unit direction (:func:`unit_directions`).
+
+    Left padding puts every sequence's last token in the last column; explicit ``position_ids``
+    count from each row's first real token, so a row sees what it would see unpadded (up to
+    rounding). Sorting by length keeps padding small. The model's base (no LM head) is run, with
+    ``output_attentions``: it must use eager attention. ``progress(done, total)`` after each batch.
+    """
+    import numpy as np
+    import torch
+
+    from .sites import head_sites
+
+    inner = getattr(model, "_module", model)
+    impl = getattr(inner.config, "_attn_implementation", None)
+    if impl not in (None, "eager"):
+        raise GARConfigError(f"attention features need attn_implementation='eager' (model uses {impl!r})")
+    sites = head_sites(inner)
+    n_layers, n_heads, d = sites.n_layers, sites.n_heads, sites.head_dim
+    unit = None
+    if directions is not None:
+        unit = unit_directions(directions)
+        if tuple(unit.shape) != (n_layers, n_heads, d):
+            raise GARConfigError(f"directions have shape {tuple(unit.shape)}, the model's heads are "
+                                 f"{(n_layers, n_heads, d)} (layers, heads, head_dim)")
+    n = len(input_ids)
+    if len(spans) != n:
+        raise GARConfigError(f"{n} sequences but {len(spans)} spans")
+    for ids, (start, end) in zip(input_ids, spans):
+        if not 0 <= start < end <= len(ids):
+            raise GARConfigError(f"span {(start, end)} outside a sequence of {len(ids)} tokens")
+    attn_out = np.zeros((n, n_layers, n_heads), dtype=np.float32)
+    proj_out = np.zeros((n, n_layers, n_heads), dtype=np.float32) if unit is not None else None
+    device = next(inner.parameters()).device
+    base = inner.base_model
+    last: dict[int, Any] = {}
+
+    def make_hook(layer: int):
+        def hook(module, args):
+            last[layer] = args[0][:, -1, :].detach().float().cpu()
+        return hook
+
+    handles = []
+    if unit is not None:
+        for layer in range(n_layers):
+            handles.append(inner.get_submodule(sites.path(layer)).register_forward_pre_hook(make_hook(layer)))
+    order = sorted(range(n), key=lambda i: (len(input_ids[i]), i))
+    batches = [order[i:i + batch_size] for i in range(0, n, max(1, batch_size))]
+    try:
+        with torch.no_grad():
+            for done, idx in enumerate(batches, 1):
+                width = max(len(input_ids[i]) for i in idx)
+                ids = torch.zeros(len(idx), width, dtype=torch.long)
+                mask = torch.zeros(len(idx), width, dtype=torch.long)
+                for r, i in enumerate(idx):
+                    row = list(input_ids[i])
+                    ids[r, width - len(row):] = torch.tensor(row)
+                    mask[r, width - len(row):] = 1
+                pos = (mask.cumsum(-1) - 1).clamp_min(0)
+                out = base(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                           output_attentions=True, use_cache=False)
+                for r, i in enumerate(idx):
+                    p = width - len(input_ids[i])
+                    attn = torch.stack([a[r, :, p:, p:] for a in out.attentions]).float()  # [L, H, T, T]
+                    attn_out[i] = attention_feature(attn, *spans[i]).cpu().numpy()
+                if unit is not None:
+                    heads_out = torch.stack([last[layer] for layer in range(n_layers)], 1)  # [B, L, H*d]
+                    heads_out = heads_out.view(len(idx), n_layers, n_heads, d)
+                    proj = torch.einsum("blhd,lhd->blh", heads_out, unit).numpy()
+                    proj_out[idx] = proj
+                last.clear()
+                if progress is not None:
+                    progress(done, len(batches))
+    finally:
+        for h in handles:
+            h.remove()
+    out_d = {"attn": attn_out}
+    if proj_out is not None:
+        out_d["proj"] = proj_out
+    return out_d
+
+
 def snli_span(tokenizer: Any, text: str, marker: str = " So") -> tuple[list[int], tuple[int, int]]:
     """Token ids of ``text`` and the span of tokens after the last ``marker`` (SNLI query)."""
     cut = text.rfind(marker)
@@ -250,5 +373,6 @@ def got_span(tokenizer: Any, text: str, begin: str = " Is", stop: str = " Answer
     return ids, (start, end)
 
 
-__all__ = ["FALSE_HEADS", "PAPER_HEADS", "ProbeResult", "TRUE_HEADS", "attention_feature", "evaluate_got",
-           "evaluate_snli", "got_span", "head_features", "kfold_indices", "load_feature_csv", "snli_span", "train_probe"]
+__all__ = ["FALSE_HEADS", "PAPER_HEADS", "ProbeResult", "TRUE_HEADS", "attention_feature", "batched_head_features",
+           "evaluate_cv", "evaluate_got", "evaluate_snli", "evaluate_split", "got_span", "head_features",
+           "kfold_indices", "load_feature_csv", "snli_span", "train_probe", "unit_directions"]

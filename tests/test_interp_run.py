@@ -8,49 +8,16 @@ with one ``gar: error:`` line and leave no output file behind.
 from __future__ import annotations
 
 import json
-import os
 import re
 
 import numpy as np
 import pytest
 
 import interp.patching as patching
-from gar_tasks.cli import main
 from interp.run import PatchArgs, run_patch, select_slices
-from tiny_models import one_thread, tiny_model
-from tiny_tokenizers import bpe_tokenizer
+from cli_helpers import assert_error, offline_one_thread, run  # noqa: F401 (autouse fixture)
 
 TASK = "gar_cls_nr1_gender_city"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _env():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_llama")
-    tiny_model("llama").save_pretrained(d)
-    bpe_tokenizer().save_pretrained(d)
-    return d
-
-
-def run(capsys, *argv):
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_error(rc, out, err, *needles):
-    assert rc == 2, (rc, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("gar: error: "), err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 def outputs(d):
