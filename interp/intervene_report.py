@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from gar_tasks.errors import GARConfigError
 
+from .heads import load_heads
 from .intervene import MODES, Head, install, parse_heads, random_heads
 
 DEFAULT_TASKS = "gender_city,gender_kind,gender_usage"
@@ -148,39 +149,6 @@ def control_plans(plan: HeadPlan, n_layers: int, n_heads: int, draws: int, seed:
     return out
 
 
-def _read_heads_dir(path: Path) -> tuple[list[Head], list[Head], dict[str, Any]]:
-    """``(true_heads, false_heads, directions)`` from a ``gar heads`` output (folder or heads.json).
-
-    Uses :func:`interp.heads.load_heads` when that module exists; otherwise reads the two files
-    it writes (``heads.json`` with ``true_heads`` / ``false_heads`` as ``[layer, head]`` lists, and
-    ``directions.npz``, whose ``mean`` is ``[layers, heads, head_dim]``) directly.
-    """
-    try:
-        from .heads import load_heads
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.heads":
-            raise
-        load_heads = None
-    if load_heads is not None:
-        t, f, d = load_heads(path)
-        return [tuple(map(int, h)) for h in t], [tuple(map(int, h)) for h in f], dict(d or {})
-    js = path if path.is_file() else path / "heads.json"
-    try:
-        d = json.loads(js.read_text())
-        t, f = d["true_heads"], d["false_heads"]
-        t, f = [tuple(map(int, h)) for h in t], [tuple(map(int, h)) for h in f]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise GARConfigError(f"cannot read heads from {js}: {type(e).__name__}: {e}") from None
-    dirs: dict[str, Any] = {}
-    npz = js.parent / "directions.npz"
-    if npz.exists():
-        import numpy as np
-
-        with np.load(npz) as z:
-            dirs = {k: z[k] for k in z.files}
-    return t, f, dirs
-
-
 def _looks_like_path(spec: str) -> bool:
     return "/" in spec or spec.endswith(".json") or spec.startswith((".", "~"))
 
@@ -205,7 +173,7 @@ def resolve_plan(args: InterveneArgs) -> tuple[HeadPlan, dict[str, Any]]:
         if p.exists():
             if p.is_dir() and not (p / "heads.json").exists():
                 raise GARConfigError(f"--heads {args.heads}: folder has no heads.json (expected `gar heads` output)")
-            true_h, false_h, dirs = _read_heads_dir(p)
+            true_h, false_h, dirs = load_heads(p)
             source["heads"] = str(p)
         elif _looks_like_path(args.heads):
             raise GARConfigError(f"--heads {args.heads!r}: no such file or folder")

@@ -58,6 +58,7 @@ from typing import Any, Callable, Sequence
 from gar_tasks.errors import GARConfigError
 
 from .probe import PAPER_HEADS, ProbeResult
+from .run import _save_npz, _versions
 
 Head = tuple[int, int]
 FEATURE_VERSION = 1
@@ -191,48 +192,33 @@ def load_items(path: Path, kind: str, limit: int | None = None) -> tuple[list[st
 
 def read_heads_dir(path: str | Path) -> tuple[list[Head], list[Head], Any]:
     """``(true_heads, false_heads, direction [layers, heads, head_dim])`` of a ``gar heads`` folder
-    (or its ``heads.json``, ``directions.npz`` beside it): the format :func:`interp.heads.load_heads`
-    reads, checked here so that every defect is a one-line error before any work."""
+    (or its ``heads.json``), read by :func:`interp.heads.load_heads` and checked for what the
+    probe needs, so that every defect is a one-line error before any work."""
     import numpy as np
+
+    from .heads import load_heads
 
     d = Path(path).expanduser()
     if d.is_file() and d.name.endswith(".json"):
         d = d.parent
     if not d.is_dir():
         raise GARConfigError(f"--heads {d} is not a folder (expected the output folder of gar heads)")
-    hj, dz = d / "heads.json", d / "directions.npz"
-    for f in (hj, dz):
-        if not f.is_file():
-            raise GARConfigError(f"--heads {d} has no {f.name} (expected the output folder of gar heads)")
+    for name in ("heads.json", "directions.npz"):
+        if not (d / name).is_file():
+            raise GARConfigError(f"--heads {d} has no {name} (expected the output folder of gar heads)")
     try:
-        info = json.loads(hj.read_text())
-    except ValueError as e:
-        raise GARConfigError(f"{hj}: not JSON ({e})") from None
-
-    def heads_of(key: str) -> list[Head]:
-        raw = info.get(key, []) if isinstance(info, dict) else None
-        if not isinstance(raw, list):
-            raise GARConfigError(f"{hj}: {key!r} must be a list of [layer, head]")
-        out: list[Head] = []
-        for h in raw:
-            if not (isinstance(h, (list, tuple)) and len(h) >= 2 and all(isinstance(v, int) for v in h[:2])):
-                raise GARConfigError(f"{hj}: {key!r} holds {h!r}, not [layer, head]")
-            if (h[0], h[1]) not in out:
-                out.append((int(h[0]), int(h[1])))
-        return out
-
-    true_heads, false_heads = heads_of("true_heads"), heads_of("false_heads")
-    if not true_heads and not false_heads:
-        raise GARConfigError(f"{hj} lists no heads (true_heads and false_heads are empty)")
-    try:
-        with np.load(dz) as z:
-            if "direction" not in z.files:
-                raise GARConfigError(f"{dz} has no 'direction' array (has {', '.join(z.files) or 'nothing'})")
-            direction = np.asarray(z["direction"], dtype=np.float32)
+        true_heads, false_heads, arrays = load_heads(d)
     except (OSError, ValueError) as e:
-        raise GARConfigError(f"cannot read {dz}: {e}") from None
+        raise GARConfigError(f"cannot read {d}: {e}") from None
+    true_heads, false_heads = list(dict.fromkeys(true_heads)), list(dict.fromkeys(false_heads))
+    if not true_heads and not false_heads:
+        raise GARConfigError(f"{d / 'heads.json'} lists no heads (true_heads and false_heads are empty)")
+    if "direction" not in arrays:
+        raise GARConfigError(f"{d / 'directions.npz'} has no 'direction' array (has {', '.join(arrays) or 'nothing'})")
+    direction = np.asarray(arrays["direction"], dtype=np.float32)
     if direction.ndim != 3:
-        raise GARConfigError(f"{dz}: 'direction' must be [layers, heads, head_dim], got shape {direction.shape}")
+        raise GARConfigError(f"{d / 'directions.npz'}: 'direction' must be [layers, heads, head_dim], "
+                             f"got shape {direction.shape}")
     return true_heads, false_heads, direction
 
 
@@ -341,18 +327,6 @@ def load_cached(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def _save_npz(path: Path, **arrays: Any) -> None:
-    import io
-
-    import numpy as np
-
-    from .run import _atomic_write
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    _atomic_write(path, buf.getvalue())
-
-
 # ------------------------------------------------------------------------------------------
 # probing
 
@@ -406,12 +380,6 @@ def _threads(n: int):
             torch.set_num_threads(before)
 
     return cm()
-
-
-def _versions() -> dict[str, str]:
-    from .run import _versions as v
-
-    return v()
 
 
 def _check_common(args: ProbeArgs) -> None:
