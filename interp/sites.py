@@ -8,11 +8,20 @@ replaced without touching the others; the attention module's *output* has alread
 
 Under grouped-query attention the key/value heads are shared but the outputs are still one per
 *query* head, so ``n_heads`` is ``num_attention_heads`` (SmolLM2-135M: 9, not its 3 KV heads).
+
+Beside each site, :data:`QUIRKS` records (as data) how an architecture's attention block departs
+from a plain pre-norm Llama block, and which analyses that touches: q/k norms and fused q/k/v
+projections matter to query/key/value ports (circuit work), not to head outputs; a norm between
+the output projection and the residual add (Gemma-2/3 sandwich norms, OLMo-2) makes a head's
+contribution to the residual stream non-linear in its slice of the site input (exact patching
+and gradients *at the site* stay exact; AtP's first-order error grows, and per-head direct
+effects are no longer additive); sliding-window layers limit how far back a head can read.
+Multimodal wrappers (``gemma3``) keep the language model's sizes in ``config.text_config``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gar_tasks.errors import GARConfigError
@@ -26,6 +35,56 @@ HEAD_OUTPUT_SITES: dict[str, str] = {
     "gemma2": "model.layers.{i}.self_attn.o_proj",
     "gpt2": "transformer.h.{i}.attn.c_proj",
     "gpt_neox": "gpt_neox.layers.{i}.attention.dense",
+    "qwen3": "model.layers.{i}.self_attn.o_proj",
+    "gemma3_text": "model.layers.{i}.self_attn.o_proj",  # Gemma3ForCausalLM (the 1B, or a text-only load)
+    "gemma3": "model.language_model.layers.{i}.self_attn.o_proj",  # Gemma3ForConditionalGeneration
+    "phi3": "model.layers.{i}.self_attn.o_proj",
+    "olmo2": "model.layers.{i}.self_attn.o_proj",
+}
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """How an architecture's attention block departs from a plain pre-norm Llama block.
+
+    Read from the installed transformers' modeling code; each field says which analysis cares.
+    """
+
+    #: RMSNorm on queries and keys before RoPE: ``"per_head"`` (over each head's ``head_dim``:
+    #: Qwen3, Gemma-3) or ``"across_heads"`` (over all heads' concatenated q / k: OLMo-2, so one
+    #: head's query depends on the others'). Matters for q/k ports, not for head outputs.
+    qk_norm: str | None = None
+    #: A norm between the output projection and the residual add (Gemma-2/3 "sandwich",
+    #: OLMo-2 "reordered" norms): a head's residual contribution is not linear in its site slice.
+    post_attention_norm: bool = False
+    #: A norm on the block's input before attention (False for OLMo-2: attention reads the raw stream).
+    pre_attention_norm: bool = True
+    #: The attention module's one projection for q, k and v (``None``: separate q/k/v_proj), and
+    #: its column layout: ``"q|k|v"`` (all query heads, then all key, then all value heads) or
+    #: ``"per_head"`` (q, k, v of head 0, then of head 1, ...). Matters for q/k/v ports.
+    fused_qkv: str | None = None
+    fused_qkv_layout: str | None = None
+    #: The config can put some or all layers on a local window (``sliding_window``, ``layer_types``);
+    #: :attr:`HeadSites.sliding_layers` lists them for a given config.
+    sliding_window: bool = False
+    #: Multimodal wrapper: layer and head counts live in ``config.text_config``.
+    text_config: bool = False
+
+
+_LLAMA = Quirks()
+QUIRKS: dict[str, Quirks] = {
+    "llama": _LLAMA,
+    "mistral": Quirks(sliding_window=True),
+    "qwen2": Quirks(sliding_window=True),
+    "gemma": _LLAMA,
+    "gemma2": Quirks(post_attention_norm=True, sliding_window=True),
+    "gpt2": Quirks(fused_qkv="c_attn", fused_qkv_layout="q|k|v"),
+    "gpt_neox": Quirks(fused_qkv="query_key_value", fused_qkv_layout="per_head"),
+    "qwen3": Quirks(qk_norm="per_head", sliding_window=True),
+    "gemma3_text": Quirks(qk_norm="per_head", post_attention_norm=True, sliding_window=True),
+    "gemma3": Quirks(qk_norm="per_head", post_attention_norm=True, sliding_window=True, text_config=True),
+    "phi3": Quirks(fused_qkv="qkv_proj", fused_qkv_layout="q|k|v", sliding_window=True),
+    "olmo2": Quirks(qk_norm="across_heads", post_attention_norm=True, pre_attention_norm=False),
 }
 
 
@@ -38,6 +97,10 @@ class HeadSites:
     n_layers: int
     n_heads: int
     head_dim: int
+    quirks: Quirks = field(default_factory=Quirks)
+    #: layers whose attention sees only the last ``sliding_window`` keys (empty: all layers global)
+    sliding_layers: tuple[int, ...] = ()
+    sliding_window: int | None = None
 
     def path(self, layer: int) -> str:
         """Dotted module path (relative to the model) whose input holds ``layer``'s heads."""
@@ -83,10 +146,26 @@ def head_sites(model_or_config: Any) -> HeadSites:
     if model_type not in HEAD_OUTPUT_SITES:
         raise GARConfigError(f"unsupported architecture {model_type!r} for per-head patching; "
                              f"supported: {', '.join(sorted(HEAD_OUTPUT_SITES))}")
+    quirks = QUIRKS[model_type]
+    if quirks.text_config:  # the language model's sizes (the top config also holds the vision tower's)
+        cfg = cfg.text_config
     n_heads = int(cfg.num_attention_heads)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    n_layers = int(cfg.num_hidden_layers)
+    window = getattr(cfg, "sliding_window", None) if quirks.sliding_window else None
     return HeadSites(model_type=model_type, template=HEAD_OUTPUT_SITES[model_type],
-                     n_layers=int(cfg.num_hidden_layers), n_heads=n_heads, head_dim=int(head_dim))
+                     n_layers=n_layers, n_heads=n_heads, head_dim=int(head_dim), quirks=quirks,
+                     sliding_layers=_sliding_layers(cfg, n_layers) if window else (),
+                     sliding_window=int(window) if window else None)
 
 
-__all__ = ["HEAD_OUTPUT_SITES", "HeadSites", "head_sites"]
+def _sliding_layers(cfg: Any, n_layers: int) -> tuple[int, ...]:
+    """Layers on a local window, for a config whose ``sliding_window`` is set: those typed
+    ``sliding_attention`` in ``layer_types`` (Gemma-2/3, Qwen2/3), else all (Mistral, Phi-3)."""
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        return tuple(range(n_layers))
+    return tuple(i for i, kind in enumerate(types) if kind == "sliding_attention")
+
+
+__all__ = ["HEAD_OUTPUT_SITES", "HeadSites", "QUIRKS", "Quirks", "head_sites"]

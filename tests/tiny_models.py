@@ -93,3 +93,84 @@ def one_thread_module() -> Iterator[None]:
     """Autouse in every test module that imports it: the whole module runs torch on one thread."""
     with one_thread():
         yield
+
+
+# ------------------------------------------------------------------------------------------
+# Architectures of issue 11 (item 6): same sizes (2 layers, 4 query heads, 2 KV heads, head_dim 8)
+
+
+def _decoder_kwargs() -> dict[str, Any]:
+    """Config arguments shared by the Llama-like tiny models below."""
+    tok = bpe_tokenizer()
+    return dict(vocab_size=len(tok), hidden_size=N_HEADS * HEAD_DIM, intermediate_size=64,
+                num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, num_key_value_heads=2,
+                max_position_embeddings=1024, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id, tie_word_embeddings=False, attn_implementation="eager")
+
+
+#: Gemma-3's local window in the tiny models: shorter than every test prompt, so it bites
+TINY_WINDOW = 4
+
+
+def tiny_qwen3(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """Qwen3ForCausalLM: per-head RMSNorm on queries and keys (q_norm, k_norm)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    return _scaled(Qwen3ForCausalLM(Qwen3Config(**_decoder_kwargs(), head_dim=HEAD_DIM)), scale, embed_scale)
+
+
+def _gemma3_text_config() -> Any:
+    """Gemma-3 text config: layer 0 on a sliding window of TINY_WINDOW keys, layer 1 global."""
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(**_decoder_kwargs(), head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM,
+                            sliding_window=TINY_WINDOW, layer_types=["sliding_attention", "full_attention"])
+
+
+def tiny_gemma3_text(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """Gemma3ForCausalLM: q/k norms, sandwich norms (one after o_proj), a sliding-window layer."""
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    torch.manual_seed(seed)
+    return _scaled(Gemma3ForCausalLM(_gemma3_text_config()), scale, embed_scale)
+
+
+def tiny_gemma3(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """Gemma3ForConditionalGeneration (what AutoModelForCausalLM loads for a Gemma-3 4B+ checkpoint):
+    the text model above inside the multimodal wrapper, with a one-layer SigLIP vision tower that
+    text-only prompts never use. Its image token id lies outside the text vocabulary."""
+    import torch
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    text = _gemma3_text_config()
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    torch.manual_seed(seed)
+    cfg = Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                       image_token_index=text.vocab_size, attn_implementation="eager")
+    return _scaled(Gemma3ForConditionalGeneration(cfg), scale, embed_scale)
+
+
+def tiny_phi3(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """Phi3ForCausalLM: one fused qkv_proj, every layer on a sliding window of TINY_WINDOW keys."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(seed)
+    return _scaled(Phi3ForCausalLM(Phi3Config(**_decoder_kwargs(), sliding_window=TINY_WINDOW)), scale, embed_scale)
+
+
+def tiny_olmo2(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """Olmo2ForCausalLM: q/k RMSNorm across heads, norms after attention and MLP (none before)."""
+    import torch
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(seed)
+    return _scaled(Olmo2ForCausalLM(Olmo2Config(**_decoder_kwargs())), scale, embed_scale)
+
+
+BUILDERS.update({"qwen3": tiny_qwen3, "gemma3_text": tiny_gemma3_text, "gemma3": tiny_gemma3,
+                 "phi3": tiny_phi3, "olmo2": tiny_olmo2})
