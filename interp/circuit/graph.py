@@ -417,6 +417,33 @@ def node_graph(circuit: Circuit, scores: EdgeScores) -> Any:
     return g
 
 
+def head_feeds(g: Any) -> dict[str, set[tuple[str, str]]]:
+    """For every head node A of ``node_graph``: the ``(B, type)`` pairs such that A's output at its
+    role t reaches head node B's ``type`` input (q at B's dst = t, or k / v at B's src = t) through
+    a chain of links that stays at role t (relays: MLP nodes at t and heads t->t). B ranges over
+    heads with src != dst; a relay head itself is also reported."""
+    out: dict[str, set[tuple[str, str]]] = {}
+    for a, d in g.nodes(data=True):
+        if d["kind"] != "head":
+            continue
+        role = d["dst"]
+        found: set[tuple[str, str]] = set()
+        stack, seen = [a], {a}
+        while stack:
+            u = stack.pop()
+            for _, b, ty in g.out_edges(u, keys=True):
+                bd = g.nodes[b]
+                if bd["kind"] == "head" and ty in COMPONENTS:
+                    found.add((b, ty))
+                relay = (bd["kind"] == "mlp" and bd["dst"] == role) or (
+                    bd["kind"] == "head" and bd["src"] == bd["dst"] == role)
+                if relay and b not in seen:
+                    seen.add(b)
+                    stack.append(b)
+        out[a] = found
+    return out
+
+
 # --- graph.json and .dot ---------------------------------------------------------------------
 def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
@@ -507,5 +534,5 @@ def iter_edges(circuit: Circuit, scores: EdgeScores) -> Iterator[tuple[int, str,
 
 __all__ = ["COMPONENTS", "EDGE_TYPES", "Circuit", "EdgeScores", "ModelShape", "atomic_write",
            "circuit_from_json", "circuit_to_json", "edge_name", "edge_type", "edge_type_arrays",
-           "head_node_name", "iter_edges", "load_graph_json", "node_graph", "resid_structure",
+           "head_feeds", "head_node_name", "iter_edges", "load_graph_json", "node_graph", "resid_structure",
            "save_graph_json", "to_dot", "unravel_edge"]
