@@ -22,7 +22,7 @@ def test_summary_of_the_planted_circuit(tmp_path):
                     closing_head_check(loops, [(2, 3)], [(1, 0)]), title="cls planted")
     assert md.startswith("# cls planted\n")
     assert "- first_diff_role: A" in md
-    assert "| 2.3 Q->A | Rel.² |" in md and "- Rel.² / Q->A / 2.3" in md
+    assert "| 2.3 Q->A | Rel.² | 4.65 | 4.65 |" in md and "| 0.2 K->Q | Rel. | 0.05 | 2.85 |" in md and "- Rel.² / Q->A / 2.3" in md
     assert "closed loop [cls_true]: key K->Q, query K->V->A, closed by Q->A (2.3)" in md
     assert "| Q->A | closing | 2.3 |" in md and "Weakest edge: K->Q" in md
     assert "True heads closing a Q->A loop: 1/1; False heads: 0/1." in md

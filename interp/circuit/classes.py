@@ -35,7 +35,8 @@ class HeadLabel:
     base: str  # first-order class of the pattern
     label: str  # final class: base, its higher-order version, or Pred / PPred
     order: int
-    score: float
+    score: float  # signed sum of the node's in-circuit attention edge scores
+    weight: float  # sum of their |scores| (ranking: parts of one head may cancel in ``score``)
 
     @property
     def display(self) -> str:
@@ -91,22 +92,23 @@ def classify_heads(circuit: Circuit, scores: EdgeScores, table: dict | None = No
             label, order = p["higher"], 2
         else:
             label, order = base, 1
-        labels[n] = HeadLabel(n, layer, head, d["src"], d["dst"], base, label, order, float(d["score"]))
+        labels[n] = HeadLabel(n, layer, head, d["src"], d["dst"], base, label, order, float(d["score"]),
+                              float(d["weight"]))
     return [labels[n] for _, _, n in heads]
 
 
 def class_groups(labels: list[HeadLabel], table: dict | None = None) -> list[dict]:
     """Head nodes grouped like the figure's boxes: class / src->dst / layer.head ids, strongest
-    (sum of |score|) first."""
+    (sum of the nodes' weights) first."""
     table = table or load_class_table()
     groups: dict[tuple[str, str, str], dict] = {}
     for lb in labels:
         key = (lb.label, lb.src, lb.dst)
         g = groups.setdefault(key, {"class": lb.label, "display": table["display"].get(lb.label, lb.label),
-                                    "src": lb.src, "dst": lb.dst, "heads": [], "score": 0.0})
+                                    "src": lb.src, "dst": lb.dst, "heads": [], "weight": 0.0})
         g["heads"].append(f"{lb.layer}.{lb.head}")
-        g["score"] += abs(lb.score)
-    out = sorted(groups.values(), key=lambda g: -g["score"])
+        g["weight"] += lb.weight
+    out = sorted(groups.values(), key=lambda g: -g["weight"])
     for g in out:
         g["text"] = f"{g['display']} / {g['src']}->{g['dst']} / {' '.join(g['heads'])}"
     return out

@@ -47,7 +47,7 @@ def _keep_strongest(g: Any, max_heads: int) -> Any:
     heads = [n for n, d in g.nodes(data=True) if d["kind"] == "head"]
     if len(heads) <= max_heads:
         return g
-    drop = sorted(heads, key=lambda n: -abs(g.nodes[n]["score"]))[max_heads:]
+    drop = sorted(heads, key=lambda n: -g.nodes[n]["weight"])[max_heads:]
     h = g.copy()
     h.remove_nodes_from(drop)
     h.remove_nodes_from([n for n in list(h) if h.degree(n) == 0])
@@ -57,7 +57,7 @@ def _keep_strongest(g: Any, max_heads: int) -> Any:
 def draw_circuit(circuit: Circuit, scores: EdgeScores, path: str | Path, title: str = "",
                  labels: Sequence[HeadLabel] | None = None, max_heads: int = 40) -> Path:
     """The circuit like Figure 3: x = roles in prompt order, y = layer (embedding below, logits
-    above). At most ``max_heads`` head nodes (the strongest |score|) are drawn."""
+    above). At most ``max_heads`` head nodes (the largest weights, sum of |scores|) are drawn."""
     from matplotlib.patches import FancyArrowPatch
 
     plt = _pyplot()

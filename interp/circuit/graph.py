@@ -349,7 +349,8 @@ def node_graph(circuit: Circuit, scores: EdgeScores) -> Any:
     (L, H, s, t, *) is in), ``L.MLP r`` (an edge into or out of the MLP at r is in), ``logits END``.
     Node attributes: ``kind`` (emb/head/mlp/logits), ``layer``, ``head``, ``src``, ``dst`` (role
     names; ``src == dst`` for emb/MLP/logits), ``score`` (head: the sum of its in-circuit attention
-    edge scores; others: the sum of in-circuit edges into it, emb: out of it).
+    edge scores; others: the sum of in-circuit edges into it, emb: out of it) and ``weight`` (the
+    same sum of |scores|: q/k/v parts of one head can cancel in ``score``).
     Links: an in-circuit residual edge sender@r -> port@r links every node that sends it (the
     head's nodes with destination r, the MLP or embedding at r) to every node that reads it (head
     nodes whose in-circuit q edge has destination r for a q port; whose k / v edge has source r for
@@ -375,7 +376,8 @@ def node_graph(circuit: Circuit, scores: EdgeScores) -> Any:
         name = head_node_name(l, h, roles[s], roles[t])
         comps = am[l, h, s, t]
         g.add_node(name, kind="head", layer=l, head=h, src=roles[s], dst=roles[t],
-                   score=float((attn[l, h, s, t] * comps).sum()))
+                   score=float((attn[l, h, s, t] * comps).sum()),
+                   weight=float((np.abs(attn[l, h, s, t]) * comps).sum()))
         out_nodes.setdefault((l, h, t), []).append(name)
         if comps[0]:
             q_readers.setdefault((l, h, t), []).append(name)
@@ -385,8 +387,9 @@ def node_graph(circuit: Circuit, scores: EdgeScores) -> Any:
 
     def add_simple(name: str, kind: str, layer: int, r: int, score: float) -> str:
         if name not in g:
-            g.add_node(name, kind=kind, layer=layer, head=-1, src=roles[r], dst=roles[r], score=0.0)
+            g.add_node(name, kind=kind, layer=layer, head=-1, src=roles[r], dst=roles[r], score=0.0, weight=0.0)
         g.nodes[name]["score"] += score
+        g.nodes[name]["weight"] += abs(score)
         return name
 
     for s, p, r in np.argwhere(rm):

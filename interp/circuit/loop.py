@@ -111,13 +111,6 @@ class LoopResult:
                 "shortest": s.to_json() if s else None, "loops": [lp.to_json() for lp in self.loops]}
 
 
-def _node_weights(circuit: Circuit, scores: EdgeScores, g: Any) -> dict[str, float]:
-    a = np.abs(np.nan_to_num(scores.attn)) * circuit.attn_mask
-    r = {n: i for i, n in enumerate(scores.roles)}
-    return {n: float(a[d["layer"], d["head"], r[d["src"]], r[d["dst"]]].sum())
-            for n, d in g.nodes(data=True) if d["kind"] == "head"}
-
-
 def _role_paths(by_pair: Mapping[tuple[str, str], list[str]], end: str, max_len: int) -> list[list[str]]:
     """Simple directed role paths (>= 1 edge, <= max_len edges) ending at ``end``."""
     preds: dict[str, set[str]] = {}
@@ -168,7 +161,7 @@ def find_loops(circuit: Circuit, scores: EdgeScores, templates: Iterable[str] | 
         circuit = prune_dangling(circuit, scores.shape)
     g = node_graph(circuit, scores)
     feeds = head_feeds(g)
-    weight = _node_weights(circuit, scores, g)
+    weight = {n: d["weight"] for n, d in g.nodes(data=True) if d["kind"] == "head"}
     by_pair: dict[tuple[str, str], list[str]] = {}
     for n, d in g.nodes(data=True):
         if d["kind"] == "head" and d["src"] != d["dst"]:

@@ -45,9 +45,10 @@ def summary_md(scores: EdgeScores, circuit: Circuit, labels: Sequence[HeadLabel]
     lines += ["## Top head nodes", ""]
     if labels:
         display = load_class_table()["display"]
-        ranked = sorted(labels, key=lambda lb: -abs(lb.score))[:top]
-        lines += ["| node | class | score |", "|---|---|---|"]
-        lines += [f"| {lb.node} | {display.get(lb.label, lb.label)} | {lb.score:.4g} |" for lb in ranked]
+        ranked = sorted(labels, key=lambda lb: -lb.weight)[:top]
+        lines += ["| node | class | sum of scores | sum of abs scores |", "|---|---|---|---|"]
+        lines += [f"| {lb.node} | {display.get(lb.label, lb.label)} | {lb.score:.4g} | {lb.weight:.4g} |"
+                  for lb in ranked]
         lines += ["", "Figure boxes (class / Src->Dst / layer.head, strongest first):", ""]
         lines += [f"- {g['text']}" for g in class_groups(list(labels))[:top]]
     else:
