@@ -182,14 +182,16 @@ def greedy(scores: EdgeScores, n: int, absolute: bool = True, prune: bool = True
     n_res = S * P * R
     s_layer, s_kind, s_head = shape.sender_arrays()
     H = shape.n_heads
-    heap: list[tuple[float, int]] = []
+    order = np.argsort(-key, kind="stable")  # rank 0 = best; ties in flat order
+    rank = np.empty(order.size, np.int64)
+    rank[order] = np.arange(order.size)
+    heap: list[int] = []  # ranks: int comparisons keep the heap fast
     in_ports = np.zeros((P, R), bool)
     in_senders = np.zeros((S, R), bool)
 
     def push(indices: np.ndarray) -> None:
-        for i in indices:
-            if key[i] > -np.inf:
-                heapq.heappush(heap, (-float(key[i]), int(i)))
+        for item in rank[indices[key[indices] > -np.inf]].tolist():
+            heapq.heappush(heap, item)
 
     def add_port(p: int, r: int) -> None:
         if in_ports[p, r]:
@@ -209,22 +211,28 @@ def greedy(scores: EdgeScores, n: int, absolute: bool = True, prune: bool = True
             src, comp = np.meshgrid(np.arange(R), np.arange(3), indexing="ij")
             push(n_res + ((((l * H + h) * R + src) * R + r) * 3 + comp).ravel())
 
+    every = (np.ones((S, R), bool), np.ones((P, R), bool))
+    closure = edges_between(scores.exists(), shape, every, backward_reach(scores.exists(), shape))
+    if n >= closure.n_edges:  # every candidate would be taken: the order does not matter
+        return prune_dangling(closure, shape) if prune else closure
     lg = shape.port("logits")
     for r in range(R):
         add_port(lg, r)
     chosen = np.zeros(flat.size, bool)
     count = 0
     while heap and count < n:
-        _, i = heapq.heappop(heap)
+        i = int(order[heapq.heappop(heap)])
         if chosen[i]:
             continue
         chosen[i] = True
         count += 1
         if i < n_res:
-            s, _p, r = np.unravel_index(i, (S, P, R))
-            add_sender(int(s), int(r))
+            add_sender(i // (P * R), i % R)
         else:
-            l, h, s, t, c = (int(x) for x in np.unravel_index(i - n_res, scores.attn.shape))
+            j, c = divmod(i - n_res, 3)
+            j, t = divmod(j, R)
+            j, s = divmod(j, R)
+            l, h = divmod(j, H)
             g = shape.group(h)
             port = shape.port(COMPONENTS[c], l, h if c == 0 else g)
             add_port(port, t if c == 0 else s)
