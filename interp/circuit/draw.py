@@ -78,12 +78,15 @@ def draw_circuit(circuit: Circuit, scores: EdgeScores, path: str | Path, title: 
     for n, d in sorted(g.nodes(data=True), key=lambda x: (x[1]["layer"], x[1].get("head", -1), x[0])):
         cells.setdefault((d["dst"], y_of(d)), []).append(n)
     pos: dict[str, tuple[float, float]] = {}
-    for (role, y), names in cells.items():
+    for (role, y), names in cells.items():  # a crowded cell becomes a small grid
         k = len(names)
+        ncols = min(k, 2)
+        nrows = math.ceil(k / ncols)
         for i, n in enumerate(names):
-            pos[n] = (xr[role] + (i - (k - 1) / 2) * min(0.9 / max(k, 1), 0.45), y)
-    w_in = max(6.0, 1.9 * len(roles))
-    h_in = max(4.0, 0.75 * (L + 2))
+            row, col = divmod(i, ncols)
+            pos[n] = (xr[role] + (col - (ncols - 1) / 2) * 0.44, y + (row - (nrows - 1) / 2) * 0.5)
+    w_in = max(6.0, 2.1 * len(roles))
+    h_in = max(4.0, 0.55 * (L + 2) * (1.7 if max(len(v) for v in cells.values()) > 3 else 1.0))
     fig, ax = plt.subplots(figsize=(w_in, h_in))
     top = max([abs(d["score"]) for *_, d in g.edges(data=True)] + [1e-12])
     for a, b, d in g.edges(data=True):
@@ -93,14 +96,13 @@ def draw_circuit(circuit: Circuit, scores: EdgeScores, path: str | Path, title: 
                                      connectionstyle=f"arc3,rad={rad}", color=TYPE_COLORS[d["type"]],
                                      lw=0.6 + 3.4 * abs(d["score"]) / top, alpha=0.75, shrinkA=12, shrinkB=12,
                                      zorder=1))
-    fs = 7 if len(pos) < 30 else 6
+    fs = 7 if len(pos) < 30 else 5.5
     for n, d in g.nodes(data=True):
         x, y = pos[n]
         lb = label_of.get(n)
         if d["kind"] == "head":
-            text = f"{d['layer']}.{d['head']}\n{d['src']}->{d['dst']}"
-            if lb is not None:
-                text = f"{display.get(lb.label, lb.label)}\n" + text
+            cls = f"{display.get(lb.label, lb.label)} " if lb is not None else ""
+            text = f"{cls}{d['layer']}.{d['head']}\n{d['src']}->{d['dst']}"
             face = CLASS_COLORS.get(lb.label, "#ffffff") if lb is not None else "#ffffff"
         elif d["kind"] == "mlp":
             text, face = f"{d['layer']}.MLP\n{d['dst']}", "#eeeeee"
