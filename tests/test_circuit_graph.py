@@ -175,3 +175,21 @@ def test_circuit_set_operations():
     assert (planted - planted).n_edges == 0
     assert Circuit.from_flat(planted.flat(), scores) == planted
     assert planted.heads() == {(0, 1), (0, 2), (1, 0), (2, 3), (3, 0)}
+
+
+def test_bad_inputs_get_clear_errors(tmp_path):
+    scores, planted = planted_scores()
+    small = Circuit(planted.resid_mask[:, :, :-1], planted.attn_mask)
+    with pytest.raises(ValueError, match="do not fit"):
+        node_graph(small, scores)
+    np.savez(tmp_path / "x.npz", resid=scores.resid)
+    with pytest.raises(ValueError, match="not a scores file"):
+        EdgeScores.load(tmp_path / "x.npz")
+
+
+def test_graph_json_carries_node_classes():
+    scores, planted = planted_scores()
+    data = circuit_to_json(planted, scores, node_classes={"2.3 Q->A": "Rel2"})
+    nodes = {n["name"]: n for n in data["nodes"]}
+    assert nodes["2.3 Q->A"]["class"] == "Rel2" and "class" not in nodes["0.1 K->V"]
+    assert nodes["2.3 Q->A"]["weight"] == pytest.approx(4.65)

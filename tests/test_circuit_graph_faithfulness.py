@@ -111,3 +111,17 @@ def test_spot_check_edges_are_top_plus_seeded_random():
     assert idx.size == 12 and len(set(idx.tolist())) == 12
     assert set(idx[:5].tolist()) <= set(planted.edge_indices().tolist())
     assert np.array_equal(idx, spot_check_edges(scores, k=5, n_random=7, seed=3))
+
+
+def test_curve_json_round_trip():
+    import json
+
+    from interp.circuit.faithfulness import FaithfulnessCurve
+
+    scores, _ = planted_scores()
+    ev = linear_evaluate(scores)
+    curve = faithfulness_curve(scores, ev, 2.0, 2.0, percentages=[1, 100], n_random=1)  # f undefined: NaN
+    data = json.loads(json.dumps(curve.to_json()))
+    assert data["f"] == [None, None]
+    back = FaithfulnessCurve.from_json(data)
+    assert math.isnan(back.f[0]) and back.n_edges == curve.n_edges and back.method == "topn"

@@ -91,6 +91,15 @@ class FaithfulnessCurve:
     def to_json(self) -> dict:
         return _json_safe(asdict(self))
 
+    @classmethod
+    def from_json(cls, data: dict) -> "FaithfulnessCurve":
+        """Back from ``to_json`` (JSON null -> NaN), e.g. to redraw a saved ``faithfulness.json``."""
+        def num(x):
+            if isinstance(x, list):
+                return [num(v) for v in x]
+            return float("nan") if x is None else x
+        return cls(**{k: (num(v) if k not in ("method", "random_kind") else v) for k, v in data.items()})
+
 
 def _json_safe(x):
     if isinstance(x, dict):

@@ -201,6 +201,12 @@ class EdgeScores:
     def n_edges(self) -> int:
         return int(np.count_nonzero(~np.isnan(self.flat())))
 
+    def check(self, circuit: "Circuit") -> None:
+        """A clear error when a circuit's masks do not fit these scores' graph."""
+        if circuit.resid_mask.shape != self.resid.shape or circuit.attn_mask.shape != self.attn.shape:
+            raise ValueError(f"circuit masks {circuit.resid_mask.shape}, {circuit.attn_mask.shape} do not fit "
+                             f"the scores' graph {self.resid.shape}, {self.attn.shape}")
+
     def edge_name(self, flat_index: int) -> str:
         return edge_name(self.shape, self.roles, flat_index)
 
@@ -222,6 +228,9 @@ class EdgeScores:
     def load(cls, path: str | Path) -> "EdgeScores":
         """Read ``scores.npz``; the sender/port arrays must match the ones the shape implies."""
         with np.load(path, allow_pickle=False) as z:
+            missing = {"resid", "attn", "roles", "model_shape"} - set(z.files)
+            if missing:
+                raise ValueError(f"{path}: not a scores file (missing {sorted(missing)})")
             shape = ModelShape(*(int(x) for x in z["model_shape"]))
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
             out = cls(z["resid"], z["attn"], [str(r) for r in z["roles"]], shape, meta)
@@ -360,6 +369,7 @@ def node_graph(circuit: Circuit, scores: EdgeScores) -> Any:
     """
     import networkx as nx
 
+    scores.check(circuit)
     shape, roles = scores.shape, scores.roles
     s_layer, s_kind, s_head = shape.sender_arrays()
     p_layer, p_kind, p_index = shape.port_arrays()
@@ -452,9 +462,11 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def circuit_to_json(circuit: Circuit, scores: EdgeScores, extra: dict[str, Any] | None = None) -> dict:
+def circuit_to_json(circuit: Circuit, scores: EdgeScores, extra: dict[str, Any] | None = None,
+                    node_classes: dict[str, str] | None = None) -> dict:
     """The circuit as a JSON-ready dict: every in-circuit edge with its indices, name, type and
-    score (enough to rebuild the masks), plus the figure's nodes and links (``node_graph``)."""
+    score (enough to rebuild the masks), plus the figure's nodes (with their class when
+    ``node_classes`` maps node names to one) and links (``node_graph``)."""
     shape, roles = scores.shape, scores.roles
     flat = scores.flat()
     edges = []
@@ -468,7 +480,8 @@ def circuit_to_json(circuit: Circuit, scores: EdgeScores, extra: dict[str, Any] 
             e.update(layer=idx[0], head=idx[1], src=roles[idx[2]], dst=roles[idx[3]])
         edges.append(e)
     g = node_graph(circuit, scores)
-    nodes = [{"name": n, **{k: (v if not isinstance(v, float) else _finite(v)) for k, v in d.items()}}
+    nodes = [{"name": n, **{k: (v if not isinstance(v, float) else _finite(v)) for k, v in d.items()},
+              **({"class": node_classes[n]} if node_classes and n in node_classes else {})}
              for n, d in g.nodes(data=True)]
     links = [{"source": a, "target": b, "type": d["type"], "score": _finite(d["score"])}
              for a, b, d in g.edges(data=True)]
@@ -479,9 +492,9 @@ def circuit_to_json(circuit: Circuit, scores: EdgeScores, extra: dict[str, Any] 
 
 
 def save_graph_json(path: str | Path, circuit: Circuit, scores: EdgeScores,
-                    extra: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None, node_classes: dict[str, str] | None = None) -> Path:
     """Write ``graph.json`` atomically."""
-    return atomic_write(path, json.dumps(circuit_to_json(circuit, scores, extra), indent=1))
+    return atomic_write(path, json.dumps(circuit_to_json(circuit, scores, extra, node_classes), indent=1))
 
 
 def circuit_from_json(data: dict) -> tuple[Circuit, ModelShape, list[str]]:
