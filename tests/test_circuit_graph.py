@@ -193,3 +193,15 @@ def test_graph_json_carries_node_classes():
     nodes = {n["name"]: n for n in data["nodes"]}
     assert nodes["2.3 Q->A"]["class"] == "Rel2" and "class" not in nodes["0.1 K->V"]
     assert nodes["2.3 Q->A"]["weight"] == pytest.approx(4.65)
+
+
+def test_scores_written_without_model_shape_load(tmp_path):
+    from interp.circuit.graph import infer_shape
+
+    scores, _ = planted_scores()
+    np.savez(tmp_path / "s.npz", resid=scores.resid, attn=scores.attn, roles=np.array(ROLES))
+    back = EdgeScores.load(tmp_path / "s.npz")
+    assert back.shape == SHAPE and back.meta == {}
+    assert infer_shape((1 + 30 * 10, 30 * 16 + 1, 12), (30, 9, 12, 12, 3)) == ModelShape(30, 9, 3)
+    with pytest.raises(ValueError, match="fit no model shape"):
+        infer_shape((5, 7, 3), (2, 2, 3, 3, 3))

@@ -142,6 +142,15 @@ class ModelShape:
                 "mlp": f"{layer}.MLP.in", "logits": "logits"}[str(kind)]
 
 
+def infer_shape(resid_shape: tuple[int, ...], attn_shape: tuple[int, ...]) -> ModelShape:
+    """The model shape implied by the array shapes (P = L*(H+2G+1) + 1 gives G)."""
+    L, H = int(attn_shape[0]), int(attn_shape[1])
+    two_g = (int(resid_shape[1]) - 1) / L - H - 1
+    if two_g <= 0 or two_g % 2:
+        raise ValueError(f"array shapes {resid_shape}, {attn_shape} fit no model shape of the contract")
+    return ModelShape(L, H, int(two_g // 2))
+
+
 def resid_structure(shape: ModelShape, roles: list[str], end_role: str = "END") -> np.ndarray:
     """Which residual edges exist by architecture (bool [S, P, R]): the contract's NaN pattern.
 
@@ -228,10 +237,13 @@ class EdgeScores:
     def load(cls, path: str | Path) -> "EdgeScores":
         """Read ``scores.npz``; the sender/port arrays must match the ones the shape implies."""
         with np.load(path, allow_pickle=False) as z:
-            missing = {"resid", "attn", "roles", "model_shape"} - set(z.files)
+            missing = {"resid", "attn", "roles"} - set(z.files)
             if missing:
                 raise ValueError(f"{path}: not a scores file (missing {sorted(missing)})")
-            shape = ModelShape(*(int(x) for x in z["model_shape"]))
+            if "model_shape" in z.files:
+                shape = ModelShape(*(int(x) for x in z["model_shape"]))
+            else:
+                shape = infer_shape(z["resid"].shape, z["attn"].shape)
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
             out = cls(z["resid"], z["attn"], [str(r) for r in z["roles"]], shape, meta)
             for name, want in zip(("sender_layer", "sender_kind", "sender_head"), shape.sender_arrays()):
@@ -466,7 +478,21 @@ def circuit_to_json(circuit: Circuit, scores: EdgeScores, extra: dict[str, Any] 
                     node_classes: dict[str, str] | None = None) -> dict:
     """The circuit as a JSON-ready dict: every in-circuit edge with its indices, name, type and
     score (enough to rebuild the masks), plus the figure's nodes (with their class when
-    ``node_classes`` maps node names to one) and links (``node_graph``)."""
+    ``node_classes`` maps node names to one) and links (``node_graph``).
+
+    Format (``graph.json``, version 1)::
+
+        {"format": "gar-circuit", "version": 1, "model": {"n_layers", "n_heads", "n_groups"},
+         "roles": [...], "n_edges": int,
+         "edges": [{"name": "3.1@V -> 4.g0.k", "kind": "resid", "type": "k", "score": float|null,
+                    "sender": int, "port": int, "role": "V"},
+                   {"name": "4.2 K->V k", "kind": "attn", "type": "k", "score": ..., "layer": 4,
+                    "head": 2, "src": "K", "dst": "V"}, ...],
+         "nodes": [{"name": "4.2 K->V", "kind": "head", "layer", "head", "src", "dst", "score",
+                    "weight", "class"?}, {"name": "3.MLP V", "kind": "mlp", ...}, ...],
+         "links": [{"source": node, "target": node, "type": "q"|"k"|"v"|"mlp"|"logits", "score"}],
+         ...extra}
+    """
     shape, roles = scores.shape, scores.roles
     flat = scores.flat()
     edges = []
@@ -550,5 +576,5 @@ def iter_edges(circuit: Circuit, scores: EdgeScores) -> Iterator[tuple[int, str,
 
 __all__ = ["COMPONENTS", "EDGE_TYPES", "Circuit", "EdgeScores", "ModelShape", "atomic_write",
            "circuit_from_json", "circuit_to_json", "edge_name", "edge_type", "edge_type_arrays",
-           "head_feeds", "head_node_name", "iter_edges", "load_graph_json", "node_graph", "resid_structure",
+           "head_feeds", "head_node_name", "infer_shape", "iter_edges", "load_graph_json", "node_graph", "resid_structure",
            "save_graph_json", "to_dot", "unravel_edge"]
