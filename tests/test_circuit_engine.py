@@ -413,3 +413,26 @@ def test_edge_layout_matches_the_contract():
     assert exists[s.sender_head(0, 0), s.port_mlp(0)] and not exists[s.sender_head(0, 0), s.port_q(0, 1)]
     assert not exists[s.sender_mlp(0), s.port_mlp(0)] and exists[s.sender_mlp(0), s.port_v(1, 0)]
     assert exists[:, s.port_logits].all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_softmax_attention_edges(arch):
+    """The QK fix: v edges unchanged; q/k edges equal plain EAP to first order, and closer to exact
+    single-edge patching under a large corruption (the head's own softmax is no longer linearised)."""
+    hf = model(arch)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    small = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-5, seed=5)
+    plain, fixed = attribution_batch(nn_model, small)[1], attribution_batch(nn_model, small, exact_softmax=True)[1]
+    np.testing.assert_array_equal(plain[..., 2], fixed[..., 2])
+    assert np.corrcoef(plain[..., :2].ravel(), fixed[..., :2].ravel())[0, 1] > 0.99999
+    big = random_batch(hf, rows=2, width=7, corruption="embeds", eps=3.0, seed=6)
+    plain, fixed = attribution_batch(nn_model, big)[1], attribution_batch(nn_model, big, exact_softmax=True)[1]
+    patcher = EdgePatcher(hf, big)
+    has_a = edge_presence(patcher.shape, [big], N_ROLES, END)[1]
+    last = np.argwhere(has_a)
+    last = last[(last[:, 0] == patcher.shape.n_layers - 1) & (last[:, 4] < 2)]  # q/k edges, last layer
+    _, exact = _single_edge_effects(patcher, [], last)
+    err_plain = np.abs(plain[tuple(last.T)] - exact).mean()
+    err_fixed = np.abs(fixed[tuple(last.T)] - exact).mean()
+    print(f"{arch}: mean |EAP - exact| {err_plain:.3g}, with the QK fix {err_fixed:.3g}")
+    assert err_fixed < err_plain

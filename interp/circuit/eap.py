@@ -26,6 +26,11 @@ output (the output projection's input), q/k after the rotary embedding. ``q^corr
 projections of the all-corrupted port input (pair patching: the corrupted run's q/k/v; role
 means: those of the summed means), as in the exact patcher.
 
+With ``exact_softmax`` (AtP*'s QK fix, per source role) the q and k edges ``s -> t`` are instead
+``sum_{i in t} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``, ``A'`` the pattern recomputed with the
+scores of the keys of role ``s`` taken with the corrupted key (c = 1) or query (c = 0): exact
+through the softmax, first order after the head's output. ``R`` extra softmaxes per head.
+
 **EAP-IG** (``ig_steps = n > 1``): the gradients are averaged over ``n`` forwards whose input
 embeddings are ``e^corr + (k / n) (e - e^corr)``, ``k = n .. 1`` (``n = 1`` is plain EAP); the
 multipliers stay the clean-minus-corrupted differences.
@@ -92,12 +97,13 @@ def _check(model: Any, batch: CircuitBatch, remote: Remote) -> CircuitShape:
     return shape
 
 
-def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1,
+def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exact_softmax: bool = False,
                       remote: Remote = False) -> tuple["np.ndarray", "np.ndarray"]:
     """Sums over the batch's rows of the role-level EAP scores: ``(resid [S, P, R], attn [L, H, R, R, 3])``
     as float64 (zeros where no edge: see :func:`edge_presence` for the NaN pattern).
 
-    ``model``: an nnsight ``TransformersModel`` (llama, mistral, qwen2).
+    ``model``: an nnsight ``TransformersModel`` (llama, mistral, qwen2). ``exact_softmax``: q/k
+    attention edges exact through their head's softmax (see the module docstring).
     """
     import nnsight
     import torch
@@ -279,7 +285,25 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1,
                     t_v = probs * torch.einsum("bihe,bjhe->bhij", gz, dv)
                     terms = torch.stack([t_q, t_k, t_v], -1)  # [B, H, T(i), T(j), 3]
                     terms = torch.where(valid.to(dev)[..., None], terms, torch.zeros_like(terms))
-                    attn_acc[lyr] += torch.einsum("bhijc,bjs,bit->hstc", terms, onehot, onehot).double()
+                    if exact_softmax:  # q/k edges exact through this head's softmax (AtP*'s QK fix)
+                        terms = terms[..., 2:]
+                        vmask = valid.to(dev)
+                        s_q = torch.einsum("bihe,bjhe->bhij", q_cx[lyr], kh) * scaling
+                        s_k = torch.einsum("bihe,bjhe->bhij", q, k_cx[lyr].repeat_interleave(gs, 2)) * scaling
+                        fix = torch.zeros(H, R, R, 2, device=dev, dtype=torch.float64)
+                        for src in range(R):
+                            in_src = onehot[:, None, None, :, src] > 0  # [B, 1, 1, T(j)]
+                            for c, s_new in ((0, s_q), (1, s_k)):
+                                s2 = torch.where(in_src & allowed.to(dev), s_new, sc)
+                                p2 = torch.softmax(s2, -1, dtype=torch.float64 if dt == torch.float64
+                                                   else torch.float32).to(dt)
+                                per_i = torch.where(vmask, (p2 - probs) * d_a, torch.zeros_like(d_a)).sum(-1)
+                                fix[:, src, :, c] += torch.einsum("bhi,bit->ht", per_i, onehot).double()
+                        attn_acc[lyr, :, :, :, :2] += fix
+                        attn_acc[lyr, :, :, :, 2:] += torch.einsum("bhijc,bjs,bit->hstc", terms, onehot,
+                                                                   onehot).double()
+                    else:
+                        attn_acc[lyr] += torch.einsum("bhijc,bjs,bit->hstc", terms, onehot, onehot).double()
                 # ---- residual edges into the logits port (last position: role END)
                 gf = g_fin[:, -1]
                 el = torch.einsum("bsd,bd->bs", delta[:, -1], gf)
@@ -317,7 +341,8 @@ def edge_presence(shape: CircuitShape, batches: Iterable[CircuitBatch], n_roles:
 
 
 def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequence[str], *, ig_steps: int = 1,
-                     remote: Remote = False, progress: Progress | None = None) -> AttributionResult:
+                     exact_softmax: bool = False, remote: Remote = False,
+                     progress: Progress | None = None) -> AttributionResult:
     """EAP (or EAP-IG) scores averaged over every row of ``batches``, NaN where no edge exists.
 
     ``roles`` names the role ids of the batches (a schema's ``roles``). ``progress(done, total)``
@@ -337,7 +362,7 @@ def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequenc
     attn = np.zeros((shape.n_layers, shape.n_heads, R, R, 3))
     done, total = 0, sum(b.size for b in batches)
     for batch in batches:
-        r, a = attribution_batch(model, batch, ig_steps=ig_steps, remote=remote)
+        r, a = attribution_batch(model, batch, ig_steps=ig_steps, exact_softmax=exact_softmax, remote=remote)
         resid += r
         attn += a
         done += batch.size
@@ -347,7 +372,7 @@ def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequenc
     resid = np.where(has_r, resid / total, np.nan).astype(np.float32)
     attn = np.where(has_a, attn / total, np.nan).astype(np.float32)
     return AttributionResult(resid=resid, attn=attn, roles=list(roles), shape=shape, n_rows=total,
-                             ig_steps=ig_steps)
+                             ig_steps=ig_steps, meta={"exact_softmax": exact_softmax})
 
 
 __all__ = ["AttributionResult", "attribution_batch", "edge_attribution", "edge_presence"]
