@@ -436,3 +436,27 @@ def test_exact_softmax_attention_edges(arch):
     err_fixed = np.abs(fixed[tuple(last.T)] - exact).mean()
     print(f"{arch}: mean |EAP - exact| {err_plain:.3g}, with the QK fix {err_fixed:.3g}")
     assert err_fixed < err_plain
+
+
+def test_multi_batch_scores_and_patching_are_row_means():
+    from interp.circuit.eap import role_presence, scores_from_sums
+    from interp.circuit.patch import PatchSet
+
+    hf = model("llama")
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    b1, b2 = random_batch(hf, rows=2, width=6, seed=1), random_batch(hf, rows=1, width=8, seed=2)
+    roles = ["a", "b", "c", "END"]
+    res = edge_attribution(nn_model, [b1, b2], roles)
+    sums = [attribution_batch(nn_model, b) for b in (b1, b2)]
+    pres = [role_presence(b) for b in (b1, b2)]
+    again = scores_from_sums(res.shape, roles, sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], 3,
+                             pres[0][0] | pres[1][0], pres[0][1] | pres[1][1], END)
+    np.testing.assert_array_equal(res.resid, again.resid)
+    np.testing.assert_array_equal(res.attn, again.attn)
+    assert res.n_rows == 3
+    ps = PatchSet(hf, [b1, b2])
+    want = np.mean(hf_metric(hf, b1) + hf_metric(hf, b2))
+    assert ps.full() == pytest.approx(want, rel=1e-6)
+    masks = _random_masks(ps.shape, N_ROLES, 0.5, 3)
+    assert ps.evaluate(*masks) == pytest.approx(
+        (EdgePatcher(hf, b1).metrics(*masks).sum() + EdgePatcher(hf, b2).metrics(*masks).sum()) / 3, rel=1e-12)

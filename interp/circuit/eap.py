@@ -315,29 +315,59 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     return out_resid.numpy(), out_attn.numpy()
 
 
-def edge_presence(shape: CircuitShape, batches: Iterable[CircuitBatch], n_roles: int,
-                  end_role: int) -> tuple["np.ndarray", "np.ndarray"]:
-    """Which role-level edges exist in the data: ``(resid [S, P, R], attn [L, H, R, R, 3])`` bools.
-
-    A residual edge exists when it exists in the model (:meth:`CircuitShape.edge_exists`) and its
-    role has a token in some row (``logits`` only at END); an attention edge ``s -> t`` when
-    some row has a token of role ``s`` at or before a token of role ``t``.
-    """
-    import numpy as np
+def role_presence(batch: CircuitBatch) -> tuple["np.ndarray", "np.ndarray"]:
+    """``(present [R], pairs [R, R])`` of one batch: roles with a token, and source/destination
+    role pairs ``(s, t)`` with a token of ``s`` at or before a token of ``t`` in some row.
+    OR them over batches (a checkpoint loop keeps them with the score sums)."""
     import torch
 
-    present = np.zeros(n_roles, dtype=bool)
-    pairs = np.zeros((n_roles, n_roles), dtype=bool)
-    for batch in batches:
-        oh = batch.role_onehot(torch.float64)
-        present |= (oh.sum((0, 1)) > 0).numpy()
-        causal = torch.ones(batch.width, batch.width, dtype=torch.float64).tril()  # [i, j], j <= i
-        pairs |= (torch.einsum("bjs,ij,bit->st", oh, causal, oh) > 0).numpy()
+    oh = batch.role_onehot(torch.float64)
+    causal = torch.ones(batch.width, batch.width, dtype=torch.float64).tril()  # [i, j], j <= i
+    return (oh.sum((0, 1)) > 0).numpy(), (torch.einsum("bjs,ij,bit->st", oh, causal, oh) > 0).numpy()
+
+
+def presence_masks(shape: CircuitShape, present: "np.ndarray", pairs: "np.ndarray",
+                   end_role: int) -> tuple["np.ndarray", "np.ndarray"]:
+    """Which role-level edges exist: ``(resid [S, P, R], attn [L, H, R, R, 3])`` bools.
+
+    A residual edge exists when it exists in the model (:meth:`CircuitShape.edge_exists`) and its
+    role has a token (``logits`` only at END); an attention edge ``s -> t`` when ``pairs[s, t]``.
+    """
+    import numpy as np
+
     resid = shape.edge_exists()[:, :, None] & present[None, None, :]
     resid[:, shape.port_logits, :] = False
     resid[:, shape.port_logits, end_role] = present[end_role]
-    attn = np.broadcast_to(pairs[None, None, :, :, None], (shape.n_layers, shape.n_heads, n_roles, n_roles, 3))
+    attn = np.broadcast_to(pairs[None, None, :, :, None], (shape.n_layers, shape.n_heads) + pairs.shape + (3,))
     return resid, attn.copy()
+
+
+def edge_presence(shape: CircuitShape, batches: Iterable[CircuitBatch], n_roles: int,
+                  end_role: int) -> tuple["np.ndarray", "np.ndarray"]:
+    """:func:`presence_masks` of the union of :func:`role_presence` over ``batches``."""
+    import numpy as np
+
+    present, pairs = np.zeros(n_roles, dtype=bool), np.zeros((n_roles, n_roles), dtype=bool)
+    for batch in batches:
+        p, q = role_presence(batch)
+        present |= p
+        pairs |= q
+    return presence_masks(shape, present, pairs, end_role)
+
+
+def scores_from_sums(shape: CircuitShape, roles: Sequence[str], resid_sum: "np.ndarray", attn_sum: "np.ndarray",
+                     n_rows: int, present: "np.ndarray", pairs: "np.ndarray", end_role: int,
+                     **meta: Any) -> AttributionResult:
+    """The :class:`AttributionResult` of summed batch scores (mean over ``n_rows``, NaN = no edge)."""
+    import numpy as np
+
+    if n_rows < 1:
+        raise GARConfigError("no rows were scored")
+    has_r, has_a = presence_masks(shape, present, pairs, end_role)
+    resid = np.where(has_r, resid_sum / n_rows, np.nan).astype(np.float32)
+    attn = np.where(has_a, attn_sum / n_rows, np.nan).astype(np.float32)
+    return AttributionResult(resid=resid, attn=attn, roles=list(roles), shape=shape, n_rows=n_rows,
+                             ig_steps=int(meta.pop("ig_steps", 1)), meta=meta)
 
 
 def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequence[str], *, ig_steps: int = 1,
@@ -346,7 +376,8 @@ def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequenc
     """EAP (or EAP-IG) scores averaged over every row of ``batches``, NaN where no edge exists.
 
     ``roles`` names the role ids of the batches (a schema's ``roles``). ``progress(done, total)``
-    counts rows after each batch.
+    counts rows after each batch. (A checkpointing caller uses :func:`attribution_batch`,
+    :func:`role_presence` and :func:`scores_from_sums` instead.)
     """
     import numpy as np
 
@@ -360,19 +391,21 @@ def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequenc
         raise GARConfigError(f"the batches' role count differs from the {R} roles given")
     resid = np.zeros((shape.n_senders, shape.n_ports, R))
     attn = np.zeros((shape.n_layers, shape.n_heads, R, R, 3))
+    present, pairs = np.zeros(R, dtype=bool), np.zeros((R, R), dtype=bool)
     done, total = 0, sum(b.size for b in batches)
     for batch in batches:
         r, a = attribution_batch(model, batch, ig_steps=ig_steps, exact_softmax=exact_softmax, remote=remote)
         resid += r
         attn += a
+        p, q = role_presence(batch)
+        present |= p
+        pairs |= q
         done += batch.size
         if progress is not None:
             progress(done, total)
-    has_r, has_a = edge_presence(shape, batches, R, batches[0].end_role)
-    resid = np.where(has_r, resid / total, np.nan).astype(np.float32)
-    attn = np.where(has_a, attn / total, np.nan).astype(np.float32)
-    return AttributionResult(resid=resid, attn=attn, roles=list(roles), shape=shape, n_rows=total,
-                             ig_steps=ig_steps, meta={"exact_softmax": exact_softmax})
+    return scores_from_sums(shape, roles, resid, attn, total, present, pairs, batches[0].end_role,
+                            ig_steps=ig_steps, exact_softmax=exact_softmax)
 
 
-__all__ = ["AttributionResult", "attribution_batch", "edge_attribution", "edge_presence"]
+__all__ = ["AttributionResult", "attribution_batch", "edge_attribution", "edge_presence", "presence_masks",
+           "role_presence", "scores_from_sums"]

@@ -119,7 +119,13 @@ class UnrolledModel:
             corrupt = torch.zeros(B, T, s.n_senders, d, dtype=dtype, device=device)
         diff = torch.zeros(B, T, s.n_senders, d, dtype=dtype, device=device)  # this run - corrupted
         captured = torch.zeros_like(diff) if capture else None
-        corrupt_cum = corrupt.cumsum(2)  # [B, T, S, d]: sum of the first k+1 corrupted senders
+        # sums of the first n corrupted senders, only where a port reads them (not [B, T, S, d])
+        needed = sorted({s.senders_before(lyr) for lyr in range(L)}
+                        | {s.senders_before(lyr) + H for lyr in range(L)} | {s.n_senders})
+        corrupt_sum, running, done = {}, torch.zeros(B, T, d, dtype=dtype, device=device), 0
+        for n in needed:
+            running = running + corrupt[:, :, done:n].sum(2)
+            corrupt_sum[n], done = running, n
 
         def put(idx: slice, value: "torch.Tensor") -> None:
             diff[:, :, idx] = value - corrupt[:, :, idx]
@@ -129,7 +135,7 @@ class UnrolledModel:
         def port_inputs(n_senders: int, ports: list[int]) -> "torch.Tensor":
             m = rmask[:n_senders][:, ports][:, :, roles]  # [S_l, P_l, B, T]
             m = m.permute(2, 3, 0, 1).to(dtype)
-            base = corrupt_cum[:, :, n_senders - 1]  # [B, T, d]
+            base = corrupt_sum[n_senders]  # [B, T, d]
             return base[:, :, None] + torch.einsum("btsp,btsd->btpd", m, diff[:, :, :n_senders])
 
         put(slice(0, 1), embeds[:, :, None])
@@ -147,7 +153,7 @@ class UnrolledModel:
             norm = hf.get_submodule(s.path("attn_norm", layer))
             qm, km, vm = (hf.get_submodule(s.path(k, layer)) for k in ("q", "k", "v"))
             nx = norm(x)
-            xc = norm(corrupt_cum[:, :, n_before - 1])  # the all-corrupted port input
+            xc = norm(corrupt_sum[n_before])  # the all-corrupted port input
 
             def proj(mod: Any, inp: "torch.Tensor", n: int) -> "torch.Tensor":
                 w = mod.weight.view(n, hd, d)
@@ -184,7 +190,7 @@ class UnrolledModel:
             out = hf.get_submodule(s.path("mlp", layer))(hf.get_submodule(s.path("mlp_norm", layer))(xm))
             put(slice(s.sender_mlp(layer), s.sender_mlp(layer) + 1), out[:, :, None])
         m = rmask[:, s.port_logits][:, roles[:, -1]].T.to(dtype)  # [B, S]
-        last = corrupt_cum[:, -1, -1] + torch.einsum("bs,bsd->bd", m, diff[:, -1])
+        last = corrupt_sum[s.n_senders][:, -1] + torch.einsum("bs,bsd->bd", m, diff[:, -1])
         logits = hf.get_submodule(s.path("lm_head"))(hf.get_submodule(s.path("final_norm"))(last))
         return logits, captured
 
@@ -251,4 +257,33 @@ class EdgePatcher:
         return self.evaluate(*empty_masks(self.shape, self.batch.n_roles))
 
 
-__all__ = ["EdgePatcher", "UnrolledModel", "empty_masks", "full_masks", "gather_role_means"]
+class PatchSet:
+    """Exact edge patching over several batches: ``evaluate`` is the mean metric over all rows.
+
+    Each batch's corrupted senders (``[B, T, S, d]``) are kept in memory: for long runs, build
+    one :class:`EdgePatcher` per batch as needed instead.
+    """
+
+    def __init__(self, model: Any, batches: "list[CircuitBatch]"):
+        if not batches:
+            raise GARConfigError("no batches to patch")
+        self.patchers = [EdgePatcher(model, b) for b in batches]
+        self.shape = self.patchers[0].shape
+        self.n_roles = batches[0].n_roles
+
+    def metrics(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> "np.ndarray":
+        import numpy as np
+
+        return np.concatenate([p.metrics(resid_mask, attn_mask) for p in self.patchers])
+
+    def evaluate(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> float:
+        return float(self.metrics(resid_mask, attn_mask).mean())
+
+    def full(self) -> float:
+        return self.evaluate(*full_masks(self.shape, self.n_roles))
+
+    def empty(self) -> float:
+        return self.evaluate(*empty_masks(self.shape, self.n_roles))
+
+
+__all__ = ["EdgePatcher", "PatchSet", "UnrolledModel", "empty_masks", "full_masks", "gather_role_means"]
