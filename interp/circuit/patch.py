@@ -70,7 +70,7 @@ def _extend(mask: "torch.Tensor", dims: tuple[int, ...]) -> "torch.Tensor":
     for d in dims:
         pad_shape = list(mask.shape)
         pad_shape[d] = 1
-        mask = torch.cat([mask, torch.ones(pad_shape, dtype=torch.bool)], d)
+        mask = torch.cat([mask, torch.ones(pad_shape, dtype=torch.bool, device=mask.device)], d)
     return mask
 
 
@@ -87,7 +87,8 @@ class UnrolledModel:
                 raise GARConfigError("output projections with a bias are not supported")
 
     def embed(self, ids: "torch.Tensor") -> "torch.Tensor":
-        return self.model.get_submodule(self.shape.path("embed"))(ids)
+        module = self.model.get_submodule(self.shape.path("embed"))
+        return module(ids.to(module.weight.device))
 
     def forward(self, embeds: "torch.Tensor", batch: CircuitBatch, corrupt: "torch.Tensor | None" = None,
                 resid_mask: "np.ndarray | None" = None, attn_mask: "np.ndarray | None" = None,
@@ -112,8 +113,8 @@ class UnrolledModel:
         if resid_mask.shape != (s.n_senders, s.n_ports, R) or attn_mask.shape != (L, H, R, R, 3):
             raise GARConfigError(f"masks must be [{s.n_senders}, {s.n_ports}, {R}] and [{L}, {H}, {R}, {R}, 3], "
                                  f"got {list(resid_mask.shape)} and {list(attn_mask.shape)}")
-        rmask = _extend(torch.from_numpy(np.asarray(resid_mask, dtype=bool)), (2,))  # [S, P, R+1]
-        amask = _extend(torch.from_numpy(np.asarray(attn_mask, dtype=bool)), (2, 3))  # [L, H, R+1, R+1, 3]
+        rmask = _extend(torch.from_numpy(np.asarray(resid_mask, dtype=bool)), (2,)).to(device)  # [S, P, R+1]
+        amask = _extend(torch.from_numpy(np.asarray(attn_mask, dtype=bool)), (2, 3)).to(device)  # [L, H, R+1, R+1, 3]
         roles = torch.where(batch.role_ids < 0, R, batch.role_ids).to(device)  # pad -> R
         if corrupt is None:
             corrupt = torch.zeros(B, T, s.n_senders, d, dtype=dtype, device=device)
@@ -209,10 +210,10 @@ def gather_role_means(means: "torch.Tensor", role_ids: "torch.Tensor") -> "torch
     B, T = role_ids.shape
     if means.dim() == 3:
         means = means[None].expand(B, *means.shape)
-    idx = role_ids.clamp(min=0)
+    idx = role_ids.clamp(min=0).to(means.device)
     out = torch.stack([means[b][:, idx[b]] for b in range(B)])  # [B, S, T, d]
     out = out.permute(0, 2, 1, 3)
-    return out * (role_ids >= 0)[:, :, None, None].to(out.dtype)
+    return out * (role_ids >= 0)[:, :, None, None].to(out)
 
 
 class EdgePatcher:
