@@ -4,7 +4,8 @@ One batch of ``--n`` gen n_r = 0 query-swap pairs (paper profile, default role s
 
 * edge attribution (EAP, one nnsight session) vs a plain forward + backward of the same batch
   (the metric's gradient w.r.t. the input embeddings, parameters frozen): median seconds;
-* one exact edge-patching evaluation (``EdgePatcher.evaluate``) vs a plain forward;
+* one exact edge-patching evaluation (``EdgePatcher.evaluate``) of random circuits of 1, 10, 50
+  and 100 % of the edges vs a plain forward;
 * edge counts at role level (existing in the data) and at token level;
 * optionally (``--spot K``) exact single-edge patching of the top-K residual edges by |EAP| and
   K random ones: Pearson / Spearman of EAP vs exact;
@@ -90,13 +91,20 @@ def main() -> None:
 
     out["eap_s"] = _median_time(eap, args.repeats)
     out["eap_over_forward_backward"] = out["eap_s"] / out["forward_backward_s"]
+    # AtP's own cost: a graph-free corrupted forward + a clean forward and backward
+    out["eap_over_atp_estimate"] = out["eap_s"] / (out["forward_s"] + out["forward_backward_s"])
     out["peak_mb_after_eap"] = _peak_mb()
     t = time.perf_counter()
     patcher = EdgePatcher(model, batch)
     out["patcher_setup_s"] = time.perf_counter() - t
     full = full_masks(patcher.shape, batch.n_roles)
-    out["evaluate_s"] = _median_time(lambda: patcher.evaluate(*full), args.repeats)
-    out["evaluate_over_forward"] = out["evaluate_s"] / out["forward_s"]
+    has_r0, has_a0 = edge_presence(patcher.shape, [batch], batch.n_roles, batch.end_role)
+    rng0 = np.random.default_rng(1)
+    out["evaluate_s"] = {}
+    for frac in (0.01, 0.1, 0.5, 1.0):  # random circuits of these fractions of the existing edges
+        masks = ((rng0.random(has_r0.shape) < frac) & has_r0, (rng0.random(has_a0.shape) < frac) & has_a0)
+        out["evaluate_s"][str(frac)] = _median_time(lambda: patcher.evaluate(*masks), args.repeats)
+    out["evaluate_over_forward"] = {k: v / out["forward_s"] for k, v in out["evaluate_s"].items()}
     out["peak_mb_after_patcher"] = _peak_mb()
     shape = patcher.shape
     has_r, has_a = edge_presence(shape, [batch], batch.n_roles, batch.end_role)

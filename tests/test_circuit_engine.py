@@ -160,7 +160,7 @@ def test_patcher_equals_independent_unrolled_forward(arch, corruption):
     batch = random_batch(hf, rows=2, width=6, corruption=corruption, means=means, seed=3)
     patcher = EdgePatcher(hf, batch)
     s = circuit_shape(hf)
-    for seed, p in ((0, 0.5), (1, 0.8), (2, 0.2)):
+    for seed, p in ((0, 0.5), (1, 0.8), (2, 0.2), (3, 0.03), (4, 0.97)):  # sparse and near-full too
         masks = _random_masks(s, N_ROLES, p, seed)
         got = patcher.metrics(*masks)
         np.testing.assert_allclose(got, reference_metrics(hf, batch, *masks), rtol=1e-9, atol=1e-11)

@@ -133,11 +133,32 @@ class UnrolledModel:
             if captured is not None:
                 captured[:, :, idx] = value
 
+        present = torch.unique(roles[roles < R])
+        diff_sum = {"upto": 0, "sum": torch.zeros(B, T, d, dtype=dtype, device=device)}
+
         def port_inputs(n_senders: int, ports: list[int]) -> "torch.Tensor":
-            m = rmask[:n_senders][:, ports][:, :, roles]  # [S_l, P_l, B, T]
-            m = m.permute(2, 3, 0, 1).to(dtype)
-            base = corrupt_sum[n_senders]  # [B, T, d]
-            return base[:, :, None] + torch.einsum("btsp,btsd->btpd", m, diff[:, :, :n_senders])
+            # input = corrupted sum + sum over kept senders of (this run - corrupted), or, when
+            # fewer senders have a dropped edge than a kept one, this run's sum - the dropped;
+            # only senders with an edge of the minority kind at a present role are read
+            sub = rmask[:n_senders][:, ports]  # [S_l, P_l, R+1]
+            real = sub[:, :, present]
+            kept_any, dropped_any = real.flatten(1).any(1), (~real).flatten(1).any(1)
+            if int(kept_any.sum()) <= int(dropped_any.sum()):
+                idx, sign, use = kept_any.nonzero()[:, 0], 1.0, sub
+                base = corrupt_sum[n_senders]
+            else:
+                if diff_sum["upto"] > n_senders:  # pragma: no cover - ports are read in sender order
+                    raise RuntimeError("ports read out of order")
+                diff_sum["sum"] = diff_sum["sum"] + diff[:, :, diff_sum["upto"]:n_senders].sum(2)
+                diff_sum["upto"] = n_senders
+                idx, sign, use = dropped_any.nonzero()[:, 0], -1.0, ~sub
+                base = corrupt_sum[n_senders] + diff_sum["sum"]
+            out = base[:, :, None].expand(B, T, len(ports), d)
+            if len(idx) == 0:
+                return out.clone()
+            m = use[idx][:, :, roles].permute(2, 3, 0, 1).to(dtype)  # [B, T, k, P_l]
+            picked = diff[:, :, idx] if len(idx) < n_senders else diff[:, :, :n_senders]
+            return out + sign * torch.einsum("btsp,btsd->btpd", m, picked)
 
         put(slice(0, 1), embeds[:, :, None])
         cos, sin = hf.get_submodule(s.path("rotary"))(embeds, batch.position_ids.to(device))
