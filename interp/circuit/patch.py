@@ -156,9 +156,13 @@ class UnrolledModel:
             out = base[:, :, None].expand(B, T, len(ports), d)
             if len(idx) == 0:
                 return out.clone()
+            if 2 * len(idx) > n_senders:  # most senders: read the prefix in place, mask the rest
+                active = torch.zeros(n_senders, dtype=torch.bool, device=device)
+                active[idx] = True
+                m = (use[:, :, roles] & active[:, None, None, None]).permute(2, 3, 0, 1).to(dtype)
+                return out + sign * torch.einsum("btsp,btsd->btpd", m, diff[:, :, :n_senders])
             m = use[idx][:, :, roles].permute(2, 3, 0, 1).to(dtype)  # [B, T, k, P_l]
-            picked = diff[:, :, idx] if len(idx) < n_senders else diff[:, :, :n_senders]
-            return out + sign * torch.einsum("btsp,btsd->btpd", m, picked)
+            return out + sign * torch.einsum("btsp,btsd->btpd", m, diff[:, :, idx])
 
         put(slice(0, 1), embeds[:, :, None])
         cos, sin = hf.get_submodule(s.path("rotary"))(embeds, batch.position_ids.to(device))
