@@ -63,8 +63,8 @@ Progress = Callable[[int, int], Any]
 class AttributionResult:
     """Role-level edge scores averaged over rows, in the contract's shapes (float32, NaN = no edge).
 
-    ``resid[S, P, R]``, ``attn[L, H, R, R, 3]``; ``n_rows`` rows were scored; ``first_difference``
-    is the first role (in prompt order of the rows) where clean and corrupted differ, when known.
+    ``resid[S, P, R]``, ``attn[L, H, R, R, 3]``; ``n_rows`` rows were scored; ``meta`` holds the
+    options (``exact_softmax``); a caller adds the counterfactual's ``CFSet.reachability()``.
     """
 
     resid: "np.ndarray"
