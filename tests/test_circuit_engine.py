@@ -460,3 +460,28 @@ def test_multi_batch_scores_and_patching_are_row_means():
     masks = _random_masks(ps.shape, N_ROLES, 0.5, 3)
     assert ps.evaluate(*masks) == pytest.approx(
         (EdgePatcher(hf, b1).metrics(*masks).sum() + EdgePatcher(hf, b2).metrics(*masks).sum()) / 3, rel=1e-12)
+
+
+def test_per_row_role_means_equal_shared_ones():
+    """Role means given per row (``[B, S, R, d]``, what leave-one-out produces) are read per row."""
+    import dataclasses
+
+    hf = model("llama")
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    means = _means(hf)
+    shared = random_batch(hf, rows=2, width=7, corruption="means", means=means, seed=12)
+    per_row = dataclasses.replace(shared, role_means=means[None].expand(2, *means.shape).clone())
+    r1, a1 = attribution_batch(nn_model, shared)
+    r2, a2 = attribution_batch(nn_model, per_row)
+    np.testing.assert_allclose(r2, r1, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(a2, a1, rtol=1e-12, atol=1e-15)
+    assert np.abs(r1).max() > 0
+    masks = _random_masks(circuit_shape(hf), N_ROLES, 0.5, 1)
+    np.testing.assert_allclose(EdgePatcher(hf, per_row).metrics(*masks), EdgePatcher(hf, shared).metrics(*masks),
+                               rtol=1e-12)
+    # a different mean for the second row changes only the second row's metric
+    other = per_row.role_means.clone()
+    other[1] *= 0.5
+    changed = EdgePatcher(hf, dataclasses.replace(per_row, role_means=other)).metrics(*masks)
+    base = EdgePatcher(hf, shared).metrics(*masks)
+    assert changed[0] == pytest.approx(base[0], rel=1e-12) and changed[1] != pytest.approx(base[1])
