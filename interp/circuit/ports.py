@@ -1,0 +1,191 @@
+"""The circuit graph's nodes for one model: senders, ports, and where they live (one table).
+
+Senders (what writes to the residual stream), in this order: ``emb``; then for each layer ``l``
+its query heads ``(l, 0) .. (l, H-1)`` (head ``h``'s slice of the output projection's input times
+its output-projection columns) and ``mlp l``.  ``S = 1 + L * (H + 1)``.
+
+Ports (what reads the residual stream), in this order: for each layer ``l`` the per-query-head
+``q`` inputs, the per-KV-group ``k`` then ``v`` inputs (grouped-query attention is native: the
+k/v projection is shared by the group's query heads, so the port is the group's input), the
+``mlp`` input; then ``logits`` (read at END only).  ``P = L * (H + 2G + 1) + 1``.
+
+A port's input is the *pre-norm* residual stream entering the layer (q/k/v: input_layernorm;
+mlp: post_attention_layernorm; logits: the final norm), seen only through that port.
+
+Only pre-norm decoder architectures with RMSNorm, rotary q/k and separate q/k/v projections are
+supported (llama, mistral, qwen2; SmolLM2 is llama): every path below is theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gar_tasks.errors import GARConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+# model_type -> dotted module paths ({i} = layer index); data, one row per family
+ARCHITECTURES: dict[str, dict[str, str]] = {
+    arch: {
+        "embed": "model.embed_tokens", "rotary": "model.rotary_emb", "final_norm": "model.norm",
+        "lm_head": "lm_head", "layer": "model.layers.{i}",
+        "attn_norm": "model.layers.{i}.input_layernorm", "q": "model.layers.{i}.self_attn.q_proj",
+        "k": "model.layers.{i}.self_attn.k_proj", "v": "model.layers.{i}.self_attn.v_proj",
+        "o": "model.layers.{i}.self_attn.o_proj", "mlp_norm": "model.layers.{i}.post_attention_layernorm",
+        "mlp": "model.layers.{i}.mlp",
+    }
+    for arch in ("llama", "mistral", "qwen2")
+}
+
+
+@dataclass(frozen=True)
+class CircuitShape:
+    """Layer/head counts of a model and the sender/port index layout of its circuit graph."""
+
+    model_type: str
+    n_layers: int
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    d_model: int
+    eps: float
+    scaling: float
+    sliding_window: int | None = None
+
+    def check_width(self, width: int) -> None:
+        """Refuse batches a sliding attention window would cut (the engine attends causally)."""
+        if self.sliding_window is not None and width > self.sliding_window:
+            raise GARConfigError(f"batch width {width} exceeds the model's sliding attention window "
+                                 f"({self.sliding_window}): not supported")
+
+    # ---- counts
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv
+
+    @property
+    def n_senders(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def ports_per_layer(self) -> int:
+        return self.n_heads + 2 * self.n_kv + 1
+
+    @property
+    def n_ports(self) -> int:
+        return self.n_layers * self.ports_per_layer + 1
+
+    # ---- indices
+    def sender_head(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def sender_mlp(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def senders_before(self, layer: int) -> int:
+        """Number of senders that feed layer ``layer``'s q/k/v ports (emb and layers < l)."""
+        return 1 + layer * (self.n_heads + 1)
+
+    def port_q(self, layer: int, head: int) -> int:
+        return layer * self.ports_per_layer + head
+
+    def port_k(self, layer: int, group: int) -> int:
+        return layer * self.ports_per_layer + self.n_heads + group
+
+    def port_v(self, layer: int, group: int) -> int:
+        return layer * self.ports_per_layer + self.n_heads + self.n_kv + group
+
+    def port_mlp(self, layer: int) -> int:
+        return layer * self.ports_per_layer + self.n_heads + 2 * self.n_kv
+
+    @property
+    def port_logits(self) -> int:
+        return self.n_layers * self.ports_per_layer
+
+    def path(self, key: str, layer: int | None = None) -> str:
+        template = ARCHITECTURES[self.model_type][key]
+        return template.format(i=layer) if layer is not None else template
+
+    # ---- arrays of the contract
+    def sender_arrays(self) -> dict[str, "np.ndarray"]:
+        """``sender_layer`` (-1 for emb), ``sender_kind`` (emb/head/mlp), ``sender_head`` (-1 unless head)."""
+        import numpy as np
+
+        layer, kind, head = [-1], ["emb"], [-1]
+        for lyr in range(self.n_layers):
+            layer += [lyr] * (self.n_heads + 1)
+            kind += ["head"] * self.n_heads + ["mlp"]
+            head += list(range(self.n_heads)) + [-1]
+        return {"sender_layer": np.array(layer), "sender_kind": np.array(kind), "sender_head": np.array(head)}
+
+    def port_arrays(self) -> dict[str, "np.ndarray"]:
+        """``port_layer`` (L for logits), ``port_kind`` (q/k/v/mlp/logits), ``port_index`` (head/group, else -1)."""
+        import numpy as np
+
+        layer, kind, index = [], [], []
+        for lyr in range(self.n_layers):
+            layer += [lyr] * self.ports_per_layer
+            kind += ["q"] * self.n_heads + ["k"] * self.n_kv + ["v"] * self.n_kv + ["mlp"]
+            index += list(range(self.n_heads)) + list(range(self.n_kv)) * 2 + [-1]
+        return {"port_layer": np.array(layer + [self.n_layers]), "port_kind": np.array(kind + ["logits"]),
+                "port_index": np.array(index + [-1])}
+
+    def edge_exists(self) -> "np.ndarray":
+        """``bool[S, P]``: which residual edges exist (position-independent)."""
+        import numpy as np
+
+        s_layer = self.sender_arrays()["sender_layer"]
+        ports = self.port_arrays()
+        p_layer, p_kind = ports["port_layer"], ports["port_kind"]
+        # a sender of layer l (emb: -1) feeds q/k/v of layers > l, mlp of layers >= l (heads) or > l (mlp)
+        is_mlp = self.sender_arrays()["sender_kind"] == "mlp"
+        attn_port = np.isin(p_kind, ("q", "k", "v"))
+        out = np.where(attn_port[None, :], p_layer[None, :] > s_layer[:, None],
+                       np.where(is_mlp[:, None], p_layer[None, :] > s_layer[:, None],
+                                p_layer[None, :] >= s_layer[:, None]))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                "n_kv": self.n_kv, "head_dim": self.head_dim, "d_model": self.d_model}
+
+
+def _config_of(model: Any) -> Any:
+    for candidate in (model, getattr(model, "_module", None)):
+        cfg = getattr(candidate, "config", None)
+        if cfg is not None and hasattr(cfg, "model_type"):
+            return cfg
+    if hasattr(model, "model_type"):
+        return model
+    raise GARConfigError(f"cannot find a transformers config on {type(model).__name__}")
+
+
+def circuit_shape(model_or_config: Any) -> CircuitShape:
+    """The :class:`CircuitShape` of an HF model, an nnsight wrapper of one, or a config.
+
+    Raises :class:`GARConfigError` naming the architecture when it is not supported.
+    """
+    cfg = _config_of(model_or_config)
+    mt = getattr(cfg, "model_type", None)
+    if mt not in ARCHITECTURES:
+        raise GARConfigError(f"unsupported architecture {mt!r} for circuit discovery; supported: "
+                             f"{', '.join(sorted(ARCHITECTURES))}")
+    n_heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    if n_heads % n_kv:
+        raise GARConfigError(f"{n_heads} query heads do not split into {n_kv} KV groups")
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and "sliding_attention" not in types:
+        window = None
+    if mt == "qwen2" and not getattr(cfg, "use_sliding_window", False):
+        window = None
+    return CircuitShape(model_type=mt, n_layers=int(cfg.num_hidden_layers), n_heads=n_heads, n_kv=n_kv,
+                        head_dim=head_dim, d_model=int(cfg.hidden_size), eps=float(cfg.rms_norm_eps),
+                        scaling=head_dim ** -0.5, sliding_window=int(window) if window else None)
+
+
+__all__ = ["ARCHITECTURES", "CircuitShape", "circuit_shape"]

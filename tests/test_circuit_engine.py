@@ -1,0 +1,487 @@
+"""The circuit engine's identities on tiny random Llama and Qwen2 (GQA), float64, seconds.
+
+* the exact edge patcher equals an independent, loop-by-loop plain-torch "unrolled" forward that
+  rebuilds every port's input from chosen senders, for random circuits (attention edges
+  included), under pair patching and role-mean ablation;
+* all edges kept = the model's clean metric; none kept = its corrupted metric (pair patching) or
+  the all-mean forward (role means);
+* under a small corruption every edge's EAP score equals its exact single-edge patch effect to
+  first order (correlation > 0.999);
+* a sender's outgoing residual edges sum to its AtP (computed here with autograd hooks);
+* grouped k/v ports = the sum over their query heads of an ungrouped copy of the model's ports;
+* EAP-IG is complete over the input embeddings (sum of the embedding's edges = m(corr) - m(clean));
+* left padding and batch composition change no score; ``remote="local"`` gives the same scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from circuit_tiny import ARCHS, END, N_ROLES, hf_metric, model, random_batch
+from gar_tasks.errors import GARConfigError
+from interp.circuit.eap import attribution_batch, edge_attribution, edge_presence
+from interp.circuit.patch import EdgePatcher, empty_masks, full_masks, gather_role_means
+from interp.circuit.ports import circuit_shape
+from interp.model import as_nnsight
+from tiny_models import one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
+from tiny_tokenizers import bpe_tokenizer
+
+
+# ------------------------------------------------------------------------------------------
+# an independent reference: loops over tokens, senders, heads and key positions
+
+
+def reference_senders_and_metric(hf, batch, b, corr, resid_mask, attn_mask):
+    """Row ``b`` (unpadded): its senders ``[T, S, d]`` and metric, every port rebuilt token by token."""
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    s = circuit_shape(hf)
+    keep = batch.attention_mask[b].bool()
+    ids, roles = batch.input_ids[b, keep], batch.role_ids[b, keep].tolist()
+    pos = batch.position_ids[b, keep][None]
+    T, H, G, hd = len(ids), s.n_heads, s.n_kv, s.head_dim
+    emb = hf.model.embed_tokens(ids)
+    senders = [emb]
+    cos, sin = hf.model.rotary_emb(emb[None], pos)
+
+    def port_input(port, n_senders):
+        rows = []
+        for t in range(T):
+            x = torch.zeros_like(emb[0])
+            for k in range(n_senders):
+                x = x + (senders[k][t] if resid_mask[k, port, roles[t]] else corr[t, k])
+            rows.append(x)
+        return torch.stack(rows)
+
+    for layer in range(s.n_layers):
+        blk = hf.model.layers[layer]
+        at, norm = blk.self_attn, blk.input_layernorm
+        n = s.senders_before(layer)
+        xc = corr[:, :n].sum(1)
+        q_c = [at.q_proj(norm(port_input(s.port_q(layer, h), n)))[:, h * hd:(h + 1) * hd] for h in range(H)]
+        k_c = [at.k_proj(norm(port_input(s.port_k(layer, g), n)))[:, g * hd:(g + 1) * hd] for g in range(G)]
+        v_c = [at.v_proj(norm(port_input(s.port_v(layer, g), n)))[:, g * hd:(g + 1) * hd] for g in range(G)]
+        q_x, k_x, v_x = (m(norm(xc)).view(T, -1, hd).transpose(0, 1) for m in (at.q_proj, at.k_proj, at.v_proj))
+        q_c, k_c = apply_rotary_pos_emb(torch.stack(q_c)[None], torch.stack(k_c)[None], cos, sin)
+        q_x, k_x = apply_rotary_pos_emb(q_x[None], k_x[None], cos, sin)
+        q_c, k_c, q_x, k_x, v_c = q_c[0], k_c[0], q_x[0], k_x[0], torch.stack(v_c)
+        for h in range(H):
+            g = h // s.group_size
+            z = []
+            for i in range(T):
+                scores, values = [], []
+                for j in range(i + 1):
+                    m = attn_mask[layer, h, roles[j], roles[i]]
+                    qi = q_c[h, i] if m[0] else q_x[h, i]
+                    kj = k_c[g, j] if m[1] else k_x[g, j]
+                    scores.append((qi * kj).sum() * s.scaling)
+                    values.append(v_c[g, j] if m[2] else v_x[g, j])
+                a = torch.softmax(torch.stack(scores), 0)
+                z.append((a[:, None] * torch.stack(values)).sum(0))
+            full = torch.zeros(T, H * hd, dtype=emb.dtype)
+            full[:, h * hd:(h + 1) * hd] = torch.stack(z)
+            senders.append(at.o_proj(full))
+        xm = port_input(s.port_mlp(layer), n + H)
+        senders.append(blk.mlp(blk.post_attention_layernorm(xm)))
+    last = sum(senders[k][-1] if resid_mask[k, s.port_logits, roles[-1]] else corr[-1, k]
+               for k in range(s.n_senders))
+    logits = hf.lm_head(hf.model.norm(last))
+    metric = logits[batch.clean_target[b]] - logits[batch.corrupt_target[b]]
+    return torch.stack(senders, 1), float(metric)
+
+
+def reference_metrics(hf, batch, resid_mask, attn_mask):
+    """Per-row reference metric; corrupted senders from the reference itself (pairs) or role means."""
+    import torch
+
+    s = circuit_shape(hf)
+    out = []
+    with torch.no_grad():
+        for b in range(batch.size):
+            keep = batch.attention_mask[b].bool()
+            T = int(keep.sum())
+            if batch.role_means is not None:
+                corr = gather_role_means(batch.role_means, batch.role_ids[b:b + 1, keep])[0]
+            else:
+                other = batch.corrupt_ids[b:b + 1]
+                twin = type(batch)(other, batch.attention_mask[b:b + 1], batch.position_ids[b:b + 1],
+                                   batch.role_ids[b:b + 1], batch.clean_target[b:b + 1],
+                                   batch.corrupt_target[b:b + 1], batch.n_roles, batch.end_role,
+                                   corrupt_ids=other)
+                zeros = torch.zeros(T, s.n_senders, s.d_model, dtype=torch.float64)
+                corr, _ = reference_senders_and_metric(hf, twin, 0, zeros, *full_masks(s, batch.n_roles))
+            out.append(reference_senders_and_metric(hf, batch, b, corr, resid_mask, attn_mask)[1])
+    return np.array(out)
+
+
+def _random_masks(shape, n_roles, p, seed):
+    rng = np.random.default_rng(seed)
+    full_r, full_a = full_masks(shape, n_roles)
+    return rng.random(full_r.shape) < p, rng.random(full_a.shape) < p
+
+
+def _means(hf, seed=1):
+    """Role means of every sender over a few other random rows (clean forwards of the patcher)."""
+    import torch
+
+    s = circuit_shape(hf)
+    other = random_batch(hf, rows=3, width=9, seed=seed)
+    patcher = EdgePatcher(hf, other)
+    with torch.no_grad():
+        senders = patcher.unrolled.forward(patcher.clean_embeds, other, capture=True)[1]
+    oh = other.role_onehot(torch.float64)
+    sums = torch.einsum("btsd,btr->srd", senders, oh)
+    return sums / oh.sum((0, 1))[None, :, None]
+
+
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_circuit_is_clean_and_empty_is_corrupted(arch):
+    hf = model(arch)
+    batch = random_batch(hf, rows=2, width=7)
+    patcher = EdgePatcher(hf, batch)
+    s = circuit_shape(hf)
+    # transformers takes the attention softmax in float32 even for a float64 model: hence 1e-6
+    np.testing.assert_allclose(patcher.metrics(*full_masks(s, N_ROLES)), hf_metric(hf, batch), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(patcher.metrics(*empty_masks(s, N_ROLES)), hf_metric(hf, batch, corrupt=True),
+                               rtol=1e-6, atol=1e-9)
+    assert patcher.full() != pytest.approx(patcher.empty())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("corruption", ["ids", "means"])
+def test_patcher_equals_independent_unrolled_forward(arch, corruption):
+    hf = model(arch)
+    means = _means(hf) if corruption == "means" else None
+    batch = random_batch(hf, rows=2, width=6, corruption=corruption, means=means, seed=3)
+    patcher = EdgePatcher(hf, batch)
+    s = circuit_shape(hf)
+    for seed, p in ((0, 0.5), (1, 0.8), (2, 0.2), (3, 0.03), (4, 0.97)):  # sparse and near-full too
+        masks = _random_masks(s, N_ROLES, p, seed)
+        got = patcher.metrics(*masks)
+        np.testing.assert_allclose(got, reference_metrics(hf, batch, *masks), rtol=1e-9, atol=1e-11)
+    if corruption == "means":  # none kept: the logits read the summed means at END
+        import torch
+
+        last = means[:, END].sum(0)
+        logits = hf.lm_head(hf.model.norm(last)).detach()
+        want = (logits[batch.clean_target] - logits[batch.corrupt_target]).numpy()
+        np.testing.assert_allclose(patcher.metrics(*empty_masks(s, N_ROLES)), want, rtol=1e-9, atol=1e-11)
+        assert torch.isfinite(torch.tensor(want)).all()
+
+
+def _single_edge_effects(patcher, edges_r, edges_a):
+    s, R = patcher.shape, patcher.batch.n_roles
+    fr, fa = full_masks(s, R)
+    base = patcher.metrics(fr, fa).sum()
+    out_r, out_a = [], []
+    for e in edges_r:
+        m = fr.copy()
+        m[tuple(e)] = False
+        out_r.append(patcher.metrics(m, fa).sum() - base)
+    for e in edges_a:
+        m = fa.copy()
+        m[tuple(e)] = False
+        out_a.append(patcher.metrics(fr, m).sum() - base)
+    return np.array(out_r), np.array(out_a)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eap_equals_single_edge_patching_to_first_order(arch):
+    hf = model(arch)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    batch = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-4, seed=5)
+    resid, attn = attribution_batch(nn_model, batch)
+    patcher = EdgePatcher(hf, batch)
+    has_r, has_a = edge_presence(patcher.shape, [batch], N_ROLES, END)
+    rng = np.random.default_rng(0)
+    er, ea = np.argwhere(has_r), np.argwhere(has_a)
+    er = er[rng.choice(len(er), 120, replace=False)]
+    ea = ea[rng.choice(len(ea), 120, replace=False)]
+    exact_r, exact_a = _single_edge_effects(patcher, er, ea)
+    est_r, est_a = resid[tuple(er.T)], attn[tuple(ea.T)]
+    for kind, est, exact in (("resid", est_r, exact_r), ("attn", est_a, exact_a)):
+        assert np.abs(exact).max() > 1e-6, kind  # the corruption moves the metric
+        assert np.corrcoef(est, exact)[0, 1] > 0.999, kind
+    # every kind of edge is in the sample: q/k/v attention edges and every port kind
+    assert set(ea[:, 4]) == {0, 1, 2}
+    kinds = patcher.shape.port_arrays()["port_kind"][er[:, 1]]
+    assert {"q", "k", "v", "mlp"} <= set(kinds)
+    # no edge outside the data: scores there are exactly zero
+    assert np.all(resid[~has_r] == 0) and np.all(attn[~has_a] == 0)
+
+
+def reference_sender_atp(hf, batch):
+    """AtP ``[S, R]`` of every sender (embedding, head, MLP) summed over rows: ``(c^corr - c) . dm/dc``
+    with autograd through hooks, one unpadded row at a time."""
+    import torch
+
+    s = circuit_shape(hf)
+    H, hd = s.n_heads, s.head_dim
+    out = np.zeros((s.n_senders, batch.n_roles))
+
+    def run(ids):
+        caps = {}
+        hooks = [hf.model.embed_tokens.register_forward_hook(lambda m, a, o: caps.__setitem__("emb", o))]
+        for layer, blk in enumerate(hf.model.layers):
+            hooks.append(blk.self_attn.o_proj.register_forward_pre_hook(
+                lambda m, a, i=layer: caps.__setitem__(("z", i), a[0])))
+            hooks.append(blk.mlp.register_forward_hook(lambda m, a, o, i=layer: caps.__setitem__(("mlp", i), o)))
+        try:
+            logits = hf(input_ids=ids[None]).logits[0, -1]
+        finally:
+            for h in hooks:
+                h.remove()
+        return logits, caps
+
+    hf.requires_grad_(True)
+    try:
+        for b in range(batch.size):
+            keep = batch.attention_mask[b].bool()
+            roles = batch.role_ids[b, keep]
+            with torch.no_grad():
+                _, corr = run(batch.corrupt_ids[b, keep])
+            logits, clean = run(batch.input_ids[b, keep])
+            metric = logits[batch.clean_target[b]] - logits[batch.corrupt_target[b]]
+            keys = list(clean)
+            grads = dict(zip(keys, torch.autograd.grad(metric, [clean[k] for k in keys])))
+            terms = {k: ((corr[k] - clean[k]) * grads[k])[0].detach() for k in keys}
+            rows = [terms["emb"].sum(-1)]
+            for layer in range(s.n_layers):
+                rows += list(terms[("z", layer)].view(-1, H, hd).sum(-1).T)
+                rows.append(terms[("mlp", layer)].sum(-1))
+            per_token = torch.stack(rows)  # [S, T]
+            for r in range(batch.n_roles):
+                out[:, r] += per_token[:, roles == r].sum(-1).numpy()
+    finally:
+        hf.requires_grad_(False)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sender_edges_sum_to_sender_atp_per_role(arch):
+    hf = model(arch)
+    batch = random_batch(hf, rows=3, width=8, seed=7)
+    resid, _ = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)
+    want = reference_sender_atp(hf, batch)
+    got = resid.sum(1)  # over ports
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def _ungrouped(hf):
+    """The same function with one KV head per query head (k/v projection rows repeated)."""
+    import copy
+
+    import torch
+
+    s = circuit_shape(hf)
+    cfg = copy.deepcopy(hf.config)
+    cfg.num_key_value_heads = s.n_heads
+    out = type(hf)(cfg).to(hf.dtype).eval()
+    state = hf.state_dict()
+    for k, v in list(state.items()):
+        if k.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
+            state[k] = v.view(s.n_kv, s.head_dim, *v.shape[1:]).repeat_interleave(s.group_size, 0).reshape(
+                s.n_heads * s.head_dim, *v.shape[1:])
+    out.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(out(torch.tensor([[5, 6, 7]])).logits, hf(torch.tensor([[5, 6, 7]])).logits)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_grouped_kv_ports_are_sums_of_query_head_ports(arch):
+    hf = model(arch)
+    flat = _ungrouped(hf)
+    batch = random_batch(hf, rows=2, width=7, seed=11)
+    r_g, a_g = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)
+    r_u, a_u = attribution_batch(as_nnsight(flat, bpe_tokenizer()), batch)
+    sg, su = circuit_shape(hf), circuit_shape(flat)
+    np.testing.assert_allclose(a_g, a_u, rtol=1e-8, atol=1e-12)  # attention edges are per query head
+    for layer in range(sg.n_layers):
+        for h in range(sg.n_heads):
+            np.testing.assert_allclose(r_g[:, sg.port_q(layer, h)], r_u[:, su.port_q(layer, h)], rtol=1e-8, atol=1e-12)
+        for g in range(sg.n_kv):
+            heads = range(g * sg.group_size, (g + 1) * sg.group_size)
+            for port_g, port_u in ((sg.port_k, su.port_k), (sg.port_v, su.port_v)):
+                want = sum(r_u[:, port_u(layer, h)] for h in heads)
+                assert np.abs(want).max() > 1e-6
+                np.testing.assert_allclose(r_g[:, port_g(layer, g)], want, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(r_g[:, sg.port_mlp(layer)], r_u[:, su.port_mlp(layer)], rtol=1e-8, atol=1e-12)
+
+
+def test_ig_is_complete_over_input_embeddings():
+    """EAP-IG: the embedding's edges, summed over ports and roles, approach m(corr) - m(clean)."""
+    hf = model("llama")
+    batch = random_batch(hf, rows=2, width=6, corruption="embeds", eps=0.5, seed=2)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    patcher = EdgePatcher(hf, batch)
+    want = (patcher.empty() - patcher.full()) * batch.size
+    plain = attribution_batch(nn_model, batch)[0][0].sum()
+    ig6 = attribution_batch(nn_model, batch, ig_steps=6)[0][0].sum()
+    ig = attribution_batch(nn_model, batch, ig_steps=24)[0][0].sum()
+    assert abs(ig - want) < 0.1 * abs(plain - want)
+    assert abs(ig - want) < 0.4 * abs(ig6 - want)  # a Riemann sum: the error falls like 1/n
+    assert abs(ig - want) < 0.05 * abs(want)
+
+
+def test_padding_and_batch_composition_change_no_score():
+    """float32: transformers' own float64 forward is NaN at left-padded positions."""
+    import torch
+
+    hf = model("llama", "float32")
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    batch = random_batch(hf, rows=3, width=9, pad=(3, 0, 5), seed=4)
+    r_all, a_all = attribution_batch(nn_model, batch)
+    r_sum, a_sum = 0, 0
+    for b in range(batch.size):
+        keep = batch.attention_mask[b].bool()
+        one = type(batch)(batch.input_ids[b:b + 1, keep], batch.attention_mask[b:b + 1, keep],
+                          batch.position_ids[b:b + 1, keep], batch.role_ids[b:b + 1, keep],
+                          batch.clean_target[b:b + 1], batch.corrupt_target[b:b + 1], N_ROLES, END,
+                          corrupt_ids=batch.corrupt_ids[b:b + 1, keep])
+        r, a = attribution_batch(nn_model, one)
+        r_sum, a_sum = r_sum + r, a_sum + a
+    scale = np.abs(r_all).max()
+    np.testing.assert_allclose(r_all, r_sum, rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(a_all, a_sum, rtol=1e-4, atol=1e-5 * np.abs(a_all).max())
+    # the exact patcher too: padded rows give their unpadded metrics
+    s = circuit_shape(hf)
+    masks = _random_masks(s, N_ROLES, 0.5, 0)
+    padded = EdgePatcher(hf, batch).metrics(*masks)
+    for b in range(batch.size):
+        keep = batch.attention_mask[b].bool()
+        one = type(batch)(batch.input_ids[b:b + 1, keep], batch.attention_mask[b:b + 1, keep],
+                          batch.position_ids[b:b + 1, keep], batch.role_ids[b:b + 1, keep],
+                          batch.clean_target[b:b + 1], batch.corrupt_target[b:b + 1], N_ROLES, END,
+                          corrupt_ids=batch.corrupt_ids[b:b + 1, keep])
+        assert EdgePatcher(hf, one).metrics(*masks)[0] == pytest.approx(padded[b], rel=1e-4, abs=1e-6)
+    assert torch.isfinite(torch.tensor(r_all)).all()
+
+
+@pytest.mark.parametrize("corruption", ["ids", "means"])
+def test_remote_local_gives_the_same_scores(corruption, monkeypatch):
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    shipped = []
+    real_call = LocalSimulationBackend.__call__
+    monkeypatch.setattr(LocalSimulationBackend, "__call__",
+                        lambda self, tracer: (shipped.append(1), real_call(self, tracer))[1])
+    hf = model("qwen2")
+    means = _means(hf) if corruption == "means" else None
+    batch = random_batch(hf, rows=2, width=7, corruption=corruption, means=means, seed=9)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    local = edge_attribution(nn_model, [batch], ["a", "b", "c", "END"], ig_steps=2)
+    remote = edge_attribution(nn_model, [batch], ["a", "b", "c", "END"], ig_steps=2, remote="local")
+    np.testing.assert_array_equal(np.isnan(local.resid), np.isnan(remote.resid))
+    np.testing.assert_allclose(remote.resid, local.resid, rtol=1e-6, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(remote.attn, local.attn, rtol=1e-6, atol=1e-9, equal_nan=True)
+    assert len(shipped) == 1  # one session (one request) per batch, IG steps included
+    # the result is in the contract's shapes
+    s = circuit_shape(hf)
+    assert local.resid.shape == (s.n_senders, s.n_ports, N_ROLES) and local.resid.dtype == np.float32
+    assert local.attn.shape == (s.n_layers, s.n_heads, N_ROLES, N_ROLES, 3)
+    assert np.isnan(local.resid[:, s.port_logits, :END]).all() and not np.isnan(local.resid[0, s.port_logits, END])
+    assert set(local.arrays()) >= {"resid", "attn", "roles", "sender_layer", "sender_kind", "sender_head",
+                                   "port_layer", "port_kind", "port_index", "model_shape"}
+
+
+def test_unsupported_architecture_is_refused():
+    hf = tiny_model("gpt2")
+    with pytest.raises(GARConfigError, match="unsupported architecture 'gpt2'"):
+        circuit_shape(hf)
+    with pytest.raises(GARConfigError, match="'gpt2'"):
+        EdgePatcher(hf, random_batch(model("llama"), rows=1, width=4))
+
+
+def test_edge_layout_matches_the_contract():
+    s = circuit_shape(model("llama"))
+    L, H, G = s.n_layers, s.n_heads, s.n_kv
+    assert s.n_senders == 1 + L * (H + 1) and s.n_ports == L * (H + 2 * G + 1) + 1
+    senders, ports = s.sender_arrays(), s.port_arrays()
+    assert senders["sender_kind"][s.sender_head(1, 2)] == "head" and senders["sender_head"][s.sender_head(1, 2)] == 2
+    assert senders["sender_kind"][s.sender_mlp(0)] == "mlp" and senders["sender_layer"][s.sender_mlp(0)] == 0
+    assert ports["port_kind"][s.port_k(1, 1)] == "k" and ports["port_index"][s.port_k(1, 1)] == 1
+    assert ports["port_kind"][s.port_logits] == "logits"
+    exists = s.edge_exists()
+    assert exists[0].all()  # the embedding feeds every port
+    assert exists[s.sender_head(0, 0), s.port_mlp(0)] and not exists[s.sender_head(0, 0), s.port_q(0, 1)]
+    assert not exists[s.sender_mlp(0), s.port_mlp(0)] and exists[s.sender_mlp(0), s.port_v(1, 0)]
+    assert exists[:, s.port_logits].all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_softmax_attention_edges(arch):
+    """The QK fix: v edges unchanged; q/k edges equal plain EAP to first order, and closer to exact
+    single-edge patching under a large corruption (the head's own softmax is no longer linearised)."""
+    hf = model(arch)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    small = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-5, seed=5)
+    plain, fixed = attribution_batch(nn_model, small)[1], attribution_batch(nn_model, small, exact_softmax=True)[1]
+    np.testing.assert_array_equal(plain[..., 2], fixed[..., 2])
+    assert np.corrcoef(plain[..., :2].ravel(), fixed[..., :2].ravel())[0, 1] > 0.99999
+    big = random_batch(hf, rows=2, width=7, corruption="embeds", eps=3.0, seed=6)
+    plain, fixed = attribution_batch(nn_model, big)[1], attribution_batch(nn_model, big, exact_softmax=True)[1]
+    patcher = EdgePatcher(hf, big)
+    has_a = edge_presence(patcher.shape, [big], N_ROLES, END)[1]
+    last = np.argwhere(has_a)
+    last = last[(last[:, 0] == patcher.shape.n_layers - 1) & (last[:, 4] < 2)]  # q/k edges, last layer
+    _, exact = _single_edge_effects(patcher, [], last)
+    err_plain = np.abs(plain[tuple(last.T)] - exact).mean()
+    err_fixed = np.abs(fixed[tuple(last.T)] - exact).mean()
+    print(f"{arch}: mean |EAP - exact| {err_plain:.3g}, with the QK fix {err_fixed:.3g}")
+    assert err_fixed < err_plain
+
+
+def test_multi_batch_scores_and_patching_are_row_means():
+    from interp.circuit.eap import role_presence, scores_from_sums
+    from interp.circuit.patch import PatchSet
+
+    hf = model("llama")
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    b1, b2 = random_batch(hf, rows=2, width=6, seed=1), random_batch(hf, rows=1, width=8, seed=2)
+    roles = ["a", "b", "c", "END"]
+    res = edge_attribution(nn_model, [b1, b2], roles)
+    sums = [attribution_batch(nn_model, b) for b in (b1, b2)]
+    pres = [role_presence(b) for b in (b1, b2)]
+    again = scores_from_sums(res.shape, roles, sums[0][0] + sums[1][0], sums[0][1] + sums[1][1], 3,
+                             pres[0][0] | pres[1][0], pres[0][1] | pres[1][1], END)
+    np.testing.assert_array_equal(res.resid, again.resid)
+    np.testing.assert_array_equal(res.attn, again.attn)
+    assert res.n_rows == 3
+    ps = PatchSet(hf, [b1, b2])
+    want = np.mean(hf_metric(hf, b1) + hf_metric(hf, b2))
+    assert ps.full() == pytest.approx(want, rel=1e-6)
+    masks = _random_masks(ps.shape, N_ROLES, 0.5, 3)
+    assert ps.evaluate(*masks) == pytest.approx(
+        (EdgePatcher(hf, b1).metrics(*masks).sum() + EdgePatcher(hf, b2).metrics(*masks).sum()) / 3, rel=1e-12)
+
+
+def test_per_row_role_means_equal_shared_ones():
+    """Role means given per row (``[B, S, R, d]``, what leave-one-out produces) are read per row."""
+    import dataclasses
+
+    hf = model("llama")
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    means = _means(hf)
+    shared = random_batch(hf, rows=2, width=7, corruption="means", means=means, seed=12)
+    per_row = dataclasses.replace(shared, role_means=means[None].expand(2, *means.shape).clone())
+    r1, a1 = attribution_batch(nn_model, shared)
+    r2, a2 = attribution_batch(nn_model, per_row)
+    np.testing.assert_allclose(r2, r1, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(a2, a1, rtol=1e-12, atol=1e-15)
+    assert np.abs(r1).max() > 0
+    masks = _random_masks(circuit_shape(hf), N_ROLES, 0.5, 1)
+    np.testing.assert_allclose(EdgePatcher(hf, per_row).metrics(*masks), EdgePatcher(hf, shared).metrics(*masks),
+                               rtol=1e-12)
+    # a different mean for the second row changes only the second row's metric
+    other = per_row.role_means.clone()
+    other[1] *= 0.5
+    changed = EdgePatcher(hf, dataclasses.replace(per_row, role_means=other)).metrics(*masks)
+    base = EdgePatcher(hf, shared).metrics(*masks)
+    assert changed[0] == pytest.approx(base[0], rel=1e-12) and changed[1] != pytest.approx(base[1])
