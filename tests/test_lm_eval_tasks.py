@@ -13,9 +13,10 @@ import yaml
 from lm_eval.api.model import LM
 
 from gar_tasks.configs import CONFIGS
-from gar_tasks.lm_eval_glue import render_yaml_files, task_tree
+from gar_tasks.lm_eval_glue import chat_doc_to_text, render_yaml_files, task_tree
 from gar_tasks.lm_eval_hook import tasks_dir
 from gar_tasks.load import load_records
+from gar_tasks.records import GARRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 GAR_DIR = ROOT / "yaml_tasks" / "gar"
@@ -49,6 +50,9 @@ def test_task_manager_indexes_every_task_group_and_tag_we_ship(task_manager):
     files = {d.get("group") or d["task"] for d in docs}
     assert files == ours
     assert {"gar", "gar_gen", "gar_cls", "gar_gen_nr0", "gar_cls_nr2", "gar_v1", "gar_gen_greedy"} <= ours
+    # the chat / API route: the same family and n_r groups, and chat sub-questions
+    assert {"gar_chat", "gar_chat_gen", "gar_chat_cls", "gar_chat_gen_nr0", "gar_chat_cls_nr2", "gar_v1_chat",
+            "gar_v1_chat_cls_nr1", "gar_chat_sub", "gar_v1_chat_sub", "gar_chat_sub_hop0"} <= ours
 
 
 def test_dataset_names_are_the_registry_configs():
@@ -64,9 +68,11 @@ def test_leaves_partition_each_config():
 
     for config in CONFIGS:
         n = len(load_records(config))
-        leaves = [leaf for leaf in task_tree().leaves if leaf.config == config and "greedy" not in leaf.template]
-        ids = [i for leaf in leaves for i in load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]]
-        assert len(ids) == len(set(ids)) == n
+        for route in ("loglikelihood", "chat"):
+            leaves = [leaf for leaf in task_tree().leaves if leaf.config == config and "greedy" not in leaf.template
+                      and ("chat" in leaf.template) == (route == "chat")]
+            ids = [i for leaf in leaves for i in load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]]
+            assert len(ids) == len(set(ids)) == n, (config, route)
 
 
 def test_plain_include_path_route_without_the_hook(tmp_path):
@@ -109,10 +115,22 @@ class OracleLM(LM):
         super().__init__()
         self.correct = correct
         self.answer_of: dict[str, str] = {}
+        self.chat_of: dict[str, GARRecord] = {}  # the chat route's user message -> record
         for config in configs:
             for split in CONFIGS[config].splits:
                 for r in load_records(config, split=split):
                     assert self.answer_of.setdefault(r.prompt, r.answer) == r.answer, "ambiguous prompt"
+                    self.chat_of.setdefault(chat_doc_to_text(r.to_dict()), r)
+
+    def _chat_reply(self, r: GARRecord) -> str:
+        """A chatty reply that only the filters reduce to the answer: case, punctuation, extra lines."""
+        if r.family == "cls":
+            label = r.answer if self.correct else next(c for c in r.choices if c != r.answer)
+            return f" {label.upper()}, that follows from the premise.\nNo further comment." if label == "Yes" \
+                else f"{label}. It does not follow; yes, I am sure."
+        if self.correct:
+            return f"Answer: {r.answer.upper()}.\nThe premise says so."
+        return next((c for c in r.choices if c != r.answer), "nobody") + "\n" + r.answer
 
     def _right(self, context: str, continuation: str) -> bool:
         return continuation == " " + self.answer_of[context]
@@ -131,6 +149,9 @@ class OracleLM(LM):
     def generate_until(self, requests):
         out = []
         for req in requests:
+            if req.args[0] in self.chat_of:
+                out.append(self._chat_reply(self.chat_of[req.args[0]]))
+                continue
             answer = self.answer_of[req.args[0]]
             out.append(" " + answer + "\n" if self.correct else " certainly not " + answer)
         return out
@@ -162,6 +183,32 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
 
     benchmark = under("gar") | under("gar_v1")
     assert not {leaf.name for leaf in tree.leaves if leaf.config in ("sub", "v1_sub")} & benchmark
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_oracle_chat_model_scores_exactly_one_or_zero_through_the_filters(correct, task_manager):
+    """Every chat leaf and group: replies in mixed case, with punctuation, prefixes and further lines."""
+    from lm_eval import simple_evaluate
+
+    tree = task_tree()
+    chat = [leaf for leaf in tree.leaves if "chat" in leaf.template]
+    assert {leaf.config for leaf in chat} == set(CONFIGS)
+    res = simple_evaluate(model=OracleLM(correct), tasks=["gar_chat", "gar_v1_chat", "gar_chat_sub", "gar_v1_chat_sub"],
+                          task_manager=task_manager, bootstrap_iters=0, log_samples=True)
+    want = 1.0 if correct else 0.0
+    for leaf in chat:
+        assert res["results"][leaf.name]["exact_match,answer"] == want, leaf.name
+    for g in tree.groups:
+        if g.name.startswith(("gar_chat", "gar_v1_chat")):
+            assert res["groups"][g.name]["exact_match,answer"] == want, g.name
+    for config in CONFIGS:
+        assert sum(res["n-samples"][leaf.name]["effective"] for leaf in chat if leaf.config == config) == \
+            len(load_records(config))
+    # what the filters extracted is in the samples: the lower-cased answer (right) or something else
+    for name in ("gar_chat_gen_nr1_gender_city", "gar_v1_chat_cls_nr2_gender_usage", "gar_chat_sub_hop1"):
+        for s in res["samples"][name]:
+            (extracted,) = s["filtered_resps"]
+            assert (extracted == s["doc"]["answer"].lower()) == correct, (name, s["resps"], extracted)
 
 
 # ---------------------------------------------------------------------------------------------
