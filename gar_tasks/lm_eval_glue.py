@@ -37,6 +37,8 @@ SCHEMA_SHORT = {
 TASK_PREFIX = {"paper": "gar", "v1": "gar_v1"}
 # sub-question config -> task-name prefix: groups of their own, outside the benchmark groups
 SUB_TASK_PREFIX = {"sub": "gar_sub", "v1_sub": "gar_v1_sub"}
+# benchmark config -> the config of its compositionality sub-questions
+SUB_CONFIG_OF = {"paper": "sub", "v1": "v1_sub"}
 # the chat / API route (generate_until, answers extracted by lm-eval filters): same tree shapes
 CHAT_TASK_PREFIX = {"paper": "gar_chat", "v1": "gar_v1_chat"}
 CHAT_SUB_TASK_PREFIX = {"sub": "gar_chat_sub", "v1_sub": "gar_v1_chat_sub"}
@@ -152,6 +154,31 @@ def task_tree() -> TaskTree:
     for config, prefix in CHAT_SUB_TASK_PREFIX.items():
         sub(config, prefix, CHAT_TEMPLATES["gen"], CHAT_METRIC, (CHAT_FILTER,))
     return tree
+
+
+def quick_samples(per_leaf: int, config: str = "paper", chat: bool = False) -> dict[str, list[int]]:
+    """lm-eval ``--samples`` for a quick run that still measures the compositionality gap: the first
+    ``per_leaf`` documents of every benchmark leaf of ``config`` (what ``--limit`` takes) and, of its
+    sub-question leaves, exactly the sub-questions of those generation documents (``--limit`` would
+    take sub-questions of other parents, and the gap would join none)."""
+    if config not in SUB_CONFIG_OF:
+        raise GARConfigError(f"no sub-question config for {config!r}; known: {', '.join(SUB_CONFIG_OF)}")
+    sub_config = SUB_CONFIG_OF[config]
+    out: dict[str, list[int]] = {}
+    parents: set[str] = set()
+    for leaf in task_tree().leaves:
+        if "greedy" in leaf.template or ("chat" in leaf.template) != chat:
+            continue
+        if leaf.config == config:
+            ids = load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]
+            out[leaf.name] = list(range(min(per_leaf, len(ids))))
+            if leaf.family == "gen":
+                parents.update(ids[:per_leaf])
+    for leaf in task_tree().leaves:
+        if leaf.config == sub_config and ("chat" in leaf.template) == chat:
+            pids = load_docs(leaf.config, leaf.family)["test"]["pair_id"]
+            out[leaf.name] = [i for i, p in enumerate(pids) if p in parents]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -275,3 +275,31 @@ def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
     assert "gar_tasks/data/vocab/person_adjs.json" in names and "gar_tasks/data/card.md" in names
     record = next(n for n in names if n.endswith(".dist-info/RECORD"))
     assert "gar_eval_lm_eval.pth," in zipfile.ZipFile(wheel).read(record).decode()
+
+
+def test_quick_samples_pick_exactly_the_sub_questions_of_the_picked_parents():
+    """The demo's --samples: N docs per benchmark leaf (as --limit N) and all, and only, their
+    sub-questions, so the report's gap joins every picked generation document."""
+    from gar_tasks.lm_eval_glue import load_docs, quick_samples
+    from gar_tasks.subq import sub_kinds
+
+    picked = quick_samples(3)
+    tree = task_tree()
+    bench = [leaf for leaf in tree.leaves if leaf.config == "paper" and leaf.template in ("_template_gen",
+                                                                                           "_template_cls")]
+    assert {leaf.name for leaf in bench} | {"gar_sub_assoc", "gar_sub_hop0", "gar_sub_hop1"} == set(picked)
+    parents = {}
+    for leaf in bench:
+        assert picked[leaf.name] == [0, 1, 2]
+        if leaf.family == "gen":
+            ds = load_docs("paper", "gen", leaf.n_r, leaf.pair)["test"].select(range(3))
+            parents.update({r["id"]: (r["rel0"], r["rel1"]) for r in ds})
+    got = {}
+    for kind in ("sub_assoc", "sub_hop0", "sub_hop1"):
+        ds = load_docs("sub", kind)["test"]
+        got[kind] = {ds[i]["pair_id"] for i in picked[f"gar_{kind}"]}
+    assert set().union(*got.values()) == set(parents)
+    for pid, (rel0, rel1) in parents.items():
+        assert {k for k in got if pid in got[k]} == set(sub_kinds(rel0, rel1)), pid
+    chat = quick_samples(2, chat=True)
+    assert "gar_chat_sub_assoc" in chat and all(name.startswith("gar_chat") for name in chat)
