@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,20 @@ def transformers_cli() -> str:
     exe = shutil.which("transformers", path=str(Path(sys.executable).parent)) or shutil.which("transformers")
     assert exe, "the `transformers` console script is not installed (pip install 'transformers[serving]')"
     return exe
+
+
+def console_script(name: str) -> str:
+    """A console script of this environment (the venv's bin first, then PATH)."""
+    exe = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert exe, f"the {name} console script is not installed"
+    return exe
+
+
+def offline_env() -> dict[str, str]:
+    """No Hub access at run time; our lm-eval hook on."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("GAR_NO_LM_EVAL_HOOK", None)
+    return env
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:

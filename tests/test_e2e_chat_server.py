@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chat_server import HOST, free_port, stop, transformers_cli, wait_healthy
-from test_e2e_lm_eval import _lm_eval, _offline_env
+from chat_server import HOST, console_script, free_port, offline_env, stop, transformers_cli, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 HEALTH_TIMEOUT_S = 300  # model load on a busy 2-core machine
@@ -31,7 +30,7 @@ def chat_server(tmp_path_factory, request) -> str:
     with open(log, "wb") as f:
         proc = subprocess.Popen([transformers_cli(), "serve", str(model), "--host", HOST, "--port", str(port),
                                  "--device", "cpu", "--log-level", "warning"],
-                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_offline_env())
+                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=offline_env())
     request.addfinalizer(lambda: stop(proc))
     base = f"http://{HOST}:{port}"
     wait_healthy(f"{base}/health", proc, HEALTH_TIMEOUT_S, log)
@@ -55,12 +54,12 @@ def test_lm_eval_local_chat_completions_against_a_real_server(chat_server, tmp_p
     from gar_tasks.models import embedded_model_path
 
     out = tmp_path / "results"
-    cmd = [_lm_eval(), "run", "--model", "local-chat-completions", "--model_args",
+    cmd = [console_script("lm_eval"), "run", "--model", "local-chat-completions", "--model_args",
            f"model={embedded_model_path()},base_url={chat_server}/v1/chat/completions,"
            "num_concurrent=1,max_retries=1,tokenized_requests=False",
            "--apply_chat_template", "--tasks", "gar_chat_gen_nr0,gar_chat_cls_nr0", "--limit", "1",
            "--gen_kwargs", "max_gen_toks=12", "--output_path", str(out), "--log_samples"]
-    res = subprocess.run(cmd, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=1200)
+    res = subprocess.run(cmd, cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     results = json.loads(sorted(out.rglob("results_*.json"))[-1].read_text())
     assert {"gar_chat_gen_nr0", "gar_chat_cls_nr0"} <= set(results["groups"])
