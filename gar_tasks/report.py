@@ -143,6 +143,7 @@ class Run:
 
     label: str
     model: str | None
+    backend: str | None  # lm-eval's model type: hf, local-chat-completions, ...
     model_args: str | None
     params: int | None
     samples: list[Sample]
@@ -150,7 +151,7 @@ class Run:
     results_files: int
 
     def meta(self) -> dict[str, Any]:
-        return {"model": self.model, "label": self.label, "model_args": self.model_args, "params": self.params,
+        return {"model": self.model, "label": self.label, "backend": self.backend, "model_args": self.model_args, "params": self.params,
                 "samples_files": self.samples_files, "results_files": self.results_files}
 
 
@@ -167,6 +168,7 @@ def _results_facts(path: Path) -> dict[str, Any]:
         args = ",".join(f"{k}={v}" for k, v in sorted(args.items()))
     params = cfg.get("model_num_parameters")
     return {"model": str(d["model_name"]) if d.get("model_name") else None,
+            "backend": str(cfg["model"]) if cfg.get("model") else None,
             "model_args": str(args) if args else None,
             "params": params if isinstance(params, int) and not isinstance(params, bool) and params > 0 else None}
 
@@ -189,15 +191,19 @@ def _merge(files: list[Path], pairs: list[str]) -> list[Sample]:
 
 
 def _labels(runs: list[dict[str, Any]]) -> list[str]:
-    """Short distinct names: the model name's last path part, then its dtype or a number if needed."""
+    """Short distinct names: the model name's last path part, then what tells apart runs of the same
+    name (lm-eval's model type, the dtype), then a number if still needed."""
+    def dtype(r: dict[str, Any]) -> str | None:
+        m = re.search(r"(?:^|,)dtype=([\w.]+)", r["model_args"] or "")
+        return m.group(1) if m else None
+
     base = [Path(r["model"]).name if r["model"] else r["folder"].name for r in runs]
     out = []
     for i, b in enumerate(base):
-        if base.count(b) == 1:
-            out.append(b)
-            continue
-        m = re.search(r"(?:^|,)dtype=([\w.]+)", runs[i]["model_args"] or "")
-        out.append(f"{b} ({m.group(1)})" if m else b)
+        same = [r for r, x in zip(runs, base) if x == b]
+        parts = [f(runs[i]) for f in (lambda r: r["backend"], dtype) if len({f(r) for r in same}) > 1]
+        parts = [p for p in parts if p]
+        out.append(f"{b} ({', '.join(parts)})" if parts else b)
     return [x if out.count(x) == 1 else f"{x} #{out[:i + 1].count(x)}" for i, x in enumerate(out)]
 
 
@@ -205,7 +211,7 @@ def read_runs(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Ru
     """Every model's GAR samples under ``roots`` (one or several lm-eval output folders).
 
     A samples file belongs to the run whose ``results_<timestamp>.json`` lies beside it with the same
-    timestamp; runs are grouped by (model name, model arguments), never mixed. A samples file without
+    timestamp; runs are grouped by (model name, lm-eval model type, model arguments), never mixed. A samples file without
     its results file goes with the one model of its folder (or the folder itself when it has none);
     in a folder holding several models' runs it is refused."""
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
@@ -232,13 +238,14 @@ def read_runs(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Ru
         assert m is not None
         f = facts.get((path.parent, m.group("ts")))
         if f is None:
-            here = {(g["model"], g["model_args"]): g for (folder, _), g in facts.items() if folder == path.parent}
+            here = {(g["model"], g["backend"], g["model_args"]): g for (folder, _), g in facts.items()
+                    if folder == path.parent}
             if len(here) > 1:
                 raise GARDataError(f"{os.fspath(path)!r} has no results file of its run beside it "
                                    f"(results_{m.group('ts')}.json), and its folder holds runs of {len(here)} "
                                    f"models: cannot tell which model wrote it")
-            f = next(iter(here.values()), {"model": None, "model_args": None, "params": None})
-        ident = (f["model"], f["model_args"]) if f["model"] else (None, os.fspath(path.parent))
+            f = next(iter(here.values()), {"model": None, "backend": None, "model_args": None, "params": None})
+        ident = (f["model"], f["backend"], f["model_args"]) if f["model"] else (None, None, os.fspath(path.parent))
         g = groups.setdefault(ident, {**f, "folder": path.parent, "files": [], "results": set()})
         g["files"].append(path)
         g["params"] = g["params"] or f["params"]
@@ -254,7 +261,7 @@ def read_runs(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Ru
         raise GARDataError(f"no GAR samples in the {len(samples_files)} samples files under {where}")
     found.sort(key=lambda x: (x[0]["params"] is None, x[0]["params"] or 0, x[0]["model"] or ""))
     labels = _labels([g for g, _ in found])
-    return [Run(label, g["model"], g["model_args"], g["params"], samples, len(g["files"]), len(g["results"]))
+    return [Run(label, g["model"], g["backend"], g["model_args"], g["params"], samples, len(g["files"]), len(g["results"]))
             for label, (g, samples) in zip(labels, found)]
 
 
@@ -456,8 +463,9 @@ def render_comparison_markdown(comp: dict[str, Any]) -> str:
     """The paper's table: accuracy by model x family x n_r with counts, the gap per model, the pair score."""
     models = comp["models"]
     out = ["# GAR model comparison", ""]
-    out += _table(["model", "parameters", "name", "samples"],
-                  ([m["label"], m["params"] or "?", m["model"] or "?", m["samples"]] for m in models))
+    out += _table(["model", "lm-eval model", "parameters", "name", "samples"],
+                  ([m["label"], m.get("backend") or "?", m["params"] or "?", m["model"] or "?", m["samples"]]
+                   for m in models))
     nrs = sorted({n for m in models for sec in m["metrics"].values() for by in sec["by_family_n_r"].values()
                   for n in by}, key=int)
     out += ["", "## Accuracy by model, family and n_r", "", "acc (correct/n); metric `acc` is the "

@@ -260,3 +260,12 @@ def test_one_folder_holding_two_models_is_reported_per_model(tmp_path, docs):
     got = {m["label"]: m["metrics"]["acc"]["by_family"]["gen"] for m in rep["models"]}
     assert got == {"m (bfloat16)": _acc(2, 2), "m (float32)": _acc(0, 2)}
     assert "| m (bfloat16) | acc | gen | 1.000 (2/2) | 1.000 (2/2) |" in md
+    # the same model through another lm-eval model type (a chat server): a third model, named by its type
+    (run / f"results_{TS2}.json").unlink()
+    _results(run, TS2, "org/m", "model=org/m,base_url=http://127.0.0.1:1/v1/chat/completions")
+    d = json.loads((run / f"results_{TS2}.json").read_text())
+    d["config"]["model"] = "local-chat-completions"
+    (run / f"results_{TS2}.json").write_text(json.dumps(d))
+    rep, _, _ = make_report(tmp_path / "res", tmp_path / "rep")
+    assert [m["label"] for m in rep["models"]] == ["m (hf, bfloat16)", "m (local-chat-completions)"]
+    assert [m["backend"] for m in rep["models"]] == ["hf", "local-chat-completions"]
