@@ -168,13 +168,15 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
                           bootstrap_iters=0, log_samples=False)
     results = res["results"]
     want = 1.0 if correct else 0.0
-    for leaf in tree.leaves:
+    leaves = [leaf for leaf in tree.leaves if "chat" not in leaf.template]  # the chat route: the next test
+    for leaf in leaves:
         metric = "exact_match,none" if leaf.name.endswith("greedy") else "acc,none"
         assert results[leaf.name][metric] == want, leaf.name
     for g in tree.groups:
-        assert res["groups"][g.name]["acc,none"] == want, g.name
+        if g.metric == "acc":
+            assert res["groups"][g.name]["acc,none"] == want, g.name
     for config in ("paper", "sub", "v1_sub"):
-        assert sum(res["n-samples"][leaf.name]["effective"] for leaf in tree.leaves
+        assert sum(res["n-samples"][leaf.name]["effective"] for leaf in leaves
                    if leaf.config == config and "greedy" not in leaf.template) == len(load_records(config))
     members = {g.name: g.tasks for g in tree.groups}
 
