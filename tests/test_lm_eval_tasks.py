@@ -305,3 +305,21 @@ def test_quick_samples_pick_exactly_the_sub_questions_of_the_picked_parents():
         assert {k for k in got if pid in got[k]} == set(sub_kinds(rel0, rel1)), pid
     chat = quick_samples(2, chat=True)
     assert "gar_chat_sub_assoc" in chat and all(name.startswith("gar_chat") for name in chat)
+
+
+def test_api_extra_is_lm_evals_own_and_installed():
+    """`pip install "gar-eval[api]"` = lm-eval's `api` extra at our lm-eval version (what the chat and
+    API models need); the dev extra (tests) carries it and a server, so all of it is importable here."""
+    import re
+    import tomllib
+    from importlib.metadata import distribution, requires, version
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["api"] == [f"lm-eval[api]=={version('lm_eval')}"]
+    assert "gar-eval[api]" in extras["dev"] and any(d.startswith("transformers[serving]") for d in extras["dev"])
+    api = [r.split(";")[0].strip() for r in requires("lm_eval") if re.search(r"extra == .api.", r)]
+    assert {"tenacity", "aiohttp", "requests"} <= {re.split(r"[<>=!~ \[]", r)[0].lower() for r in api}
+    for req in api:
+        distribution(re.split(r"[<>=!~ \[]", req)[0])  # raises if missing
+    for name in ("fastapi", "uvicorn"):  # transformers serve
+        distribution(name)
