@@ -528,19 +528,26 @@ def plot_comparison_acc_png(comp: dict[str, Any]) -> bytes:
 
     def draw(plt):
         fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams), 4), dpi=100, squeeze=False)
+        lines = [(m, metric, sec) for m in models for metric, sec in m["metrics"].items()]
         for ax, fam in zip(axes[0], fams):
-            for m in models:
-                for metric, sec in m["metrics"].items():
-                    by = sec["by_family_n_r"].get(fam)
-                    if by:
-                        ax.plot([int(n) for n in by], [by[n]["acc"] for n in by], marker="o",
-                                label=m["label"] + (f" ({metric})" if many_metrics else ""))
+            for i, (m, metric, sec) in enumerate(lines):  # one colour per line in every panel
+                by = sec["by_family_n_r"].get(fam)
+                if by:
+                    ax.plot([int(n) for n in by], [by[n]["acc"] for n in by], marker="o", color=f"C{i % 10}",
+                            label=m["label"] + (f" ({metric})" if many_metrics else ""))
             ax.set_title(fam, fontsize=9)
             ax.set_xlabel("n_r (non-equal relations)")
+            ax.set_xticks(sorted({int(n) for m in models for sec in m["metrics"].values()
+                                  for n in sec["by_family_n_r"].get(fam, {})}))
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("accuracy")
-        axes[0][-1].legend(fontsize=7)
+        legend = {}  # one entry per line over all panels (a model may lack a family)
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(lab, h)
+        fig.legend(list(legend.values()), list(legend), fontsize=7, loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(legend)))
         fig.suptitle("GAR accuracy vs n_r per model", fontsize=10)
         return fig
     return _figure_png(draw)
