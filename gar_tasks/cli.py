@@ -79,13 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="arguments for lm_eval run")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("report", help="accuracy tables and the compositionality gap from lm-eval results",
-                       description="Read an lm-eval --output_path folder (run with --log_samples; searched "
+    r = sub.add_parser("report", help="accuracy tables and the compositionality gap from lm-eval results; "
+                                      "several models: the comparison",
+                       description="Read lm-eval --output_path folders (run with --log_samples; searched "
                                    "recursively) and write report.md, report.json and acc_vs_nr.png: accuracy "
-                                   "by family x n_r x schema pair with counts, totals, and the compositionality "
-                                   "gap P(composite wrong | all its sub-questions right) from the gar_sub tasks.")
-    r.add_argument("results_dir", metavar="RESULTS_DIR", help="the lm-eval --output_path folder")
-    r.add_argument("--out", metavar="DIR", help="where to write the report (default: RESULTS_DIR)")
+                                   "by family x n_r x schema pair with counts, totals, the compositionality "
+                                   "gap P(composite wrong | all its sub-questions right) from the gar_sub tasks "
+                                   "and the cls pair score. Runs are grouped by model (results_<date>.json); "
+                                   "several models give the comparison (accuracy by model x family x n_r, gap "
+                                   "per model) and gap_vs_size.png.")
+    r.add_argument("results_dir", metavar="RESULTS_DIR", nargs="+",
+                   help="lm-eval --output_path folder(s), e.g. one per model")
+    r.add_argument("--out", metavar="DIR",
+                   help="where to write the report (default: RESULTS_DIR; required with several folders)")
     r.set_defaults(func=cmd_report)
 
     pt = sub.add_parser("patch", help="attribution patching (AtP) of every attention head, checked exactly",
@@ -357,6 +363,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import make_report
 
+    if len(args.results_dir) > 1 and args.out is None:
+        raise GARDataError("several results folders: give --out DIR for the report")
     _, md, written = make_report(args.results_dir, args.out)
     print(md, end="")
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)

@@ -218,7 +218,7 @@ def _cell_records(cfg: GeneratorConfig, profile: Profile, cell: Cell) -> Iterato
         exclude = {_test_row_key(r) for r in _cell_records(replace(cfg, split="test"), profile, cell)}
     rng = _cell_rng(cfg, cell)
     vocab = profile.vocab
-    task_id = cell.task_id(vocab)
+    task_id = cell.task_id(vocab, cfg.cxt_len)
     nrows = cfg.n_demos + 1
     positions: list[int | None] = [None] * cfg.n_per_task
     demo_labels: list[list[str] | None] = [None] * cfg.n_per_task

@@ -109,14 +109,15 @@ class Cell:
         """Number of the two relations (``neg_`` stripped) that are not ``equal`` (GAR_SPEC 10.2)."""
         return sum(r != "equal" for r in (self.person_relation, self.thing_relation))
 
-    def task_id(self, vocab: Vocabulary) -> str:
-        """The published ``task_id`` string (GAR_SPEC 10.1)."""
+    def task_id(self, vocab: Vocabulary, cxt_len: int = 3) -> str:
+        """The published ``task_id`` string (GAR_SPEC 10.1), naming the real context length (items
+        per row): the paper's records all have 3; ``--cxt-len`` changes it."""
         gen = "rlr_gen[dict_candidates=True]" if self.task_row.dict_candidates_in_task_id else "rlr_gen"
         if self.family == "cls":
             gen = f"g2c[{gen}]"
         (s0, r0), (s1, r1) = self.hop0, self.hop1
         t0, t1 = vocab[s0].meta.set_type, vocab[s1].meta.set_type
-        tail = "cxt_len=3,rev_item2str" if self.rev_item2str else "cxt_len=3"
+        tail = f"cxt_len={cxt_len},rev_item2str" if self.rev_item2str else f"cxt_len={cxt_len}"
         return f"{gen}[{s0}.{t0}.{r0},{s1}.{t1}.{r1}][{tail}]"
 
     @property

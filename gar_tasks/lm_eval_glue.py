@@ -37,6 +37,20 @@ SCHEMA_SHORT = {
 TASK_PREFIX = {"paper": "gar", "v1": "gar_v1"}
 # sub-question config -> task-name prefix: groups of their own, outside the benchmark groups
 SUB_TASK_PREFIX = {"sub": "gar_sub", "v1_sub": "gar_v1_sub"}
+# benchmark config -> the config of its compositionality sub-questions
+SUB_CONFIG_OF = {"paper": "sub", "v1": "v1_sub"}
+# the chat / API route (generate_until, answers extracted by lm-eval filters): same tree shapes
+CHAT_TASK_PREFIX = {"paper": "gar_chat", "v1": "gar_v1_chat"}
+CHAT_SUB_TASK_PREFIX = {"sub": "gar_chat_sub", "v1_sub": "gar_v1_chat_sub"}
+CHAT_TEMPLATES = {"gen": "_template_chat_gen", "cls": "_template_chat_cls"}
+CHAT_METRIC = "exact_match"
+CHAT_FILTER = "answer"  # the filter pipeline's name in the chat templates: results key exact_match,answer
+# The instruction put before the GAR prompt (demonstration rows included) in the user message.
+# Sub-questions are generation questions. A system prompt is lm-eval's --system_instruction.
+CHAT_INSTRUCTIONS = {
+    "gen": "Complete the last line of the text below. Reply with the missing word or phrase only.",
+    "cls": "Answer the last question of the text below with Yes or No only.",
+}
 
 
 def pair_name(person_schema: str, thing_schema: str) -> str:
@@ -76,10 +90,14 @@ class Group:
     name: str
     tasks: tuple[str, ...]
     metric: str = "acc"
+    filters: tuple[str, ...] | None = None  # lm-eval filter names to aggregate (None: lm-eval's default)
 
     def yaml_dict(self) -> dict[str, Any]:
-        return {"group": self.name, "task": list(self.tasks),
-                "aggregate_metric_list": [{"metric": self.metric, "aggregation": "mean", "weight_by_size": True}],
+        agg: dict[str, Any] = {"metric": self.metric}
+        if self.filters is not None:
+            agg["filter_list"] = list(self.filters)
+        agg.update(aggregation="mean", weight_by_size=True)
+        return {"group": self.name, "task": list(self.tasks), "aggregate_metric_list": [agg],
                 "metadata": {"version": 1.0}}
 
 
@@ -98,7 +116,9 @@ def task_tree() -> TaskTree:
     tree = TaskTree()
     slices = sorted({(c.family, c.n_r, c.task_row.row, pair_name(c.task_row.person_schema, c.task_row.thing_schema))
                      for c in iter_cells()})
-    for config, prefix in TASK_PREFIX.items():
+
+    def benchmark(config: str, prefix: str, templates: dict[str, str], metric: str,
+                  filters: tuple[str, ...] | None) -> None:
         fam_groups = []
         for fam in FAMILIES:
             nr_groups = []
@@ -106,23 +126,59 @@ def task_tree() -> TaskTree:
                 names = []
                 for _, _, _, pair in [s for s in slices if s[0] == fam and s[1] == n_r]:
                     name = f"{prefix}_{fam}_nr{n_r}_{pair}"
-                    tree.leaves.append(Leaf(name, config, fam, n_r, pair, f"_template_{fam}",
+                    tree.leaves.append(Leaf(name, config, fam, n_r, pair, templates[fam],
                                             (f"{prefix}_pair_{pair}",)))
                     names.append(name)
-                tree.groups.append(Group(f"{prefix}_{fam}_nr{n_r}", tuple(names)))
+                tree.groups.append(Group(f"{prefix}_{fam}_nr{n_r}", tuple(names), metric, filters))
                 nr_groups.append(f"{prefix}_{fam}_nr{n_r}")
-            tree.groups.append(Group(f"{prefix}_{fam}", tuple(nr_groups)))
+            tree.groups.append(Group(f"{prefix}_{fam}", tuple(nr_groups), metric, filters))
             fam_groups.append(f"{prefix}_{fam}")
-        tree.groups.append(Group(prefix, tuple(fam_groups)))
-        tree.leaves.append(Leaf(f"{prefix}_gen_greedy", config, "gen", None, None, "_template_gen_greedy"))
-    for config, prefix in SUB_TASK_PREFIX.items():
+        tree.groups.append(Group(prefix, tuple(fam_groups), metric, filters))
+
+    def sub(config: str, prefix: str, template: str, metric: str, filters: tuple[str, ...] | None) -> None:
         names = []
         for kind in SUB_FAMILIES:
             name = f"{prefix}_{kind.removeprefix('sub_')}"
-            tree.leaves.append(Leaf(name, config, kind, None, None, "_template_sub"))
+            tree.leaves.append(Leaf(name, config, kind, None, None, template))
             names.append(name)
-        tree.groups.append(Group(prefix, tuple(names)))
+        tree.groups.append(Group(prefix, tuple(names), metric, filters))
+
+    for config, prefix in TASK_PREFIX.items():
+        benchmark(config, prefix, {"gen": "_template_gen", "cls": "_template_cls"}, "acc", None)
+        tree.leaves.append(Leaf(f"{prefix}_gen_greedy", config, "gen", None, None, "_template_gen_greedy"))
+    for config, prefix in SUB_TASK_PREFIX.items():
+        sub(config, prefix, "_template_sub", "acc", None)
+    # chat / API route: generate_until + lm-eval filters, one tree per benchmark config
+    for config, prefix in CHAT_TASK_PREFIX.items():
+        benchmark(config, prefix, CHAT_TEMPLATES, CHAT_METRIC, (CHAT_FILTER,))
+    for config, prefix in CHAT_SUB_TASK_PREFIX.items():
+        sub(config, prefix, CHAT_TEMPLATES["gen"], CHAT_METRIC, (CHAT_FILTER,))
     return tree
+
+
+def quick_samples(per_leaf: int, config: str = "paper", chat: bool = False) -> dict[str, list[int]]:
+    """lm-eval ``--samples`` for a quick run that still measures the compositionality gap: the first
+    ``per_leaf`` documents of every benchmark leaf of ``config`` (what ``--limit`` takes) and, of its
+    sub-question leaves, exactly the sub-questions of those generation documents (``--limit`` would
+    take sub-questions of other parents, and the gap would join none)."""
+    if config not in SUB_CONFIG_OF:
+        raise GARConfigError(f"no sub-question config for {config!r}; known: {', '.join(SUB_CONFIG_OF)}")
+    sub_config = SUB_CONFIG_OF[config]
+    out: dict[str, list[int]] = {}
+    parents: set[str] = set()
+    for leaf in task_tree().leaves:
+        if "greedy" in leaf.template or ("chat" in leaf.template) != chat:
+            continue
+        if leaf.config == config:
+            ids = load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]
+            out[leaf.name] = list(range(min(per_leaf, len(ids))))
+            if leaf.family == "gen":
+                parents.update(ids[:per_leaf])
+    for leaf in task_tree().leaves:
+        if leaf.config == sub_config and ("chat" in leaf.template) == chat:
+            pids = load_docs(leaf.config, leaf.family)["test"]["pair_id"]
+            out[leaf.name] = [i for i, p in enumerate(pids) if p in parents]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,6 +233,11 @@ def doc_to_choice(doc: dict) -> list[str]:
 def doc_to_label(doc: dict) -> int:
     """Index of the gold choice (``multiple_choice`` adds ``target_delimiter`` itself)."""
     return list(doc["choices"]).index(doc["answer"])
+
+
+def chat_doc_to_text(doc: dict) -> str:
+    """The chat route's user message: a one-line instruction, a blank line, the GAR prompt."""
+    return CHAT_INSTRUCTIONS["cls" if doc["family"] == "cls" else "gen"] + "\n\n" + doc["prompt"]
 
 
 def process_greedy(doc: dict, results: list[str]) -> dict[str, float]:

@@ -54,9 +54,11 @@ class Sample:
     pair: str
     rel0: str
     rel1: str
-    metric: str
+    metric: str  # lm-eval's metric, with its filter when not "none": "acc", "exact_match,answer"
     correct: bool
     task: str
+    answer: str = ""
+    margin: float | None = None  # cls log-likelihood route: logL(" Yes") - logL(" No")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,30 +107,75 @@ def _parse_line(line: str, where: str, task: str, pairs: list[str]) -> Sample | 
     if metric is None:
         raise GARDataError(f"{where}: sample has neither 'acc' nor 'exact_match'")
     value, row = d[metric], doc["task_row"]
+    filt = d.get("filter", "none")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
         raise GARDataError(f"{where}: {metric} must be 0 or 1, got {value!r}")
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < len(pairs):
         raise GARDataError(f"{where}: task_row {row!r} is not a GAR task row")
     if isinstance(doc["n_r"], bool) or not isinstance(doc["n_r"], int):
         raise GARDataError(f"{where}: n_r {doc['n_r']!r} is not an integer")
+    key = metric if filt in (None, "none") else f"{metric},{filt}"
     return Sample(str(doc["id"]), str(doc["pair_id"]), str(doc["family"]), doc["n_r"], pairs[row],
-                  str(doc["rel0"]), str(doc["rel1"]), metric, value == 1, task)
+                  str(doc["rel0"]), str(doc["rel1"]), key, value == 1, task, str(doc.get("answer", "")),
+                  _margin(d, doc, where) if metric == "acc" and doc["family"] == "cls" else None)
 
 
-def read_samples(root: str | os.PathLike) -> tuple[list[Sample], dict[str, Any]]:
-    """Every GAR sample under ``root`` (later runs replace earlier ones) and facts about the source."""
-    samples_files, results_files = find_result_files(root)
-    if not samples_files:
-        raise GARDataError(f"no lm-eval samples files (samples_<task>_<date>.jsonl) under "
-                           f"{os.fspath(root)!r}: run lm_eval with --output_path and --log_samples")
-    folders = sorted({p.parent for p in samples_files})
-    if len(folders) > 1:
-        names = ", ".join(repr(os.fspath(f)) for f in folders[:3]) + (", ..." if len(folders) > 3 else "")
-        raise GARDataError(f"samples of {len(folders)} runs (model folders) found: {names}; "
-                           f"report one of them at a time")
-    pairs = _pair_names()
+def _margin(d: dict, doc: dict, where: str) -> float | None:
+    """logL(" Yes") - logL(" No") of a classification sample from what lm-eval logged: the
+    log-likelihood of each choice (``filtered_resps``, in ``doc["choices"]`` order). The difference of
+    two log-probabilities at the same position equals the difference of their logits."""
+    resps, choices = d.get("filtered_resps"), doc.get("choices")
+    if not isinstance(resps, list) or not isinstance(choices, (list, tuple)) or len(resps) != len(choices):
+        return None
+    try:
+        ll = {str(c): float(r[0] if isinstance(r, (list, tuple)) else r) for c, r in zip(choices, resps)}
+    except (TypeError, ValueError, IndexError):
+        raise GARDataError(f"{where}: log-likelihoods in filtered_resps are not numbers") from None
+    if "Yes" not in ll or "No" not in ll:
+        return None
+    return ll["Yes"] - ll["No"]
+
+
+@dataclass
+class Run:
+    """The GAR samples of one model (one identity: model name and model arguments), merged over the
+    lm-eval runs that scored it; a document scored again by a later run replaces the earlier sample."""
+
+    label: str
+    model: str | None
+    backend: str | None  # lm-eval's model type: hf, local-chat-completions, ...
+    model_args: str | None
+    params: int | None
+    samples: list[Sample]
+    samples_files: int
+    results_files: int
+
+    def meta(self) -> dict[str, Any]:
+        return {"model": self.model, "label": self.label, "backend": self.backend, "model_args": self.model_args, "params": self.params,
+                "samples_files": self.samples_files, "results_files": self.results_files}
+
+
+def _results_facts(path: Path) -> dict[str, Any]:
+    """Who wrote a run: model name, model arguments, parameter count (lm-eval's results file)."""
+    try:
+        d = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise GARDataError(f"cannot read {os.fspath(path)!r}: not valid JSON ({e.msg})") from None
+    d = d if isinstance(d, dict) else {}
+    cfg = d.get("config") if isinstance(d.get("config"), dict) else {}
+    args = cfg.get("model_args")
+    if isinstance(args, dict):
+        args = ",".join(f"{k}={v}" for k, v in sorted(args.items()))
+    params = cfg.get("model_num_parameters")
+    return {"model": str(d["model_name"]) if d.get("model_name") else None,
+            "backend": str(cfg["model"]) if cfg.get("model") else None,
+            "model_args": str(args) if args else None,
+            "params": params if isinstance(params, int) and not isinstance(params, bool) and params > 0 else None}
+
+
+def _merge(files: list[Path], pairs: list[str]) -> list[Sample]:
     latest: dict[tuple[str, str], tuple[str, Sample]] = {}
-    for path in samples_files:
+    for path in files:
         m = _SAMPLES.match(path.name)
         assert m is not None
         for i, line in enumerate(_read_text(path).splitlines(), 1):
@@ -140,19 +187,92 @@ def read_samples(root: str | os.PathLike) -> tuple[list[Sample], dict[str, Any]]
             key = (s.metric, s.id)
             if key not in latest or latest[key][0] <= m.group("ts"):
                 latest[key] = (m.group("ts"), s)
-    if not latest:
-        raise GARDataError(f"no GAR samples in the {len(samples_files)} samples files under {os.fspath(root)!r}")
-    models = set()
-    for path in results_files:
-        try:
-            d = json.loads(_read_text(path))
-        except json.JSONDecodeError as e:
-            raise GARDataError(f"cannot read {os.fspath(path)!r}: not valid JSON ({e.msg})") from None
-        if isinstance(d, dict) and d.get("model_name"):
-            models.add(str(d["model_name"]))
-    meta = {"model": ", ".join(sorted(models)) or None, "samples_files": len(samples_files),
-            "results_files": len(results_files)}
-    return [s for _, s in latest.values()], meta
+    return [s for _, s in latest.values()]
+
+
+def _labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Short distinct names: the model name's last path part, then what tells apart runs of the same
+    name (lm-eval's model type, the dtype), then a number if still needed."""
+    def dtype(r: dict[str, Any]) -> str | None:
+        m = re.search(r"(?:^|,)dtype=([\w.]+)", r["model_args"] or "")
+        return m.group(1) if m else None
+
+    base = [Path(r["model"]).name if r["model"] else r["folder"].name for r in runs]
+    out = []
+    for i, b in enumerate(base):
+        same = [r for r, x in zip(runs, base) if x == b]
+        parts = [f(runs[i]) for f in (lambda r: r["backend"], dtype) if len({f(r) for r in same}) > 1]
+        parts = [p for p in parts if p]
+        out.append(f"{b} ({', '.join(parts)})" if parts else b)
+    return [x if out.count(x) == 1 else f"{x} #{out[:i + 1].count(x)}" for i, x in enumerate(out)]
+
+
+def read_runs(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Run]:
+    """Every model's GAR samples under ``roots`` (one or several lm-eval output folders).
+
+    A samples file belongs to the run whose ``results_<timestamp>.json`` lies beside it with the same
+    timestamp; runs are grouped by (model name, lm-eval model type, model arguments), never mixed. A samples file without
+    its results file goes with the one model of its folder (or the folder itself when it has none);
+    in a folder holding several models' runs it is refused."""
+    roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    if not roots:
+        raise GARDataError("no results folder given")
+    samples_files: set[Path] = set()
+    results_files: set[Path] = set()
+    for root in roots:
+        sf, rf = find_result_files(root)
+        samples_files.update(sf)
+        results_files.update(rf)
+    where = ", ".join(repr(os.fspath(r)) for r in roots)
+    if not samples_files:
+        raise GARDataError(f"no lm-eval samples files (samples_<task>_<date>.jsonl) under {where}: "
+                           f"run lm_eval with --output_path and --log_samples")
+    facts = {}
+    for path in sorted(results_files):
+        m = _RESULTS.match(path.name)
+        assert m is not None
+        facts[(path.parent, m.group("ts"))] = _results_facts(path)
+    groups: dict[tuple, dict[str, Any]] = {}
+    for path in sorted(samples_files):
+        m = _SAMPLES.match(path.name)
+        assert m is not None
+        f = facts.get((path.parent, m.group("ts")))
+        if f is None:
+            here = {(g["model"], g["backend"], g["model_args"]): g for (folder, _), g in facts.items()
+                    if folder == path.parent}
+            if len(here) > 1:
+                raise GARDataError(f"{os.fspath(path)!r} has no results file of its run beside it "
+                                   f"(results_{m.group('ts')}.json), and its folder holds runs of {len(here)} "
+                                   f"models: cannot tell which model wrote it")
+            f = next(iter(here.values()), {"model": None, "backend": None, "model_args": None, "params": None})
+        ident = (f["model"], f["backend"], f["model_args"]) if f["model"] else (None, None, os.fspath(path.parent))
+        g = groups.setdefault(ident, {**f, "folder": path.parent, "files": [], "results": set()})
+        g["files"].append(path)
+        g["params"] = g["params"] or f["params"]
+        if (path.parent, m.group("ts")) in facts:
+            g["results"].add((path.parent, m.group("ts")))
+    pairs = _pair_names()
+    found = []
+    for g in groups.values():
+        samples = _merge(g["files"], pairs)
+        if samples:
+            found.append((g, samples))
+    if not found:
+        raise GARDataError(f"no GAR samples in the {len(samples_files)} samples files under {where}")
+    found.sort(key=lambda x: (x[0]["params"] is None, x[0]["params"] or 0, x[0]["model"] or ""))
+    labels = _labels([g for g, _ in found])
+    return [Run(label, g["model"], g["backend"], g["model_args"], g["params"], samples, len(g["files"]), len(g["results"]))
+            for label, (g, samples) in zip(labels, found)]
+
+
+def read_samples(root: str | os.PathLike) -> tuple[list[Sample], dict[str, Any]]:
+    """The GAR samples of the one model under ``root`` and facts about it; several models are refused
+    here (``read_runs`` reads them apart)."""
+    runs = read_runs(root)
+    if len(runs) > 1:
+        raise GARDataError(f"samples of {len(runs)} models under {os.fspath(root)!r} "
+                           f"({', '.join(r.label for r in runs)}): report them with read_runs")
+    return runs[0].samples, runs[0].meta()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,6 +288,36 @@ def _family_key(f: str) -> tuple:
 
 def _gap(wrong: int, right: int, joined: int) -> dict[str, Any]:
     return {"wrong": wrong, "all_subs_right": right, "gap": wrong / right if right else None, "joined": joined}
+
+
+def _pair_score(n_pairs: int, wins: float, ties: int) -> dict[str, Any]:
+    return {"pairs": n_pairs, "true_higher": wins, "ties": ties, "score": (wins + ties / 2) / n_pairs if n_pairs else None}
+
+
+def pair_score(samples: list[Sample]) -> dict[str, Any] | None:
+    """The classification score free of label bias: over Yes/No twins (two cls records sharing a
+    ``pair_id``, one whose answer is Yes, one No), the share of pairs where the true statement (the
+    Yes twin) gets the larger logL(Yes) - logL(No); a tie counts one half. A model answering one label
+    for everything scores acc 0.5 whatever it knows; this score is 0.5 only if it cannot tell the
+    true statement from the false one. None without log-likelihood cls samples."""
+    twins: dict[str, dict[str, Sample]] = {}
+    for s in samples:
+        if s.family == "cls" and s.margin is not None and s.answer in ("Yes", "No"):
+            twins.setdefault(s.pair_id, {})[s.answer] = s
+    if not twins:
+        return None
+    by: dict[Any, list] = {}
+    for t in twins.values():
+        if len(t) != 2:
+            continue
+        yes, no = t["Yes"], t["No"]
+        for key in ("all", yes.n_r):
+            c = by.setdefault(key, [0, 0, 0])
+            c[0] += 1
+            c[1] += yes.margin > no.margin
+            c[2] += yes.margin == no.margin
+    return {"overall": _pair_score(*by.get("all", [0, 0, 0])), "unpaired": sum(len(t) != 2 for t in twins.values()),
+            "by_n_r": {str(n): _pair_score(*by[n]) for n in sorted(k for k in by if k != "all")}}
 
 
 def metric_section(samples: list[Sample]) -> dict[str, Any]:
@@ -202,6 +352,7 @@ def metric_section(samples: list[Sample]) -> dict[str, Any]:
                           for f in sorted(fam_nr, key=_family_key)},
         "gap": {"overall": _gap(*overall), "parents": len(parents),
                 "by_n_r": {str(n): _gap(*gap[n]) for n in sorted(k for k in gap if k != "all")}},
+        "pair_score": pair_score(samples),
     }
 
 
@@ -209,6 +360,11 @@ def build_report(samples: list[Sample], meta: dict[str, Any] | None = None) -> d
     metrics = sorted({s.metric for s in samples}, key=lambda m: (m != "acc", m))
     return {**(meta or {}), "samples": len(samples),
             "metrics": {m: metric_section([s for s in samples if s.metric == m]) for m in metrics}}
+
+
+def build_comparison(runs: list[Run]) -> dict[str, Any]:
+    """One report per model (never mixed), in model-size order (unknown sizes last)."""
+    return {"models": [build_report(r.samples, r.meta()) for r in runs]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,8 +390,15 @@ def render_markdown(report: dict[str, Any]) -> str:
                       ([c["family"], c["n_r"], c["pair"], c["correct"], c["n"], _pct(c["acc"])]
                        for c in sec["cells"]))
         out += ["", "### Totals per family", ""]
-        out += _table(["family", "correct", "n", metric],
-                      ([f, t["correct"], t["n"], _pct(t["acc"])] for f, t in sec["by_family"].items()))
+        ps = sec.get("pair_score")
+        if ps:  # the bias-free classification score next to acc
+            out += _table(["family", "correct", "n", metric, "pair score (pairs)"],
+                          ([f, t["correct"], t["n"], _pct(t["acc"]),
+                            f"{_pct(ps['overall']['score'])} ({ps['overall']['pairs']})" if f == "cls" else ""]
+                           for f, t in sec["by_family"].items()))
+        else:
+            out += _table(["family", "correct", "n", metric],
+                          ([f, t["correct"], t["n"], _pct(t["acc"])] for f, t in sec["by_family"].items()))
         out += ["", "### Totals per family and n_r", ""]
         out += _table(["family", "n_r", "correct", "n", metric],
                       ([f, n, t["correct"], t["n"], _pct(t["acc"])]
@@ -248,6 +411,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                  g["overall"]["joined"]]]
         rows += [[n, x["wrong"], x["all_subs_right"], _pct(x["gap"]), x["joined"]] for n, x in g["by_n_r"].items()]
         out += _table(["n_r", "composite wrong", "all subs right", "gap", "joined"], rows)
+        ps = sec.get("pair_score")
+        if ps:
+            out += ["", "### Classification pair score", "",
+                    "Over Yes/No twins: the share of pairs where the true statement gets the larger "
+                    "logL(Yes) - logL(No) (ties count 1/2); free of label bias, unlike acc.", ""]
+            out += _table(["n_r", "pairs", "true higher", "ties", "pair score"],
+                          ([n, x["pairs"], x["true_higher"], x["ties"], _pct(x["score"])]
+                           for n, x in [("all", ps["overall"]), *ps["by_n_r"].items()]))
     return "\n".join(out) + "\n"
 
 
@@ -282,6 +453,138 @@ def plot_png(report: dict[str, Any]) -> bytes:
         return buf.getvalue()
     finally:
         plt.close(fig)
+
+
+def _cell(t: dict[str, Any] | None) -> str:
+    return "-" if not t or not t["n"] else f"{t['acc']:.3f} ({t['correct']}/{t['n']})"
+
+
+def render_comparison_markdown(comp: dict[str, Any]) -> str:
+    """The paper's table: accuracy by model x family x n_r with counts, the gap per model, the pair score."""
+    models = comp["models"]
+    out = ["# GAR model comparison", ""]
+    out += _table(["model", "lm-eval model", "parameters", "name", "samples"],
+                  ([m["label"], m.get("backend") or "?", m["params"] or "?", m["model"] or "?", m["samples"]]
+                   for m in models))
+    nrs = sorted({n for m in models for sec in m["metrics"].values() for by in sec["by_family_n_r"].values()
+                  for n in by}, key=int)
+    out += ["", "## Accuracy by model, family and n_r", "", "acc (correct/n); metric `acc` is the "
+            "log-likelihood route, `exact_match` free generation, `exact_match,answer` the chat route.", ""]
+    rows = []
+    for m in models:
+        for metric, sec in m["metrics"].items():
+            for fam, by in sec["by_family_n_r"].items():
+                rows.append([m["label"], metric, fam, *[_cell(by.get(n)) for n in nrs],
+                             _cell(sec["by_family"][fam])])
+    out += _table(["model", "metric", "family", *[f"n_r={n}" for n in nrs], "all"], rows)
+    out += ["", "## Compositionality gap", "", "P(composite wrong | all its sub-questions right) per model "
+            "and metric; `-` where no generation record has all its sub-questions scored.", ""]
+    rows = []
+    for m in models:
+        for metric, sec in m["metrics"].items():
+            if not any(f == "gen" for f in sec["by_family"]):
+                continue
+            g = sec["gap"]["overall"]
+            rows.append([m["label"], m["params"] or "?", metric, g["wrong"] if g["joined"] else "-",
+                         g["all_subs_right"] if g["joined"] else "-", _pct(g["gap"]),
+                         f"{g['joined']} of {sec['gap']['parents']}"])
+    out += _table(["model", "parameters", "metric", "composite wrong", "all subs right", "gap", "joined"], rows)
+    out += ["", "## Classification: acc and the pair score", "", "Pair score: over Yes/No twins, the share "
+            "where the true statement gets the larger logL(Yes) - logL(No) (log-likelihood route only).", ""]
+    rows = []
+    for m in models:
+        for metric, sec in m["metrics"].items():
+            if "cls" not in sec["by_family"]:
+                continue
+            ps = (sec.get("pair_score") or {}).get("overall")
+            rows.append([m["label"], metric, _cell(sec["by_family"]["cls"]),
+                         _pct(ps["score"]) if ps else "-", ps["pairs"] if ps else "-"])
+    out += _table(["model", "metric", "cls acc", "pair score", "pairs"], rows)
+    return "\n".join(out) + "\n"
+
+
+def _figure_png(draw) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt)
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def plot_comparison_acc_png(comp: dict[str, Any]) -> bytes:
+    """Accuracy against n_r, one panel per family, one line per (model, metric)."""
+    models = comp["models"]
+    fams = sorted({f for m in models for sec in m["metrics"].values() for f in sec["by_family_n_r"]}, key=_family_key)
+    many_metrics = len({k for m in models for k in m["metrics"]}) > 1
+
+    def draw(plt):
+        fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams), 4), dpi=100, squeeze=False)
+        lines = [(m, metric, sec) for m in models for metric, sec in m["metrics"].items()]
+        for ax, fam in zip(axes[0], fams):
+            for i, (m, metric, sec) in enumerate(lines):  # one colour per line in every panel
+                by = sec["by_family_n_r"].get(fam)
+                if by:
+                    ax.plot([int(n) for n in by], [by[n]["acc"] for n in by], marker="o", color=f"C{i % 10}",
+                            label=m["label"] + (f" ({metric})" if many_metrics else ""))
+            ax.set_title(fam, fontsize=9)
+            ax.set_xlabel("n_r (non-equal relations)")
+            ax.set_xticks(sorted({int(n) for m in models for sec in m["metrics"].values()
+                                  for n in sec["by_family_n_r"].get(fam, {})}))
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("accuracy")
+        legend = {}  # one entry per line over all panels (a model may lack a family)
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(lab, h)
+        fig.legend(list(legend.values()), list(legend), fontsize=7, loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(legend)))
+        fig.suptitle("GAR accuracy vs n_r per model", fontsize=10)
+        return fig
+    return _figure_png(draw)
+
+
+def plot_gap_vs_size_png(comp: dict[str, Any]) -> bytes:
+    """The compositionality gap per model against its parameter count (log scale) when every model's
+    size is known, else against the model names in size order; models without a gap are left out."""
+    pts = [(m["label"], m["params"], metric, sec["gap"]["overall"]["gap"]) for m in comp["models"]
+           for metric, sec in m["metrics"].items() if sec["gap"]["overall"]["gap"] is not None]
+    labels = [m["label"] for m in comp["models"]]
+    by_size = bool(pts) and all(p is not None for _, p, _, _ in pts)
+
+    def draw(plt):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for metric in sorted({p[2] for p in pts}):
+            mine = [p for p in pts if p[2] == metric]
+            xs = [p[1] for p in mine] if by_size else [labels.index(p[0]) for p in mine]
+            ax.plot(xs, [p[3] for p in mine], marker="o", label=metric)
+            for x, p in zip(xs, mine):
+                ax.annotate(p[0], (x, p[3]), fontsize=7, textcoords="offset points", xytext=(3, 3))
+        if by_size:
+            ax.set_xscale("log")
+            ax.set_xlabel("parameters")
+        else:
+            ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=7)
+            ax.set_xlabel("model")
+        if not pts:
+            ax.text(0.5, 0.5, "no model has sub-question runs", ha="center", transform=ax.transAxes)
+        ax.set_ylabel("compositionality gap")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        if pts:
+            ax.legend(fontsize=8)
+        ax.set_title("Compositionality gap vs model size", fontsize=9)
+        return fig
+    return _figure_png(draw)
 
 
 def write_outputs(out: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
@@ -324,17 +627,27 @@ def write_outputs(out: str | os.PathLike, files: dict[str, bytes]) -> list[Path]
     return [out / name for name in files]
 
 
-def make_report(results_dir: str | os.PathLike, out: str | os.PathLike | None = None
+def make_report(results_dir: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike | None = None
                 ) -> tuple[dict[str, Any], str, list[Path]]:
-    """Read ``results_dir``, write the three outputs to ``out`` (default: ``results_dir``).
+    """Read one or several lm-eval output folders and write the report to ``out`` (default: the one
+    results folder). One model: report.md, report.json, acc_vs_nr.png. Several models (one folder per
+    model, or several models' runs in one folder): the comparison, with gap_vs_size.png as well.
 
     Returns (report dict, markdown, written paths). Nothing is written if anything fails.
     """
-    samples, meta = read_samples(results_dir)
-    report = build_report(samples, meta)
-    md = render_markdown(report)
+    roots = [results_dir] if isinstance(results_dir, (str, os.PathLike)) else list(results_dir)
+    if out is None and len(roots) != 1:
+        raise GARDataError("several results folders: name the folder to write the report to")
+    runs = read_runs(roots)
+    if len(runs) == 1:
+        report = build_report(runs[0].samples, runs[0].meta())
+        md = render_markdown(report)
+        pngs = {"acc_vs_nr.png": plot_png(report)}
+    else:
+        report = build_comparison(runs)
+        md = render_comparison_markdown(report)
+        pngs = {"acc_vs_nr.png": plot_comparison_acc_png(report), "gap_vs_size.png": plot_gap_vs_size_png(report)}
     files = {"report.md": md.encode("utf-8"),
-             "report.json": (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
-             "acc_vs_nr.png": plot_png(report)}
-    written = write_outputs(results_dir if out is None else out, files)
+             "report.json": (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), **pngs}
+    written = write_outputs(roots[0] if out is None else out, files)
     return report, md, written

@@ -128,6 +128,7 @@ def test_v1_records_satisfy_invariants(seed, cell, cxt_len, n_demos, n, split):
         check_invariants(rec)
         check_answer_by_relational_loop(rec)
         assert len(rec.rows) == n_demos + 1 and all(len(r.keys) == cxt_len for r in rec.rows)
+        assert f"[cxt_len={cxt_len}" in rec.task_id and parse_task_id(rec.task_id) == cell  # the id tells the truth
     if cell.family == "cls":  # twins: one Yes and one No, same demonstrations, same test question
         for yes, no in zip(recs[::2], recs[1::2]):
             assert (yes.label, no.label) == ("Yes", "No") and yes.pair_id == no.pair_id

@@ -13,9 +13,10 @@ import yaml
 from lm_eval.api.model import LM
 
 from gar_tasks.configs import CONFIGS
-from gar_tasks.lm_eval_glue import render_yaml_files, task_tree
+from gar_tasks.lm_eval_glue import chat_doc_to_text, render_yaml_files, task_tree
 from gar_tasks.lm_eval_hook import tasks_dir
 from gar_tasks.load import load_records
+from gar_tasks.records import GARRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 GAR_DIR = ROOT / "yaml_tasks" / "gar"
@@ -49,6 +50,9 @@ def test_task_manager_indexes_every_task_group_and_tag_we_ship(task_manager):
     files = {d.get("group") or d["task"] for d in docs}
     assert files == ours
     assert {"gar", "gar_gen", "gar_cls", "gar_gen_nr0", "gar_cls_nr2", "gar_v1", "gar_gen_greedy"} <= ours
+    # the chat / API route: the same family and n_r groups, and chat sub-questions
+    assert {"gar_chat", "gar_chat_gen", "gar_chat_cls", "gar_chat_gen_nr0", "gar_chat_cls_nr2", "gar_v1_chat",
+            "gar_v1_chat_cls_nr1", "gar_chat_sub", "gar_v1_chat_sub", "gar_chat_sub_hop0"} <= ours
 
 
 def test_dataset_names_are_the_registry_configs():
@@ -64,9 +68,11 @@ def test_leaves_partition_each_config():
 
     for config in CONFIGS:
         n = len(load_records(config))
-        leaves = [leaf for leaf in task_tree().leaves if leaf.config == config and "greedy" not in leaf.template]
-        ids = [i for leaf in leaves for i in load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]]
-        assert len(ids) == len(set(ids)) == n
+        for route in ("loglikelihood", "chat"):
+            leaves = [leaf for leaf in task_tree().leaves if leaf.config == config and "greedy" not in leaf.template
+                      and ("chat" in leaf.template) == (route == "chat")]
+            ids = [i for leaf in leaves for i in load_docs(leaf.config, leaf.family, leaf.n_r, leaf.pair)["test"]["id"]]
+            assert len(ids) == len(set(ids)) == n, (config, route)
 
 
 def test_plain_include_path_route_without_the_hook(tmp_path):
@@ -109,10 +115,22 @@ class OracleLM(LM):
         super().__init__()
         self.correct = correct
         self.answer_of: dict[str, str] = {}
+        self.chat_of: dict[str, GARRecord] = {}  # the chat route's user message -> record
         for config in configs:
             for split in CONFIGS[config].splits:
                 for r in load_records(config, split=split):
                     assert self.answer_of.setdefault(r.prompt, r.answer) == r.answer, "ambiguous prompt"
+                    self.chat_of.setdefault(chat_doc_to_text(r.to_dict()), r)
+
+    def _chat_reply(self, r: GARRecord) -> str:
+        """A chatty reply that only the filters reduce to the answer: case, punctuation, extra lines."""
+        if r.family == "cls":
+            label = r.answer if self.correct else next(c for c in r.choices if c != r.answer)
+            return f" {label.upper()}, that follows from the premise.\nNo further comment." if label == "Yes" \
+                else f"{label}. It does not follow; yes, I am sure."
+        if self.correct:
+            return f"Answer: {r.answer.upper()}.\nThe premise says so."
+        return next((c for c in r.choices if c != r.answer), "nobody") + "\n" + r.answer
 
     def _right(self, context: str, continuation: str) -> bool:
         return continuation == " " + self.answer_of[context]
@@ -131,6 +149,9 @@ class OracleLM(LM):
     def generate_until(self, requests):
         out = []
         for req in requests:
+            if req.args[0] in self.chat_of:
+                out.append(self._chat_reply(self.chat_of[req.args[0]]))
+                continue
             answer = self.answer_of[req.args[0]]
             out.append(" " + answer + "\n" if self.correct else " certainly not " + answer)
         return out
@@ -147,13 +168,15 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
                           bootstrap_iters=0, log_samples=False)
     results = res["results"]
     want = 1.0 if correct else 0.0
-    for leaf in tree.leaves:
+    leaves = [leaf for leaf in tree.leaves if "chat" not in leaf.template]  # the chat route: the next test
+    for leaf in leaves:
         metric = "exact_match,none" if leaf.name.endswith("greedy") else "acc,none"
         assert results[leaf.name][metric] == want, leaf.name
     for g in tree.groups:
-        assert res["groups"][g.name]["acc,none"] == want, g.name
+        if g.metric == "acc":
+            assert res["groups"][g.name]["acc,none"] == want, g.name
     for config in ("paper", "sub", "v1_sub"):
-        assert sum(res["n-samples"][leaf.name]["effective"] for leaf in tree.leaves
+        assert sum(res["n-samples"][leaf.name]["effective"] for leaf in leaves
                    if leaf.config == config and "greedy" not in leaf.template) == len(load_records(config))
     members = {g.name: g.tasks for g in tree.groups}
 
@@ -162,6 +185,32 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
 
     benchmark = under("gar") | under("gar_v1")
     assert not {leaf.name for leaf in tree.leaves if leaf.config in ("sub", "v1_sub")} & benchmark
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_oracle_chat_model_scores_exactly_one_or_zero_through_the_filters(correct, task_manager):
+    """Every chat leaf and group: replies in mixed case, with punctuation, prefixes and further lines."""
+    from lm_eval import simple_evaluate
+
+    tree = task_tree()
+    chat = [leaf for leaf in tree.leaves if "chat" in leaf.template]
+    assert {leaf.config for leaf in chat} == set(CONFIGS)
+    res = simple_evaluate(model=OracleLM(correct), tasks=["gar_chat", "gar_v1_chat", "gar_chat_sub", "gar_v1_chat_sub"],
+                          task_manager=task_manager, bootstrap_iters=0, log_samples=True)
+    want = 1.0 if correct else 0.0
+    for leaf in chat:
+        assert res["results"][leaf.name]["exact_match,answer"] == want, leaf.name
+    for g in tree.groups:
+        if g.name.startswith(("gar_chat", "gar_v1_chat")):
+            assert res["groups"][g.name]["exact_match,answer"] == want, g.name
+    for config in CONFIGS:
+        assert sum(res["n-samples"][leaf.name]["effective"] for leaf in chat if leaf.config == config) == \
+            len(load_records(config))
+    # what the filters extracted is in the samples: the lower-cased answer (right) or something else
+    for name in ("gar_chat_gen_nr1_gender_city", "gar_v1_chat_cls_nr2_gender_usage", "gar_chat_sub_hop1"):
+        for s in res["samples"][name]:
+            (extracted,) = s["filtered_resps"]
+            assert (extracted == s["doc"]["answer"].lower()) == correct, (name, s["resps"], extracted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,3 +277,49 @@ def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
     assert "gar_tasks/data/vocab/person_adjs.json" in names and "gar_tasks/data/card.md" in names
     record = next(n for n in names if n.endswith(".dist-info/RECORD"))
     assert "gar_eval_lm_eval.pth," in zipfile.ZipFile(wheel).read(record).decode()
+
+
+def test_quick_samples_pick_exactly_the_sub_questions_of_the_picked_parents():
+    """The demo's --samples: N docs per benchmark leaf (as --limit N) and all, and only, their
+    sub-questions, so the report's gap joins every picked generation document."""
+    from gar_tasks.lm_eval_glue import load_docs, quick_samples
+    from gar_tasks.subq import sub_kinds
+
+    picked = quick_samples(3)
+    tree = task_tree()
+    bench = [leaf for leaf in tree.leaves if leaf.config == "paper" and leaf.template in ("_template_gen",
+                                                                                           "_template_cls")]
+    assert {leaf.name for leaf in bench} | {"gar_sub_assoc", "gar_sub_hop0", "gar_sub_hop1"} == set(picked)
+    parents = {}
+    for leaf in bench:
+        assert picked[leaf.name] == [0, 1, 2]
+        if leaf.family == "gen":
+            ds = load_docs("paper", "gen", leaf.n_r, leaf.pair)["test"].select(range(3))
+            parents.update({r["id"]: (r["rel0"], r["rel1"]) for r in ds})
+    got = {}
+    for kind in ("sub_assoc", "sub_hop0", "sub_hop1"):
+        ds = load_docs("sub", kind)["test"]
+        got[kind] = {ds[i]["pair_id"] for i in picked[f"gar_{kind}"]}
+    assert set().union(*got.values()) == set(parents)
+    for pid, (rel0, rel1) in parents.items():
+        assert {k for k in got if pid in got[k]} == set(sub_kinds(rel0, rel1)), pid
+    chat = quick_samples(2, chat=True)
+    assert "gar_chat_sub_assoc" in chat and all(name.startswith("gar_chat") for name in chat)
+
+
+def test_api_extra_is_lm_evals_own_and_installed():
+    """`pip install "gar-eval[api]"` = lm-eval's `api` extra at our lm-eval version (what the chat and
+    API models need); the dev extra (tests) carries it and a server, so all of it is importable here."""
+    import re
+    import tomllib
+    from importlib.metadata import distribution, requires, version
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["api"] == [f"lm-eval[api]=={version('lm_eval')}"]
+    assert "gar-eval[api]" in extras["dev"] and any(d.startswith("transformers[serving]") for d in extras["dev"])
+    api = [r.split(";")[0].strip() for r in requires("lm_eval") if re.search(r"extra == .api.", r)]
+    assert {"tenacity", "aiohttp", "requests"} <= {re.split(r"[<>=!~ \[]", r)[0].lower() for r in api}
+    for req in api:
+        distribution(re.split(r"[<>=!~ \[]", req)[0])  # raises if missing
+    for name in ("fastapi", "uvicorn"):  # transformers serve
+        distribution(name)
