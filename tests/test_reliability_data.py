@@ -530,3 +530,25 @@ def test_signal_in_push_leaves_no_temp_folder(tmp_path, sig, rc):
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == rc and "Traceback" not in err, err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and list(tmp.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# item 6: written files are fsynced before the rename and get mode 0644
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_generate_fsyncs_before_rename_and_mode_0644(tmp_path, capsys, monkeypatch, suffix):
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync " + os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(f"replace {a}"), real_replace(a, b))[1])
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / f"x{suffix}"
+        rc, _, err = run(capsys, "generate", "--profile", "v1", "--per-task", "1", "--out", out)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    tmp = events[-1].removeprefix("replace ")
+    assert events[-2:] == [f"fsync {tmp}", f"replace {tmp}"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
