@@ -571,17 +571,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecursionError:
         _error("input nested too deeply to process")
         return 2
-    except OSError as e:  # a file system error no command turned into a GARError: name the path
-        if isinstance(e, BrokenPipeError):
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        _error(f"{where}{e.strerror or e}")
-        return 2
     except BrokenPipeError:  # `gar validate FILE | head`: the reader left; not an error of ours
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a file system error no command turned into a GARError: name the path
+        where = f"{e.filename}: " if e.filename else ""
+        _error(f"{where}{e.strerror or e}")
+        return 2
     finally:
         restore()
 

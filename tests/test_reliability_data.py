@@ -552,3 +552,14 @@ def test_generate_fsyncs_before_rename_and_mode_0644(tmp_path, capsys, monkeypat
     tmp = events[-1].removeprefix("replace ")
     assert events[-2:] == [f"fsync {tmp}", f"replace {tmp}"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_unexpected_os_error_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
+    from gar_tasks import validate
+
+    def boom(path, profile=None):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(validate, "validate_file", boom)
+    (p := tmp_path / "x.jsonl").write_text("{}\n")
+    assert_error(*run(capsys, "validate", p), str(p), "Input/output error")
