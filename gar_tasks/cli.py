@@ -571,6 +571,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecursionError:
         _error("input nested too deeply to process")
         return 2
+    except MemoryError:
+        _error("out of memory")
+        return 2
     except BrokenPipeError:  # `gar validate FILE | head`: the reader left; not an error of ours
         import os
 
