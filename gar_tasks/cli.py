@@ -22,11 +22,35 @@ _FLAGS = {"cxt_len": "--cxt-len", "n_demos": "--demos", "n_per_task": "--per-tas
 
 
 def _error(msg: str) -> None:
-    print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    print(f"{PROG}: error: {_shorten(mask_secrets(' '.join(str(msg).split())))}", file=sys.stderr)
+
+
+def _shorten(msg: str) -> str:
+    """Long digit runs (``--per-task 1e400`` written out) as their first digits and a count."""
+    return re.sub(r"\d{25,}", lambda m: f"{m.group(0)[:8]}... ({len(m.group(0))} digits)", msg)
+
+
+# `key=value` / `'key': 'value'` pairs whose value is a secret, and bare Hub / API tokens
+_SECRET_KV = re.compile(r"(?i)(\b[\w-]*(?:token|api_?key|secret|password)\b['\"]?\s*[=:]\s*)(['\"]?)[^\s,'\"}]+")
+_SECRET_BARE = re.compile(r"\b(hf_|sk-|nd_)[A-Za-z0-9_-]{8,}")
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with token and API-key values replaced by ``***`` (for anything we print)."""
+    text = _SECRET_KV.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return _SECRET_BARE.sub(lambda m: f"{m.group(1)}***", text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``gar: error: ...``, exit 2) instead of a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        _error(f"{message} (see `{self.prog} --help`)")
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="GAR (Generalized Associative Recall) benchmark toolkit.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -233,8 +257,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # everything that can be checked up front is, before any file is created
     cfg = _config(args)
-    check_writable(args.out)
     fmt = resolve_format(args.out, args.format)
+    check_writable(args.out)
     load_profile(cfg.profile)  # vocabulary / package data errors
     total = cfg.n_records()
 
@@ -277,10 +301,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     import os
 
     path = args.file
-    if os.path.isdir(path):
-        raise GARDataError(f"cannot read {path!r}: it is a directory")
-    if not os.path.exists(path):
-        raise GARDataError(f"cannot read {path!r}: no such file")
+    try:  # any readable file: FIFOs, /dev/stdin and <(zcat f.jsonl.gz) too
+        if os.path.isdir(path):
+            raise GARDataError(f"cannot read {path!r}: it is a directory")
+        if not os.path.exists(path):
+            raise GARDataError(f"cannot read {path!r}: no such file")
+    except OSError as e:
+        raise GARDataError(f"cannot read {path!r}: {e.strerror or e}") from None
     try:
         from .validate import validate_file
     except ModuleNotFoundError as e:
@@ -344,19 +371,91 @@ def lm_eval_argv(passed: Sequence[str]) -> list[str]:
     return ["run", *argv]
 
 
+def _flag_values(argv: list[str], flag: str) -> list[str]:
+    """Every value given to ``flag`` (``--flag V`` or ``--flag=V``; ``--tasks a,b c`` gives a, b, c)."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith(flag + "="):
+            out.append(a[len(flag) + 1:])
+        elif a == flag:
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                out.append(argv[i])
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+def _check_eval_args(argv: list[str]) -> None:
+    """What ``gar eval`` can check before lm-eval loads a model: GAR task names and the data source."""
+    import difflib
+    import json
+    import os
+
+    names = [t for v in _flag_values(argv, "--tasks") for t in v.split(",") if t.strip()]
+    gar = [t for t in names if t.startswith("gar") and "/" not in t and not t.endswith((".yaml", ".yml"))]
+    if gar:
+        from .lm_eval_glue import task_tree
+
+        tree = task_tree()
+        known = {x.name for x in tree.leaves} | {g.name for g in tree.groups} | tree.tags
+        unknown = [t for t in gar if t not in known]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else (
+                "; GAR groups: gar, gar_v1, gar_sub, gar_v1_sub, gar_cls, gar_gen, gar_cls_nr1, ...")
+            raise GARConfigError(f"unknown GAR task{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{hint}")
+    source, revision = os.environ.get("GAR_SOURCE"), None
+    for v in _flag_values(argv, "--metadata"):
+        try:
+            meta = json.loads(v)
+        except ValueError:
+            continue  # lm-eval reports its own syntax errors
+        if isinstance(meta, dict):
+            source = meta.get("gar_source", source)
+            revision = meta.get("gar_revision", revision)
+    if source:
+        from .load import check_source
+
+        check_source(str(source), revision)
+
+
+class _Masked:
+    """A text stream that masks secrets in what is written through it (lm-eval prints its model_args)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(mask_secrets(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    argv = lm_eval_argv(args.lm_eval_args)
-    print("lm_eval " + " ".join(argv), file=sys.stderr)
+    passed = list(args.lm_eval_args)
+    _check_eval_args(passed)
+    argv = lm_eval_argv(passed)
+    print(mask_secrets("lm_eval " + " ".join(argv)), file=sys.stderr)
     from lm_eval.__main__ import cli_evaluate
 
-    old = sys.argv
+    old = sys.argv, sys.stdout, sys.stderr
     sys.argv = ["lm_eval", *argv]
+    sys.stdout, sys.stderr = _Masked(sys.stdout), _Masked(sys.stderr)
     try:
         cli_evaluate()
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except ValueError as e:  # lm-eval's own check of task names
+        if str(e).startswith("Tasks not found"):
+            raise GARConfigError(f"unknown task(s): {str(e).split(':', 1)[1].strip()}") from None
+        raise
     finally:
-        sys.argv = old
+        sys.argv, sys.stdout, sys.stderr = old
     return 0
 
 
@@ -458,19 +557,75 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if getattr(args, "quiet", False):  # also the progress bars of huggingface_hub/transformers/datasets
+        import os
+
+        for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ[var] = "1"
+        _quiet_loaded_libraries()
+    terminated: list[int] = []
+    restore = _on_sigterm(terminated)
     try:
         return args.func(args)
     except GARError as e:
         _error(e)
         return 2
     except KeyboardInterrupt:
+        if terminated:  # SIGTERM: the same clean-up as Ctrl-C (temporary files removed)
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return 143
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
+    except RecursionError:
+        _error("input nested too deeply to process")
+        return 2
+    except MemoryError:
+        _error("out of memory")
+        return 2
     except BrokenPipeError:  # `gar validate FILE | head`: the reader left; not an error of ours
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a file system error no command turned into a GARError: name the path
+        where = f"{e.filename}: " if e.filename else ""
+        _error(f"{where}{e.strerror or e}")
+        return 2
+    finally:
+        restore()
+
+
+def _on_sigterm(flag: list[int]):
+    """Make SIGTERM raise ``KeyboardInterrupt`` (so every clean-up that Ctrl-C runs also runs);
+    return the function restoring the previous handler. Only the main thread can set handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        flag.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _quiet_loaded_libraries() -> None:
+    """Turn off progress bars of libraries already imported (the environment covers later imports)."""
+    for name in ("transformers", "datasets", "huggingface_hub"):
+        mod = sys.modules.get(name)
+        if mod is None:
+            continue
+        try:
+            if name == "huggingface_hub":
+                from huggingface_hub.utils import disable_progress_bars
+                disable_progress_bars()
+            else:
+                __import__(f"{name}.utils.logging", fromlist=["disable_progress_bar"]).disable_progress_bar()
+        except Exception:  # an older release without the switch: the bars stay
+            pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -184,13 +184,16 @@ class GeneratorConfig:
 
     def iter_records(self, seed: int | None = None,
                      progress: Callable[[int], None] | None = None) -> Iterator[GARRecord]:
+        """The records of the run, lazily (``progress(n)`` after each grid cell's n records)."""
         cfg = self if seed is None else replace(self, seed=seed)
         profile = load_profile(cfg.profile)
-        for cell in cfg.cells():
-            recs = list(_cell_records(cfg, profile, cell))
-            yield from recs
+        for cell in cfg.cells():  # one record at a time: nothing is held beyond the current one
+            k = 0
+            for r in _cell_records(cfg, profile, cell):
+                k += 1
+                yield r
             if progress is not None:
-                progress(len(recs))
+                progress(k)
 
 
 def _test_row_key(rec: GARRecord) -> tuple:

@@ -9,6 +9,7 @@ Everything comes from the one registry in ``gar_tasks.configs``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import string
 import tempfile
@@ -79,45 +80,129 @@ def card_text(split_sizes: dict[str, dict[str, int]], split_bytes: dict[str, dic
 
 def build_folder(out: str | Path, configs: Sequence[str] | None = None, repo_id: str = DEFAULT_REPO,
                  progress: Callable[[str], None] | None = None) -> list[Path]:
-    """Write the Hub folder to ``out`` atomically (temp folder, then rename); return its files.
+    """Write the Hub folder to ``out``; return the files we wrote (card first, then parquet).
 
-    ``out`` must be absent, empty, or a folder this function built before (it is replaced).
+    ``out`` may be absent or empty (the folder is built aside and renamed into place), or a folder
+    holding our card (one we built before, or a clone of the Hub repo): then only our files are
+    replaced, one atomic rename each, and our stale parquet files removed; everything else in it
+    (``.git``, a licence, notes) is left as it is. Any other folder is refused: nothing of the
+    user's is ever deleted.
     """
-    out = Path(out).expanduser()
+    out = shown = Path(out).expanduser()
+    if out.is_symlink():  # build where the link points, and keep the link
+        out = Path(os.path.realpath(out))
     names = list(configs or CONFIGS)
     for n in names:
         get_config(n)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_our_folder(out))):
-        raise GARDataError(f"{out} exists and is not an empty folder or a GAR dataset folder; refusing to overwrite")
-    parent = out.parent
+    update = False
     try:
+        if out.exists():
+            if not out.is_dir():
+                raise GARDataError(f"{out} exists and is not a folder; refusing to overwrite")
+            update = any(out.iterdir())
+            if update and not _is_our_folder(out):
+                raise GARDataError(f"{out} is not empty and holds no dataset card written by gar; refusing to "
+                                   f"overwrite: use a new or empty folder")
+        parent = out.parent
+        anc = parent
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir():
+            raise GARDataError(f"cannot create {out}: {anc} is a file, not a folder")
         parent.mkdir(parents=True, exist_ok=True)
+    except GARDataError:
+        raise
     except OSError as e:
-        raise GARDataError(f"cannot create {parent}: {e.strerror}") from None
+        raise GARDataError(f"cannot write {os.fspath(e.filename or out)}: {_why(e)}") from None
     if not os.access(parent, os.W_OK):
         raise GARDataError(f"cannot write to {parent}: not a writable folder")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
-        sizes: dict[str, dict[str, int]] = {}
-        nbytes: dict[str, dict[str, int]] = {}
-        for name in names:
-            sizes[name], nbytes[name] = {}, {}
-            for split, build in get_config(name).splits.items():
-                if progress:
-                    progress(f"{name}/{split}")
-                ds = records_to_dataset(build())
-                path = tmp / "data" / name / f"{split}-00000-of-00001.parquet"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _to_parquet(ds, path)
-                sizes[name][split], nbytes[name][split] = len(ds), ds.data.nbytes
-        (tmp / "README.md").write_text(card_text(sizes, nbytes, repo_id), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return sorted(p for p in out.rglob("*") if p.is_file())
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:40]}.", dir=parent))
+    except OSError as e:
+        raise GARDataError(f"cannot write to {parent}: {_why(e)}") from None
+    try:
+        rel: list[str] = []
+        try:
+            sizes: dict[str, dict[str, int]] = {}
+            nbytes: dict[str, dict[str, int]] = {}
+            for name in names:
+                sizes[name], nbytes[name] = {}, {}
+                for split, build in get_config(name).splits.items():
+                    if progress:
+                        progress(f"{name}/{split}")
+                    ds = records_to_dataset(build())
+                    path = tmp / "data" / name / f"{split}-00000-of-00001.parquet"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    _to_parquet(ds, path)
+                    _fsync(path)
+                    rel.append(path.relative_to(tmp).as_posix())
+                    sizes[name][split], nbytes[name][split] = len(ds), ds.data.nbytes
+            card = tmp / "README.md"
+            card.write_text(card_text(sizes, nbytes, repo_id), encoding="utf-8")
+            _fsync(card)
+            _publish_modes(tmp)
+            if update:
+                _update_ours(tmp, out, rel)
+            else:
+                os.replace(tmp, out)  # out is absent or an empty folder
+        except OSError as e:
+            where = e.filename if e.filename and not str(e.filename).startswith(str(tmp)) else out
+            raise GARDataError(f"cannot write {os.fspath(where)}: {_why(e)}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # our temporary folder only (gone after a rename)
+    return [shown / "README.md"] + sorted(shown / r for r in rel)
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or e.__class__.__name__
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish_modes(tmp: Path) -> None:
+    """``mkdtemp`` makes the folder 0700: give folders and files the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [tmp, *tmp.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
+# the files a build writes: the card and data/<config>/<split>-NNNNN-of-NNNNN.parquet
+_OUR_PARQUET = re.compile(r"^data/[\w.-]+/[\w.-]+-\d{5}-of-\d{5}\.parquet$")
+
+
+def _our_files(folder: Path) -> list[str]:
+    """Relative paths of the files in ``folder`` that a build wrote (not following links)."""
+    ours = ["README.md"] if (folder / "README.md").is_file() else []
+    data = folder / "data"
+    if data.is_dir() and not data.is_symlink():
+        for sub in data.iterdir():
+            if sub.name in CONFIGS and sub.is_dir() and not sub.is_symlink():
+                ours += [f"data/{sub.name}/{f.name}" for f in sub.iterdir()
+                         if f.is_file() and not f.is_symlink() and _OUR_PARQUET.match(f"data/{sub.name}/{f.name}")]
+    return ours
+
+
+def _update_ours(tmp: Path, out: Path, rel: list[str]) -> None:
+    """Move the new build's files into ``out`` over ours; remove our stale parquet files (and the
+    data folders they leave empty); touch nothing else. The card goes last."""
+    stale = [r for r in _our_files(out) if r != "README.md" and r not in rel]
+    for r in rel:
+        (out / r).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / r, out / r)
+    for r in stale:
+        (out / r).unlink()
+        try:
+            (out / r).parent.rmdir()  # only if now empty
+        except OSError:
+            pass
+    os.replace(tmp / "README.md", out / "README.md")
 
 
 def _to_parquet(ds, path: Path) -> None:
@@ -155,38 +240,89 @@ def hub_token() -> str | None:
 def push(repo_id: str, *, private: bool = False, revision: str | None = None, dry_run: bool = False,
          out: str | Path | None = None, configs: Iterable[str] | None = None,
          progress: Callable[[str], None] | None = None) -> PushResult:
-    """Build the folder and upload it as one commit (creating the repo if missing)."""
+    """Build the folder and upload it as one commit (creating the repo if missing).
+
+    The repository is created (which checks the token and the network) before the folder is
+    built, so an offline machine or a bad token fails in seconds, not after the build. Only our
+    files (the card and ``data/``) are uploaded, whatever else ``out`` holds.
+    """
     from .load import _HUB_ID
 
     if not _HUB_ID.match(repo_id):
         raise GARConfigError(f"repo id {repo_id!r} is not of the form ORG/NAME")
-    token = None
+    for n in configs or ():
+        get_config(n)
+    api = None
     if not dry_run:
         token = hub_token()
         if not token:
             raise GARConfigError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --dry-run)")
+        from huggingface_hub import HfApi, constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise GARConfigError(f"cannot upload to {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)")
+        api = HfApi(token=token)
+        with _hub_errors(f"cannot reach the Hub to create {repo_id}"):
+            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
     tmpdir = None
     if out is None:
         tmpdir = tempfile.mkdtemp(prefix="gar-hub-")
         out = Path(tmpdir) / "gar"
+    keep = False
     try:
         files = build_folder(out, list(configs) if configs else None, repo_id, progress)
         if dry_run:
+            keep = True
             return PushResult(Path(out), files, None)
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import HfHubHTTPError
-
-        api = HfApi(token=token)
-        try:
-            api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-            if revision:
-                api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+        with _hub_errors(f"upload to {repo_id} failed"):
             info = api.upload_folder(folder_path=str(out), repo_id=repo_id, repo_type="dataset",
                                      revision=revision, delete_patterns=["data/**"],
+                                     allow_patterns=["README.md", "data/*/*.parquet"],
                                      commit_message=f"GAR datasets built by gar-eval {generator_version()}")
-        except HfHubHTTPError as e:
-            raise GARDataError(f"upload to {repo_id} failed: {str(e).splitlines()[0]}") from None
         return PushResult(Path(out), files, str(getattr(info, "commit_url", info)))
     finally:
-        if tmpdir is not None and not dry_run:
+        if tmpdir is not None and not keep:  # also on Ctrl-C / SIGTERM: no empty temp folder left
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class _hub_errors:
+    """Turn the Hub client's HTTP, connection and offline errors into one ``GARDataError`` line."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if exc is None or not isinstance(exc, Exception) or isinstance(exc, GARDataError):
+            return False
+        from huggingface_hub.errors import HfHubHTTPError
+
+        root = type(exc).__module__.split(".")[0]
+        if isinstance(exc, (HfHubHTTPError, OSError)) or root in ("httpx", "httpx2", "requests", "urllib3"):
+            raise GARDataError(f"{self.what}: {_hub_reason(exc)}") from None
+        return False
+
+
+def _hub_reason(exc: Exception) -> str:
+    """A short reason: the first line of the message, without URLs, token or request ids."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return "Hugging Face Hub offline mode is on (HF_HUB_OFFLINE)"
+    resp = getattr(exc, "response", None)
+    status = getattr(resp, "status_code", None)
+    if isinstance(exc, HfHubHTTPError) and status in (401, 403):
+        return f"not authorised (HTTP {status}): check the token and your rights on the repository"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", first)
+    if _is_network(exc):
+        return f"network unreachable ({first[:200]})"
+    return first[:300]
+
+
+def _is_network(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "urllib3")

@@ -1,8 +1,9 @@
 """Reading and writing GAR record files (JSON Lines or Parquet), atomically.
 
-``write_records`` writes to a temporary file in the target's directory and moves it into place
-with ``os.replace``: a reader never sees a half-written file, and on any failure (including
-Ctrl-C) the temporary file is removed and whatever was at ``path`` before is left untouched.
+``write_records`` streams to a temporary file in the target's directory, fsyncs it and moves it
+into place with ``os.replace``: a reader never sees a half-written file, and on any failure
+(including Ctrl-C and SIGTERM, which the CLI turns into an exception) the temporary file is
+removed and whatever was at ``path`` before is left untouched.
 Parquet files carry the record ``Features`` (``records.features()``), so
 ``datasets.load_dataset("parquet", data_files=...)`` reads them back with the declared types.
 """
@@ -13,7 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from .errors import GARConfigError, GARDataError
 from .records import GARRecord
@@ -22,13 +23,23 @@ FORMATS = ("jsonl", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".parquet": "parquet"}
 
 
+# records per Parquet row group: memory while writing is bounded by one group, not the file
+ROW_GROUP = 1000
+# longest JSON line read (characters): a GAR record is a few KB; /dev/zero must not read forever
+MAX_LINE = 8 * 1024 * 1024
+
+
 def resolve_format(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """``fmt`` if given (checked), else the format named by ``path``'s suffix."""
+    """``fmt`` if given (checked, and it must agree with a known suffix of ``path``), else the
+    format named by ``path``'s suffix."""
+    suffix = Path(path).suffix.lower()
     if fmt is not None:
         if fmt not in FORMATS:
             raise GARConfigError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
+        if suffix in _SUFFIXES and _SUFFIXES[suffix] != fmt:
+            raise GARConfigError(f"format {fmt} does not match the suffix of {os.fspath(path)!r} "
+                                 f"({_SUFFIXES[suffix]}); name the file .{fmt}")
         return fmt
-    suffix = Path(path).suffix.lower()
     if suffix not in _SUFFIXES:
         raise GARConfigError(f"cannot tell the format of {os.fspath(path)!r} from its suffix "
                              f"{suffix or '(none)'!r}; use .jsonl or .parquet, or give the format")
@@ -36,22 +47,37 @@ def resolve_format(path: str | os.PathLike, fmt: str | None = None) -> str:
 
 
 def _why(e: OSError) -> str:
-    return e.strerror or e.__class__.__name__
+    return e.strerror or (str(e).splitlines() or [""])[0] or e.__class__.__name__
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Raise ``GARDataError`` unless a file can be created (or replaced) at ``path``."""
-    p = Path(path)
-    if p.is_dir():
-        raise GARDataError(f"cannot write {os.fspath(path)!r}: it is a directory")
-    parent = p.parent
-    if not parent.exists():
-        raise GARDataError(f"cannot write {os.fspath(path)!r}: directory {os.fspath(parent)!r} does not exist")
-    if not parent.is_dir():
-        raise GARDataError(f"cannot write {os.fspath(path)!r}: {os.fspath(parent)!r} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise GARDataError(f"cannot write {os.fspath(path)!r}: directory {os.fspath(parent)!r} is not writable")
+    """Raise ``GARDataError`` unless a file can be created (or replaced) at ``path``; return the
+    path to write (a symbolic link is followed, so the link keeps pointing at the new file)."""
+    try:
+        p = _follow(path)
+        if p.is_dir():
+            raise GARDataError(f"cannot write {os.fspath(path)!r}: it is a directory")
+        parent = p.parent
+        if not parent.exists():
+            raise GARDataError(f"cannot write {os.fspath(path)!r}: directory {os.fspath(parent)!r} does not exist")
+        if not parent.is_dir():
+            raise GARDataError(f"cannot write {os.fspath(path)!r}: {os.fspath(parent)!r} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise GARDataError(f"cannot write {os.fspath(path)!r}: directory {os.fspath(parent)!r} is not writable")
+    except OSError as e:  # ENAMETOOLONG, ELOOP, EACCES on a path component
+        raise GARDataError(f"cannot write {os.fspath(path)!r}: {_why(e)}") from None
     return p
+
+
+def _follow(path: str | os.PathLike) -> Path:
+    """``path``, or where the symbolic link ``path`` points (a dangling link: its target path;
+    a link loop raises ``OSError`` ELOOP)."""
+    if not os.path.islink(path):
+        return Path(path)
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        return Path(os.path.realpath(path))
 
 
 def _final_mode(path: Path) -> int:
@@ -67,14 +93,16 @@ def _final_mode(path: Path) -> int:
 def write_records(records: Iterable[GARRecord], path: str | os.PathLike, fmt: str | None = None) -> int:
     """Write ``records`` to ``path`` atomically; return how many were written.
 
-    ``records`` may be a lazy iterator (JSON Lines are streamed; Parquet is collected first).
-    After the cleanup an ``OSError`` is re-raised as a ``GARDataError`` naming ``path``; any other
-    exception (including one raised while iterating ``records``) propagates unchanged.
+    ``records`` may be a lazy iterator: both formats stream (Parquet in row groups of
+    ``ROW_GROUP`` records), so memory does not grow with the number of records. The file is
+    fsynced, given mode 0644 (under the usual umask; a replaced file keeps its mode) and renamed
+    into place. After the cleanup an ``OSError`` is re-raised as a ``GARDataError`` naming ``path``;
+    any other exception (including one raised while iterating ``records``) propagates unchanged.
     """
     fmt = resolve_format(path, fmt)
     p = check_writable(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:40]}.", suffix=".tmp", dir=p.parent)
     except OSError as e:
         raise GARDataError(f"cannot write {os.fspath(path)!r}: {_why(e)}") from None
     n = 0
@@ -90,11 +118,11 @@ def write_records(records: Iterable[GARRecord], path: str | os.PathLike, fmt: st
                     f.flush()
                     os.fsync(f.fileno())
             else:
-                os.close(fd)
-                fd = -1
-                rows = [r.to_dict() for r in records]
-                n = len(rows)
-                _write_parquet(rows, tmp)
+                with os.fdopen(fd, "wb") as f:
+                    fd = -1
+                    n = _write_parquet(records, f)
+                    f.flush()
+                    os.fsync(f.fileno())
             os.chmod(tmp, _final_mode(p))
             os.replace(tmp, p)
         except OSError as e:
@@ -110,63 +138,105 @@ def write_records(records: Iterable[GARRecord], path: str | os.PathLike, fmt: st
     return n
 
 
-def _write_parquet(rows: list[dict], tmp: str) -> None:
-    from datasets import Dataset
-    from datasets.utils import logging as ds_logging
+def _write_parquet(records: Iterable[GARRecord], f) -> int:
+    """Stream ``records`` into the open binary file ``f`` as Parquet, one row group per
+    ``ROW_GROUP`` records, with the record ``Features`` in the schema metadata (what
+    ``Dataset.to_parquet`` writes, so ``datasets`` reads the declared types back)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from .records import features
 
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()  # a one-batch bar of its own is noise
-    try:
-        Dataset.from_list(rows, features=features()).to_parquet(tmp)
-    finally:
-        if was_enabled:
-            ds_logging.enable_progress_bar()
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    schema = features().arrow_schema
+    n = 0
+    with pq.ParquetWriter(f, schema) as writer:
+        batch: list[dict] = []
+        for r in records:
+            batch.append(r.to_dict())
+            if len(batch) == ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                n += len(batch)
+                batch = []
+        if batch or n == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            n += len(batch)
+    return n
 
 
 def read_records(path: str | os.PathLike, fmt: str | None = None) -> list[GARRecord]:
     """All records of a JSON Lines or Parquet file (format from the suffix unless given)."""
     fmt = resolve_format(path, fmt)
-    return [_record(d, f"{os.fspath(path)}, {where}") for where, d in read_dicts(path, fmt)]
+    return [_record(d, f"{os.fspath(path)}, {where}") for where, d in iter_dicts(path, fmt)]
 
 
 def read_dicts(path: str | os.PathLike, fmt: str | None = None) -> list[tuple[str, Any]]:
     """(location such as 'line 3' or 'row 3', decoded object) per record of a JSON Lines or
     Parquet file; one reader for every consumer (records, the validator, published files)."""
-    p = Path(path)
-    if p.is_dir():
-        raise GARDataError(f"{p}: cannot read a directory")
-    if not p.is_file():
-        raise GARDataError(f"{p}: no such file")
-    if (fmt or ("parquet" if p.suffix.lower() == ".parquet" else "jsonl")) == "parquet":
-        import pyarrow.parquet as pq
+    return list(iter_dicts(path, fmt))
 
-        try:
-            rows = pq.read_table(p).to_pylist()
-        except Exception as e:  # pyarrow raises many types for a bad file
-            raise GARDataError(f"{p}: cannot read parquet: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        return [(f"row {i}", r) for i, r in enumerate(rows, 1)]
-    out = []
+
+def iter_dicts(path: str | os.PathLike, fmt: str | None = None) -> Iterator[tuple[str, Any]]:
+    """``read_dicts`` one record at a time (memory independent of the file size). Any readable
+    file works: a FIFO, ``/dev/stdin`` or a shell's ``<(zcat f.jsonl.gz)``; a line longer than
+    ``MAX_LINE`` characters (``/dev/zero``) is an error, not an endless read."""
+    p = Path(path)
     try:
-        with p.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        if p.is_dir():
+            raise GARDataError(f"{p}: cannot read a directory")
+        if not p.exists():
+            raise GARDataError(f"{p}: no such file")
+    except OSError as e:
+        raise GARDataError(f"{p}: cannot read: {_why(e)}") from None
+    if (fmt or ("parquet" if p.suffix.lower() == ".parquet" else "jsonl")) == "parquet":
+        yield from _iter_parquet(p)
+        return
+    try:
+        with p.open(encoding="utf-8", newline="\n") as f:
+            n = 0
+            while True:
+                line = f.readline(MAX_LINE + 1)
+                if not line:
+                    break
+                n += 1
+                if len(line) > MAX_LINE:
+                    raise GARDataError(f"{p}, line {n}: longer than {MAX_LINE:,} characters; not a GAR "
+                                       f"JSON Lines file")
                 if not line.strip():
                     continue
                 try:
-                    out.append((f"line {n}", json.loads(line)))
+                    d = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise GARDataError(f"{p}, line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+                    raise GARDataError(f"{p}, line {n}: invalid JSON ({e.msg}, column {e.colno})") from None
+                except RecursionError:
+                    raise GARDataError(f"{p}, line {n}: JSON nested too deeply to be a GAR record") from None
+                yield f"line {n}", d
     except UnicodeDecodeError as e:
         raise GARDataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise GARDataError(f"{p}: cannot read: {_why(e)}") from None
-    return out
+
+
+def _iter_parquet(p: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    def bad(e: Exception) -> GARDataError:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return GARDataError(f"{p}: cannot read parquet: {first}")
+
+    try:
+        pf = pq.ParquetFile(p)
+    except Exception as e:  # pyarrow raises many types for a bad file
+        raise bad(e) from None
+    i = 0
+    try:
+        for batch in pf.iter_batches(batch_size=ROW_GROUP):
+            for r in batch.to_pylist():
+                i += 1
+                yield f"row {i}", r
+    except GARDataError:
+        raise
+    except Exception as e:
+        raise bad(e) from None
 
 
 def _record(d: object, where: str) -> GARRecord:

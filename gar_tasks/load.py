@@ -46,7 +46,7 @@ def source_kind(source: str) -> str:
         return "folder"
     if _HUB_ID.match(source) and not Path(source).expanduser().exists():
         return "hub"
-    raise GARConfigError(f"data source {source!r} is neither 'generate', an existing folder, nor a Hub id ORG/NAME")
+    raise GARConfigError(f"GAR data source {source!r} is neither 'generate', an existing folder, nor a Hub id ORG/NAME")
 
 
 @lru_cache(maxsize=16)
@@ -59,11 +59,47 @@ def _load_all(config: str, source: str, revision: str | None) -> "DatasetDict":
         return DatasetDict({split: records_to_dataset(build()) for split, build in cfg.splits.items()})
     folder = Path(source).expanduser()
     if kind == "hub":
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(source, repo_type="dataset", revision=revision,
-                                        allow_patterns=["README.md", f"data/{config}/*"]))
+        folder = _fetch_hub(source, revision, ["README.md", f"data/{config}/*"])
     return _load_folder(folder, config)
+
+
+def _fetch_hub(source: str, revision: str | None, patterns: list[str]) -> Path:
+    """``snapshot_download`` of a Hub dataset; any failure is one ``GARDataError`` naming the source."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, repo_type="dataset", revision=revision, allow_patterns=patterns))
+    except Exception as e:  # the Hub client raises HTTP, connection, offline and validation errors
+        raise GARDataError(f"GAR data source {source!r} (a Hub dataset id) failed: {_hub_reason(e, revision)}") from None
+
+
+def _hub_reason(e: Exception, revision: str | None) -> str:
+    from huggingface_hub import errors
+
+    if isinstance(e, errors.RepositoryNotFoundError):
+        return "no such dataset on the Hub, or it is private and no token gives access"
+    if isinstance(e, errors.RevisionNotFoundError):
+        return f"the dataset has no revision {revision!r}"
+    if isinstance(e, (errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
+        return "it is not in the local Hub cache and the Hub cannot be reached (offline)"
+    if isinstance(e, errors.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        return f"the Hub answered HTTP {status}" if status else "the Hub request failed"
+    if isinstance(e, ConnectionError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "urllib3"):
+        return "the Hub cannot be reached (network)"
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return first[:200]
+
+
+def check_source(source: str, revision: str | None = None) -> None:
+    """Fail early, with one line naming ``source``, if it cannot serve GAR data (before a model
+    is loaded): 'generate', a folder with a dataset card, or a Hub id whose card can be fetched
+    (or is cached when offline)."""
+    kind = source_kind(source)
+    if kind == "folder" and not (Path(source).expanduser() / "README.md").is_file():
+        raise GARDataError(f"GAR data source {source!r} has no README.md dataset card: not a GAR dataset folder")
+    if kind == "hub":
+        _fetch_hub(source, revision, ["README.md"])
 
 
 def _load_folder(folder: Path, config: str) -> "DatasetDict":

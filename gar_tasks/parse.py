@@ -151,7 +151,7 @@ class TextParser:
         while True:
             m = self._match_item(pieces, row, pos)
             if m is None:
-                raise GARDataError(f"cannot read a context item at {row[pos:pos + 40]!r}")
+                raise GARDataError(f"cannot read a context item from {row[pos:pos + 40]!r}")
             pos, slots = m
             k, v = (slots["T"], slots["P"]) if cell.swap_qa else (slots["P"], slots["T"])
             keys.append(k)

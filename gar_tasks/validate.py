@@ -21,15 +21,16 @@ counted per category: see ``WARNINGS``.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .errors import GARDataError, GARError
-from .io import read_dicts
+from .io import iter_dicts
 from .grid import Cell, parse_task_id
 from .parse import TextParser
 from .profiles import PROFILES, Profile, load_profile
@@ -437,64 +438,97 @@ def _check_record(rep: ValidationReport, rec: GARRecord, profile: str | Profile 
     _check_quirks(rep, where, rec.text)
 
 
-def _check_pairs_records(rep: ValidationReport, recs: Sequence[GARRecord]) -> None:
-    """(4): twins share pair_id and differ only in the test row's label/answer; balance per task."""
-    pairs: dict[str, list[GARRecord]] = defaultdict(list)
-    balance: dict[str, Counter] = defaultdict(Counter)
-    for r in recs:
-        if r.family == "cls":
-            pairs[r.pair_id].append(r)
-            balance[r.task_id][r.label] += 1
-    for pid, twins in pairs.items():
-        if len(twins) != 2:
-            rep.error("pairs", pid, f"cls pair has {len(twins)} records, expected 2 "
-                      f"({', '.join(t.id for t in twins)})")
-            continue
-        a, b = twins
-        if {a.label, b.label} != set(LABELS):
-            rep.error("pairs", pid, f"twins {a.id}, {b.id} have labels {a.label!r}, {b.label!r}")
-        ra, rb = a.rows, b.rows
-        same_rows = (len(ra) == len(rb) and ra[:-1] == rb[:-1] and a.task_id == b.task_id
-                     and (ra[-1].keys, ra[-1].values, ra[-1].answers, ra[-1].queries, ra[-1].true_index)
-                     == (rb[-1].keys, rb[-1].values, rb[-1].answers, rb[-1].queries, rb[-1].true_index))
-        if same_rows:
-            try:
-                texts = [[t.text[s:e] for sp in t.spans[:-1] for (s, e) in sp["row"]]
-                         + [t.text[t.spans[-1]["row"][0][0]:t.spans[-1]["A"][0][0]]] for t in (a, b)]
-                same_rows = texts[0] == texts[1]
-            except (IndexError, KeyError, ValueError, TypeError):
-                same_rows = False  # malformed spans are reported by the span check
-        if not same_rows:
-            rep.error("pairs", pid, f"twins {a.id}, {b.id} differ beyond the test row's answer and label")
-    for task, c in balance.items():
-        if c["Yes"] != c["No"]:
-            rep.error("pairs", task, f"test-row labels unbalanced: {c['Yes']} Yes / {c['No']} No")
+def _twins_differ(a: GARRecord, b: GARRecord) -> bool:
+    """Whether classification twins differ beyond the test row's answer and label."""
+    ra, rb = a.rows, b.rows
+    same_rows = (len(ra) == len(rb) and ra[:-1] == rb[:-1] and a.task_id == b.task_id
+                 and (ra[-1].keys, ra[-1].values, ra[-1].answers, ra[-1].queries, ra[-1].true_index)
+                 == (rb[-1].keys, rb[-1].values, rb[-1].answers, rb[-1].queries, rb[-1].true_index))
+    if same_rows:
+        try:
+            texts = [[t.text[s:e] for sp in t.spans[:-1] for (s, e) in sp["row"]]
+                     + [t.text[t.spans[-1]["row"][0][0]:t.spans[-1]["A"][0][0]]] for t in (a, b)]
+            same_rows = texts[0] == texts[1]
+        except (IndexError, KeyError, ValueError, TypeError):
+            same_rows = False  # malformed spans are reported by the span check
+    return not same_rows
+
+
+class _PairState:
+    """Check (4) over a stream: per ``pair_id`` only its ids and, until the twin arrives, the first
+    record (twins are adjacent in our files, so at most one record is held at a time)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[str]] = {}
+        self.pending: dict[str, GARRecord] = {}
+        self.problems: dict[str, list[str]] = {}
+        self.balance: dict[str, Counter] = defaultdict(Counter)
+
+    def add(self, r: GARRecord) -> None:
+        if r.family != "cls":
+            return
+        self.balance[r.task_id][r.label] += 1
+        ids = self.ids.setdefault(r.pair_id, [])
+        ids.append(r.id)
+        if len(ids) == 1:
+            self.pending[r.pair_id] = r
+        elif len(ids) == 2:
+            a, b = self.pending.pop(r.pair_id), r
+            msgs = []
+            if {a.label, b.label} != set(LABELS):
+                msgs.append(f"twins {a.id}, {b.id} have labels {a.label!r}, {b.label!r}")
+            if _twins_differ(a, b):
+                msgs.append(f"twins {a.id}, {b.id} differ beyond the test row's answer and label")
+            if msgs:
+                self.problems[r.pair_id] = msgs
+
+    def finish(self, rep: ValidationReport) -> None:
+        for pid, ids in self.ids.items():
+            if len(ids) != 2:
+                rep.error("pairs", pid, f"cls pair has {len(ids)} records, expected 2 ({', '.join(ids)})")
+                continue
+            for msg in self.problems.get(pid, ()):
+                rep.error("pairs", pid, msg)
+        for task, c in self.balance.items():
+            if c["Yes"] != c["No"]:
+                rep.error("pairs", task, f"test-row labels unbalanced: {c['Yes']} Yes / {c['No']} No")
 
 
 def validate_records(records: Iterable[GARRecord], profile: str | Profile | None = None) -> ValidationReport:
-    """Validate our records; ``profile`` overrides each record's ``profile`` field."""
-    recs = list(records)
-    rep = ValidationReport(n_records=len(recs), format="records")
+    """Validate our records; ``profile`` overrides each record's ``profile`` field.
+
+    ``records`` may be a lazy iterator: each record is checked and dropped; what spans records
+    (duplicate ids, twins, label balance) keeps compact per-record state."""
+    rep = ValidationReport(format="records")
     seen: set[str] = set()
-    for r in recs:
+    pairs = _PairState()
+    for r in records:
+        rep.n_records += 1
         if r.id in seen:
             rep.error("id", r.id, "duplicate id")
         seen.add(r.id)
         _check_record(rep, r, profile)
-    _check_pairs_records(rep, recs)
+        pairs.add(r)
+    pairs.finish(rep)
     return rep
 
 
 # ---------------------------------------------------------------------------------------------
 # the published format
 
-def validate_published(lines: Sequence[Mapping[str, Any]], profile: str | Profile = "paper") -> ValidationReport:
-    """Validate published-format dicts (``task_id``, ``texts``, optional ``ranges``), in file order."""
+def validate_published(lines: Iterable[Mapping[str, Any]], profile: str | Profile = "paper") -> ValidationReport:
+    """Validate published-format dicts (``task_id``, ``texts``, optional ``ranges``), in file order.
+
+    ``lines`` may be a lazy iterator: per task only the label counts and the last unpaired cls line
+    are held (twins are consecutive cls lines of a task)."""
     prof = profile if isinstance(profile, Profile) else load_profile(profile)
     parser = TextParser(prof)
-    rep = ValidationReport(n_records=len(lines), format="published")
-    pairs: dict[str, list[tuple[str, Any]]] = defaultdict(list)  # task_id -> [(where, parsed)]
+    rep = ValidationReport(format="published")
+    counts: dict[str, Counter] = {}  # task_id -> test-row labels of its cls lines
+    waiting: dict[str, tuple[str, Any] | None] = {}  # task_id -> the cls line waiting for its twin
+    n_cls: Counter = Counter()
     for n, d in enumerate(lines, 1):
+        rep.n_records += 1
         where, text = f"line {n}", d["texts"]
         try:
             cell: Cell = parse_task_id(d["task_id"])
@@ -518,18 +552,24 @@ def validate_published(lines: Sequence[Mapping[str, Any]], profile: str | Profil
                        row.answer, row.label, row.text)
         _check_quirks(rep, where, text)
         if cell.family == "cls":
-            pairs[d["task_id"]].append((where, parsed))
-    for task, items in pairs.items():
-        c = Counter(p.rows[-1].label for _, p in items)
-        if c["Yes"] != c["No"]:
-            rep.error("pairs", task, f"test-row labels unbalanced: {c['Yes']} Yes / {c['No']} No")
-        for (wa, a), (wb, b) in zip(items[::2], items[1::2]):
+            task = d["task_id"]
+            counts.setdefault(task, Counter())[parsed.rows[-1].label] += 1
+            n_cls[task] += 1
+            first = waiting.get(task)
+            if first is None:
+                waiting[task] = (where, parsed)
+                continue
+            waiting[task] = None
+            (wa, a), (wb, b) = first, (where, parsed)
             fa, fb = a.rows[-1], b.rows[-1]
             if {fa.label, fb.label} != set(LABELS) or a.rows[:-1] != b.rows[:-1] \
                     or (fa.keys, fa.values, fa.query, fa.body) != (fb.keys, fb.values, fb.query, fb.body):
                 rep.error("pairs", f"{wa}/{wb}", "consecutive cls lines of a task are not counter-paired twins")
-        if len(items) % 2:
-            rep.error("pairs", task, f"odd number of cls lines ({len(items)})")
+    for task, c in counts.items():
+        if c["Yes"] != c["No"]:
+            rep.error("pairs", task, f"test-row labels unbalanced: {c['Yes']} Yes / {c['No']} No")
+        if n_cls[task] % 2:
+            rep.error("pairs", task, f"odd number of cls lines ({n_cls[task]})")
     return rep
 
 
@@ -543,40 +583,63 @@ _STR_FIELDS = ("id", "pair_id", "profile", "task_id", "family", "prompt", "answe
 def validate_file(path: str | Path, profile: str | Profile | None = None) -> ValidationReport:
     """Validate a file of our records (jsonl of ``GARRecord.to_dict()`` or parquet) or the
     published ``GAR_data.jsonl`` format; the format is detected from the first record's keys.
-    Unreadable or malformed input raises ``GARDataError`` naming the file and line."""
+    The file is read once, as a stream: memory does not grow with its size (any readable file:
+    a FIFO or ``<(zcat f.jsonl.gz)`` works). Unreadable or malformed input raises
+    ``GARDataError`` naming the file and line."""
     path = Path(path)
-    items = read_dicts(path)
-    if not items:
+    items = iter_dicts(path)
+    first_item = next(items, None)
+    if first_item is None:
         raise GARDataError(f"{path}: no records")
-    first = items[0][1]
+    first = first_item[1]
     if not isinstance(first, dict):
-        raise GARDataError(f"{path}, {items[0][0]}: expected a JSON object, got {type(first).__name__}")
-    published = "texts" in first and "rows" not in first
-    if published:
-        for loc, d in items:
-            if not isinstance(d, dict):
-                raise GARDataError(f"{path}, {loc}: expected a JSON object, got {type(d).__name__}")
-            missing = [k for k in ("task_id", "texts") if k not in d]
-            if missing:
-                raise GARDataError(f"{path}, {loc}: missing key(s) {', '.join(missing)}")
-            if not isinstance(d["task_id"], str) or not isinstance(d["texts"], str):
-                raise GARDataError(f"{path}, {loc}: task_id and texts must be strings")
-        rep = validate_published([d for _, d in items], profile or "paper")
+        raise GARDataError(f"{path}, {first_item[0]}: expected a JSON object, got {type(first).__name__}")
+    stream = itertools.chain([first_item], items)
+    if "texts" in first and "rows" not in first:
+        rep = validate_published(_published_dicts(path, stream), profile or "paper")
     else:
-        recs = []
-        for loc, d in items:
-            if not isinstance(d, dict):
-                raise GARDataError(f"{path}, {loc}: expected a JSON object, got {type(d).__name__}")
-            missing = [k for k in _RECORD_FIELDS if k not in d]
-            if missing:
-                raise GARDataError(f"{path}, {loc}: missing key(s) {', '.join(missing)}")
-            wrong = [k for k in _STR_FIELDS if not isinstance(d[k], str)]
-            if wrong or not isinstance(d["rows"], list) or not isinstance(d["spans"], list):
-                raise GARDataError(f"{path}, {loc}: wrong type for {', '.join(wrong) or 'rows/spans'}")
-            try:
-                recs.append(GARRecord.from_dict(d))
-            except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise GARDataError(f"{path}, {loc}: malformed record ({type(e).__name__}: {e})") from None
-        rep = validate_records(recs, profile)
+        rep = validate_records(_record_objects(path, stream), profile)
     rep.source = str(path)
     return rep
+
+
+def _published_dicts(path: Path, items: Iterable[tuple[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    for loc, d in items:
+        if not isinstance(d, dict):
+            raise GARDataError(f"{path}, {loc}: expected a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("task_id", "texts") if k not in d]
+        if missing:
+            raise GARDataError(f"{path}, {loc}: missing key(s) {', '.join(missing)}")
+        if not isinstance(d["task_id"], str) or not isinstance(d["texts"], str):
+            raise GARDataError(f"{path}, {loc}: task_id and texts must be strings")
+        yield d
+
+
+def _record_objects(path: Path, items: Iterable[tuple[str, Any]]) -> Iterator[GARRecord]:
+    for loc, d in items:
+        if not isinstance(d, dict):
+            raise GARDataError(f"{path}, {loc}: expected a JSON object, got {type(d).__name__}")
+        missing = [k for k in _RECORD_FIELDS if k not in d]
+        if missing:
+            raise GARDataError(f"{path}, {loc}: missing key(s) {', '.join(missing)}")
+        wrong = [k for k in _STR_FIELDS if not isinstance(d[k], str)]
+        if wrong or not isinstance(d["rows"], list) or not isinstance(d["spans"], list):
+            raise GARDataError(f"{path}, {loc}: wrong type for {', '.join(wrong) or 'rows/spans'}")
+        try:
+            yield GARRecord.from_dict(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise GARDataError(f"{path}, {loc}: malformed record: {_plain_reason(e)}") from None
+
+
+def _plain_reason(e: Exception) -> str:
+    """The reason of a ``from_dict`` failure without Python's internal names (``RowInfo.__init__()``)."""
+    msg = str(e)
+    m = re.search(r"(unexpected keyword argument|missing \d+ required (?:positional|keyword-only) "
+                  r"arguments?:?)\s*(.*)", msg)
+    if isinstance(e, TypeError) and m:
+        what = "unknown field" if m.group(1).startswith("unexpected") else "missing field(s)"
+        return f"a row has an {what} {m.group(2)}" if what.startswith("unknown") else f"a row is {what} {m.group(2)}"
+    if isinstance(e, KeyError):
+        return f"missing field {e}"
+    msg = re.sub(r"\b\w+\.__\w+__\(\)\s*", "", msg)
+    return msg.splitlines()[0][:200] if msg else type(e).__name__

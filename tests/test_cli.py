@@ -161,7 +161,7 @@ def test_usage_errors(tmp_path, capsys, args, needles):
         argv[1:1] = ["--profile", "v1"]
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and out == ""
-    assert "usage: gar" in err and "Traceback" not in err
+    assert err.startswith("gar: error: ") and err.count("\n") == 1  # one line, no usage block
     for n in needles:
         assert n in err
     assert listing(tmp_path) == []
@@ -169,7 +169,7 @@ def test_usage_errors(tmp_path, capsys, args, needles):
 
 def test_no_command(capsys):
     rc, out, err = run(capsys)
-    assert rc == 2 and "usage: gar" in err
+    assert rc == 2 and err.startswith("gar: error: ") and "COMMAND" in err and err.count("\n") == 1
 
 
 def test_help(capsys):
