@@ -156,9 +156,9 @@ def push(repo_id: str, *, private: bool = False, revision: str | None = None, dr
          out: str | Path | None = None, configs: Iterable[str] | None = None,
          progress: Callable[[str], None] | None = None) -> PushResult:
     """Build the folder and upload it as one commit (creating the repo if missing)."""
-    from .load import _HUB_ID
+    from .load import HUB_ID
 
-    if not _HUB_ID.match(repo_id):
+    if not HUB_ID.match(repo_id):
         raise GARConfigError(f"repo id {repo_id!r} is not of the form ORG/NAME")
     token = None
     if not dry_run:

@@ -11,6 +11,8 @@ from tiny_models import one_thread, tiny_model, tokenizer
 from interp.probe import (PAPER_HEADS, attention_feature, evaluate_got, evaluate_snli, head_features, kfold_indices,
                           load_feature_csv, snli_span, train_probe, got_span)
 
+pytestmark = pytest.mark.unit
+
 SNLI = "reference/mlp/SNLI_zero_shot"
 
 
