@@ -428,6 +428,35 @@ def load_heads(path: str | Path) -> tuple[list[Head], list[Head], dict[str, Any]
     return true_heads, false_heads, directions
 
 
-__all__ = ["OUTPUTS", "Effects", "atp_overlap",
+def heads_model(path: str | Path) -> dict[str, Any]:
+    """What model a ``gar heads`` output was made on (``model_arg``, ``model_type``, ``n_layers``,
+    ``n_heads``, ``head_dim``, ``model_fingerprint``; absent keys for older outputs)."""
+    p = Path(path)
+    f = p / "heads.json" if p.is_dir() else p
+    try:
+        info = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise GARConfigError(f"cannot read {f}: {e}") from None
+    keys = ("model_arg", "model_type", "n_layers", "n_heads", "head_dim", "model_fingerprint")
+    return {k: info.get(k) for k in keys} if isinstance(info, dict) else {}
+
+
+def check_heads_model(path: str | Path, model: str, sites: Any, fingerprint: str) -> None:
+    """Refuse heads (and their directions) discovered on another model than ``model``: another
+    architecture or head shape, or (outputs that record it) other weights."""
+    got = heads_model(path)
+    shape = (got.get("model_type"), got.get("n_layers"), got.get("n_heads"))
+    if None not in shape and shape != (sites.model_type, sites.n_layers, sites.n_heads):
+        raise GARConfigError(f"the heads in {path} were discovered on {got.get('model_arg')!r}, a {shape[0]} with "
+                             f"{shape[1]} layers x {shape[2]} heads; model {model!r} is a {sites.model_type} with "
+                             f"{sites.n_layers} x {sites.n_heads}: run gar heads on it first")
+    fp = got.get("model_fingerprint")
+    if fp and fp != fingerprint:
+        raise GARConfigError(f"the heads in {path} were discovered on {got.get('model_arg')!r} (fingerprint {fp}), "
+                             f"not on model {model!r} (fingerprint {fingerprint}: other weights or config); heads "
+                             "and their directions belong to the model they were found on: run gar heads on it first")
+
+
+__all__ = ["OUTPUTS", "Effects", "atp_overlap", "check_heads_model", "heads_model",
            "atp_ranks", "discovery_score", "effect_batch", "head_effects", "load_heads",
            "plot_heads", "score_heads", "summary_md", "top_labelled"]

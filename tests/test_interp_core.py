@@ -72,11 +72,24 @@ def test_checkpoint_batches_resume_and_refuse_another_run(tmp_path):
     assert ck2.counts == {"atp_batches": 1, "atp_batches_loaded": 3}
     assert ck2.value("pairs.json", lambda: [1, 2]) == [1, 2]
     assert ck2.value("pairs.json", lambda: pytest.fail("recomputed")) == [1, 2]
-    other = outputs.Checkpoint(tmp_path, {"run": 2})
+    other = outputs.Checkpoint(tmp_path, {"run": 2}, values=("pairs.json",))
     with pytest.raises(GARConfigError, match=r"other arguments \(run: 1 -> 2\).*--restart"):
         other.open()
-    assert other.open(restart=True) is False and sorted(p.name for p in other.dir.iterdir()) == ["args.json"]
+    (other.dir / "weights.bin").write_bytes(b"a user's file")  # --restart deletes only what it recognises
+    (other.dir / ".pairs.json.ab12.tmp").write_text("")
+    assert other.open(restart=True) is False
+    assert sorted(p.name for p in other.dir.iterdir()) == ["args.json", "weights.bin"]
     assert json.loads((other.dir / "args.json").read_text()) == {"run": 2}
+    assert other.discard() == ["weights.bin"] and other.dir.is_dir()
+    (other.dir / "weights.bin").unlink()
+    assert other.discard() == [] and not other.dir.exists()
+    fp = outputs.Checkpoint(tmp_path, {"run": 2, "model_fingerprint": "a"})
+    fp.open()
+    with pytest.raises(GARConfigError, match="checkpoint of another model"):
+        outputs.Checkpoint(tmp_path, {"run": 2, "model_fingerprint": "b"}).open()
+    (fp.dir / "args.json").write_text("{not json")
+    with pytest.raises(GARConfigError, match="cannot read the checkpoint file .*--restart"):
+        fp.open()
 
 
 def test_cached_arrays_keyed_by_meta(tmp_path):
@@ -162,3 +175,31 @@ def test_choosers_seeded_and_shaped():
     assert idx == sorted(idx) and len(set(idx)) == 4 and sample_indices(rng, 3, 10) == [0, 1, 2]
     with pytest.raises(GARConfigError, match="--n"):
         choose_balanced(recs, slices, 0, 0)
+
+
+def test_lock_and_manifest(tmp_path):
+    out = tmp_path / "out"
+    with outputs.locked_dir(out):
+        with pytest.raises(GARConfigError, match="another gar run is writing"):
+            outputs.check_unlocked(out)
+        with pytest.raises(GARConfigError, match="another gar run is writing"):
+            with outputs.locked_dir(out):
+                pass
+    outputs.check_unlocked(out)  # released
+    assert list(out.iterdir()) == []  # the lock adds nothing to the folder
+
+    m = outputs.Manifest(out, "patch", "scores.json", ["summary.md", "heatmap_*.png"], legacy_key="families")
+    m.check()  # nothing there yet
+    (out / "heatmap_cls.png").write_bytes(b"mine")
+    with pytest.raises(GARConfigError, match="heatmap_cls.png, not written by a previous gar patch run"):
+        m.check()
+    outputs.write_json(out / "scores.json", m.stamp({"families": {}}, ["summary.md", "heatmap_cls.png"]))
+    m.check()  # now listed as ours
+    (out / "summary.md").write_text("x")
+    m.check()
+    outputs.write_json(out / "scores.json", {"written_by": {"command": "heads", "files": ["summary.md"]}})
+    with pytest.raises(GARConfigError, match="summary.md"):
+        m.check()
+    outputs.write_json(out / "scores.json", {"families": {}})  # an output of the version before manifests
+    m.check()
+    assert m.owned() == {"scores.json", "summary.md", "heatmap_*.png"}

@@ -18,7 +18,8 @@ from gar_tasks.errors import GARConfigError
 
 from ..core.encode import ClsPrompts, encode_cls
 from ..core.loader import check_dtype, check_device, check_model_args, load_model
-from ..core.outputs import Timings, atomic_write, check_out_dir, is_leftover, save_npz, versions, write_json
+from ..core.outputs import (Manifest, Timings, atomic_write, check_out_dir, check_unlocked, is_leftover, locked_dir,
+                            save_npz, versions, write_json)
 from ..core.select import Selection, Slice, choose_twins, load_records, select_slices
 from ..heads import (OUTPUTS, Effects, atp_overlap, atp_ranks, discovery_score, head_effects, plot_heads, score_heads,
                      summary_md, top_labelled)
@@ -55,9 +56,17 @@ class HeadsArgs:
         return " ".join(shlex.quote(p) for p in parts)
 
 
-def check_out(out: Path) -> None:
-    """A new or empty folder, or a previous ``gar heads`` output."""
+def manifest(out: Path) -> Manifest:
+    return Manifest(out, NAME, "heads.json", OUTPUTS, legacy_key="true_heads")
+
+
+def check_out(out: Path, locked: bool = False) -> None:
+    """A new or empty folder, or a previous ``gar heads`` output (whose files it wrote); ``locked``:
+    this run holds the folder's lock (else another run's lock is refused here)."""
     check_out_dir(out)
+    if not locked:
+        check_unlocked(out)
+    manifest(out).check()
     if out.is_dir():
         other = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not is_leftover(p.name, OUTPUTS))
         if other:
@@ -206,10 +215,13 @@ def run_heads(args: HeadsArgs, progress: Progress | None = None, log: Callable[[
                      "Y/N = mean attribution (vs mean ablation) on logit(Yes)-logit(No) over gold-Yes/-No "
                      "records of task t, F = -N; labelled if consistency >= min_consistency and score > 0",
         }
-    with timings("write"):
-        write_outputs(out, info, rs, eff, sc)
-    timings.total()
-    write_json(out / "heads.json", info)
+    info["model_fingerprint"] = m.fingerprint
+    with locked_dir(out):
+        check_out(out, locked=True)  # again, under the lock
+        with timings("write"):
+            write_outputs(out, info, rs, eff, sc)
+        timings.total()
+        write_json(out / "heads.json", manifest(out).stamp(info, OUTPUTS))
     log(f"wrote {', '.join(OUTPUTS)} to {out}")
     return info
 

@@ -17,10 +17,11 @@ from typing import Any, Callable
 from gar_tasks.errors import GARConfigError
 
 from ..core.encode import ClsPrompts, encode_cls
-from ..core.loader import check_device, check_dtype, load_model, model_sites
-from ..core.outputs import Timings, atomic_write, check_out_dir, versions, write_json
+from ..core.loader import check_device, check_dtype, load_model, model_fingerprint, model_sites
+from ..core.outputs import (Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir, versions,
+                            write_json)
 from ..core.select import Selection, choose_balanced, load_records, select_slices
-from ..heads import load_heads
+from ..heads import check_heads_model, load_heads
 from ..intervene import MODES, Head, head_means, parse_heads
 from ..intervene_report import (OUTPUTS, HeadPlan, check_heads, control_plans, normalize_heads, report_md, run_arm,
                                 summarize)
@@ -187,10 +188,15 @@ def run_intervene(args: InterveneArgs, log: Callable[[str], Any] | None = None) 
     check_args(args)
     plan, source = resolve_plan(args)
     out = check_out_dir(args.out)
+    manifest = Manifest(out, NAME, "intervene.json", OUTPUTS, legacy_key="targeted_heads")
+    manifest.check()
+    check_unlocked(out)
     check_dtype(args.dtype)
     check_device(args.device)
     sel = choose(args)
     sites = model_sites(args.model)  # every head check before the weights load
+    if source["heads"] not in (None, "spec"):
+        check_heads_model(source["heads"], args.model, sites, model_fingerprint(args.model))
     check_heads(plan.all_heads, sites.n_layers, sites.n_heads, "targeted head")
     controls = control_plans(plan, sites.n_layers, sites.n_heads, args.random_draws, args.seed)
     means = check_means(source["means"], sites)
@@ -218,9 +224,10 @@ def run_intervene(args: InterveneArgs, log: Callable[[str], Any] | None = None) 
             "tasks": rows, "overall": overall, "versions": versions(), "timings_s": timings}
     md = report_md(info)
     timings.total()
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "intervene.md", md)
-    write_json(out / "intervene.json", info)
+    with locked_dir(out):
+        manifest.check()  # again, under the lock
+        atomic_write(out / "intervene.md", md)
+        write_json(out / "intervene.json", manifest.stamp(info, OUTPUTS))
     info["markdown"] = md
     log(f"wrote {', '.join(OUTPUTS)} to {out}")
     return info

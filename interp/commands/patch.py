@@ -25,8 +25,9 @@ from gar_tasks.errors import GARConfigError
 
 from .. import patching as P
 from ..core.encode import FAMILIES
-from ..core.loader import check_device, check_dtype, check_model_args, load_model
-from ..core.outputs import Checkpoint, Timings, atomic_write, check_out_dir, save_npz, versions, write_json
+from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint
+from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir,
+                            save_npz, versions, write_json)
 from ..core.select import Slice, filter_records, load_records, sample_indices, select_slices
 from ..pairs import Pairs, make_pairs
 from ..plots import heatmap
@@ -220,38 +221,49 @@ def write_outputs(out: Path, info: dict[str, Any], arrays: dict[str, Any]) -> No
 def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[str], Any] | None = None
               ) -> dict[str, Any]:
     """Run ``gar patch``; returns the ``scores.json`` dict. Raises ``GARConfigError`` before
-    writing anything when the arguments cannot work."""
+    writing anything when the arguments cannot work.
+
+    The checkpoint is keyed by the arguments and by what the model is (:func:`model_fingerprint`);
+    only files a previous ``gar patch`` wrote are overwritten; the output folder is locked for the run.
+    """
     log = log or (lambda msg: None)
     timings = Timings()
     slices = check_args(args)
     out = Path(args.out)
-    ckpt = Checkpoint(out, args.identity())
+    fingerprint = model_fingerprint(args.model, args.remote)
+    ckpt = Checkpoint(out, {**args.identity(), "model_fingerprint": fingerprint},
+                      values=("pairs.json", "heads_*.json"))
+    manifest = Manifest(out, NAME, "scores.json", [*OUTPUTS, "heatmap_*.png"], legacy_key="families")
+    manifest.check()
+    check_unlocked(out)
     if not args.restart:
         ckpt.check()  # refuse another run's checkpoint before loading the model
     with timings("load"):
         m = load_model(args.model, args.dtype, args.device, remote=args.remote)
-    with timings("pairs"):
-        out.mkdir(parents=True, exist_ok=True)
-        resumed = ckpt.open(restart=args.restart)
-        fams = ckpt.value("pairs.json", lambda: choose_pairs(args, m.tokenizer, slices),
-                          encode=lambda v: {k: p.to_dict() for k, p in v.items()},
-                          decode=lambda v: {k: Pairs.from_dict(p) for k, p in v.items()})
-    arrays: dict[str, Any] = {}
-    results: dict[str, Any] = {}
-    timings.update(atp=0.0, exact=0.0)
-    with options.torch_threads(args.threads):
-        for fam, pairs in fams.items():
-            results[fam] = score_family(FamilyRun(args, m.model, m.sites, ckpt, fam, pairs, progress), timings, arrays)
-    info = {"model": m.desc, "model_arg": args.model, "model_type": m.sites.model_type,
-            "n_layers": m.sites.n_layers, "n_heads": m.sites.n_heads, "tasks": args.tasks, "config": args.config,
-            "slices": [asdict(s) for s in slices], "n": args.n, "batch_size": args.batch_size,
-            "dtype": args.dtype, "device": args.device, "verify_top": args.verify_top, "seed": args.seed,
-            "remote": args.remote, "grad_drop": args.grad_drop, "resumed": resumed, "batches": dict(ckpt.counts),
-            "families": results, "plots": [], "versions": versions(), "timings_s": timings}
-    with timings("write"):
-        write_outputs(out, info, arrays)
-    timings.total()
-    write_json(out / "scores.json", info)
+    with locked_dir(out):
+        with timings("pairs"):
+            resumed = ckpt.open(restart=args.restart)
+            fams = ckpt.value("pairs.json", lambda: choose_pairs(args, m.tokenizer, slices),
+                              encode=lambda v: {k: p.to_dict() for k, p in v.items()},
+                              decode=lambda v: {k: Pairs.from_dict(p) for k, p in v.items()})
+        arrays: dict[str, Any] = {}
+        results: dict[str, Any] = {}
+        timings.update(atp=0.0, exact=0.0)
+        with options.torch_threads(args.threads):
+            for fam, pairs in fams.items():
+                run = FamilyRun(args, m.model, m.sites, ckpt, fam, pairs, progress)
+                results[fam] = score_family(run, timings, arrays)
+        info = {"model": m.desc, "model_arg": args.model, "model_fingerprint": fingerprint,
+                "model_type": m.sites.model_type, "n_layers": m.sites.n_layers, "n_heads": m.sites.n_heads,
+                "tasks": args.tasks, "config": args.config, "slices": [asdict(s) for s in slices], "n": args.n,
+                "batch_size": args.batch_size, "dtype": args.dtype, "device": args.device,
+                "verify_top": args.verify_top, "seed": args.seed, "remote": args.remote, "grad_drop": args.grad_drop,
+                "resumed": resumed, "batches": dict(ckpt.counts), "families": results, "plots": [],
+                "versions": versions(), "timings_s": timings}
+        with timings("write"):
+            write_outputs(out, info, arrays)
+        timings.total()
+        write_json(out / "scores.json", manifest.stamp(info, [*OUTPUTS, *info["plots"]]))
     log(f"wrote {', '.join([*OUTPUTS, *info['plots']])} to {out}")
     return info
 

@@ -18,8 +18,10 @@ from typing import Any, Callable
 
 from gar_tasks.errors import GARConfigError
 
-from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_sites
-from ..core.outputs import Timings, atomic_write, cached_arrays, check_out_dir, versions, write_json
+from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint, model_sites
+from ..core.outputs import (Manifest, Timings, atomic_write, cached_arrays, check_out_dir, check_unlocked, is_cache_file,
+                            locked_dir, versions, write_json)
+from ..heads import check_heads_model
 from ..intervene import random_heads
 from ..probe import PAPER_HEADS, batched_head_features, evaluate_got, evaluate_snli
 from ..probe_run import (FEATURE_KINDS, FEATURE_VERSION, GOT_FOLDS, GOT_SEED, SEED_REPORTED, choose_heads, dataset_files,
@@ -54,6 +56,10 @@ class ProbeArgs:
     threads: int = 0  # 0 = torch's default (all cores)
 
 
+def manifest(out: str | Path) -> Manifest:
+    return Manifest(out, NAME, "probe.json", ["probe.md"], legacy_key="mode")
+
+
 def check_common(args: ProbeArgs) -> None:
     for flag, v, lo in (("--runs", args.runs, 1), ("--batch-size", args.batch_size, 1),
                         ("--threads", args.threads, 0), ("--random-draws", args.random_draws, 0)):
@@ -63,6 +69,8 @@ def check_common(args: ProbeArgs) -> None:
         raise GARConfigError(f"--limit must be at least 10 (items per file), got {args.limit}")
     if args.out is not None:
         check_out_dir(args.out)
+        check_unlocked(args.out)
+        manifest(args.out).check()
 
 
 def run_seed_features(args: ProbeArgs, log: Log | None = None) -> dict[str, Any]:
@@ -134,9 +142,12 @@ def plan_model_probe(args: ProbeArgs) -> ModelPlan:
         raise GARConfigError(f"{args.heads}/directions.npz: 'direction' has shape {direction.shape}, but model "
                              f"{args.model!r} has {shape} (layers, heads, head_dim): "
                              "were the heads found on another model?")
+    check_heads_model(args.heads, args.model, sites, model_fingerprint(args.model))
+    n_layers, n_heads = shape[:2]
+    if max(ks) > n_layers * n_heads:
+        raise GARConfigError(f"--k {max(ks)} is more than the {n_layers * n_heads} heads of model {args.model!r}")
     plan = ModelPlan(ks, names, {}, true_heads, false_heads, direction, shape,
                      {k: choose_heads(true_heads, false_heads, k) for k in ks})
-    n_layers, n_heads = shape[:2]
     bad = [h for h in plan.discovered if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
     if bad:
         raise GARConfigError(f"heads {bad} are outside the model's {n_layers} layers x {n_heads} heads")
@@ -151,7 +162,16 @@ def plan_model_probe(args: ProbeArgs) -> ModelPlan:
         for s, (_, labels) in splits.items():
             if n != "snli" and len(labels) < GOT_FOLDS:
                 raise GARConfigError(f"{n}: {len(labels)} items, {GOT_FOLDS}-fold CV needs more")
+            f = Path(args.out) / f"features_{feature_tag(n, s)}.npz"
+            if f.exists() and not is_cache_file(f):
+                raise GARConfigError(f"--out {args.out} holds {f.name}, which is not a gar probe feature cache: "
+                                     "choose a new or empty folder (nothing is overwritten that gar did not write)")
     return plan
+
+
+def feature_tag(name: str, split: str) -> str:
+    """``snli_train`` ... or the GoT dataset name: the cache file is ``features_<tag>.npz``."""
+    return f"{name}_{split}" if name == "snli" else name
 
 
 def extract_features(args: ProbeArgs, plan: ModelPlan, timings: Timings, log: Log,
@@ -173,8 +193,9 @@ def extract_features(args: ProbeArgs, plan: ModelPlan, timings: Timings, log: Lo
         feats[n] = {}
         t = time.perf_counter()
         for s, (texts, labels) in splits.items():
-            tag = f"{n}_{s}" if n == "snli" else n
-            meta = {"version": FEATURE_VERSION, "model": args.model, "model_desc": m.desc, "dtype": args.dtype,
+            tag = feature_tag(n, s)
+            meta = {"version": FEATURE_VERSION, "model": args.model, "model_desc": m.desc,
+                    "model_fingerprint": m.fingerprint, "dtype": args.dtype,
                     "texts_sha256": sha256_of(texts), "labels_sha256": sha256_of(labels), "direction_sha256": dir_sha}
 
             def make(texts: list[str] = texts, labels: list[int] = labels, tag: str = tag) -> dict[str, Any]:
@@ -231,11 +252,13 @@ def probe_dataset(args: ProbeArgs, plan: ModelPlan, name: str, feats: dict[str, 
     return res
 
 
-def run_model_probe(args: ProbeArgs, log: Log | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Features of ``args.model`` for the discovered and random heads, probed (see :mod:`interp.probe_run`)."""
+def run_model_probe(args: ProbeArgs, log: Log | None = None, progress: Progress | None = None,
+                    plan: ModelPlan | None = None) -> dict[str, Any]:
+    """Features of ``args.model`` for the discovered and random heads, probed (see :mod:`interp.probe_run`).
+    ``plan``: from :func:`plan_model_probe` (made here when not given). Writes the feature caches."""
     log = log or (lambda m: None)
     timings = Timings()
-    plan = plan_model_probe(args)
+    plan = plan or plan_model_probe(args)
     with options.torch_threads(args.threads):
         feats, cache_info, desc = extract_features(args, plan, timings, log, progress)
         timings["probe"] = {}
@@ -260,17 +283,33 @@ def run_model_probe(args: ProbeArgs, log: Log | None = None, progress: Progress 
             "cache": cache_info, "datasets": results, "versions": versions(), "timings_s": timings}
 
 
+def write_report(out: Path, info: dict[str, Any], md: str) -> None:
+    """probe.md and probe.json (with the manifest of the files gar probe wrote)."""
+    out.mkdir(parents=True, exist_ok=True)
+    m = manifest(out)
+    m.check()
+    atomic_write(out / "probe.md", md)
+    features = [f"features_{tag}.npz" for tag in info.get("cache", {})]
+    write_json(out / "probe.json", m.stamp(info, ["probe.md", *features]))
+
+
 def run_probe(args: ProbeArgs, log: Log | None = None, progress: Progress | None = None
               ) -> tuple[dict[str, Any], str]:
     """Run ``gar probe`` in the mode ``args`` asks for; write ``probe.json`` / ``probe.md`` to
-    ``args.out`` (when given) and return ``(info, markdown)``."""
-    info = run_seed_features(args, log) if args.seed_features else run_model_probe(args, log, progress)
-    md = probe_md(info)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "probe.md", md)
-        write_json(out / "probe.json", info)
+    ``args.out`` (when given; the folder is locked while this run writes to it) and return
+    ``(info, markdown)``. Every argument is checked before anything is written."""
+    if args.seed_features:
+        info = run_seed_features(args, log)
+        md = probe_md(info)
+        if args.out:
+            with locked_dir(args.out) as out:
+                write_report(out, info, md)
+        return info, md
+    plan = plan_model_probe(args)
+    with locked_dir(args.out) as out:
+        info = run_model_probe(args, log, progress, plan)
+        md = probe_md(info)
+        write_report(out, info, md)
     return info, md
 
 
@@ -330,5 +369,6 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ModelPlan", "NAME", "ProbeArgs", "check_common", "extract_features", "main", "plan_model_probe",
-           "probe_dataset", "register", "run_model_probe", "run_probe", "run_seed_features"]
+__all__ = ["ModelPlan", "NAME", "ProbeArgs", "check_common", "extract_features", "feature_tag", "main", "manifest",
+           "plan_model_probe", "probe_dataset", "register", "run_model_probe", "run_probe", "run_seed_features",
+           "write_report"]

@@ -129,6 +129,38 @@ def config_dtype(model: str | Resolved, remote: bool = False) -> str:
     return name if name in DTYPES else "float32"
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
+
+
+def model_fingerprint(model: str | Resolved, remote: bool = False) -> str:
+    """What a model *is*, for checkpoints and caches (a name can point at other weights tomorrow):
+    sha256 over its ``config.json`` bytes and each weight file's path, size and mtime, in its folder
+    (an embedded model's converted folder, a local folder, or a cached Hub id's snapshot); for a
+    remote model, its Hub id. 16 hex digits."""
+    import hashlib
+
+    r = model if isinstance(model, Resolved) else resolve_model(model, remote)
+    h = hashlib.sha256()
+    folder = Path(r.path).expanduser()
+    if not folder.is_dir() and not remote:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(r.path, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the cache in the expected layout: the id is all we know
+            folder = Path("/nonexistent")
+    if not folder.is_dir():
+        h.update(f"hub:{r.path}".encode())
+        return h.hexdigest()[:16]
+    cfg = folder / "config.json"
+    h.update(cfg.read_bytes() if cfg.is_file() else b"no config")
+    for f in sorted(folder.rglob("*")):
+        if f.suffix in WEIGHT_SUFFIXES and f.is_file():
+            st = f.stat()
+            h.update(f"|{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def device_map(device: str) -> Any:
     """The ``device_map`` argument of ``from_pretrained`` for a device name (None: plain CPU load)."""
     import torch
@@ -153,6 +185,7 @@ class LoadedModel:
     desc: str
     dtype: str
     device: str
+    fingerprint: str = ""
 
 
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remote: bool = False,
@@ -176,7 +209,8 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
             from nnsight.modeling.transformers import TransformersModel
 
             nn_model = TransformersModel(r.path)
-            return LoadedModel(nn_model, None, tok, head_sites(nn_model), r.desc, dtype, "remote")
+            return LoadedModel(nn_model, None, tok, head_sites(nn_model), r.desc, dtype, "remote",
+                               model_fingerprint(r, remote=True))
         kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "local_files_only": r.local_only}
         dm = device_map(device)
         if dm is not None:
@@ -187,7 +221,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
     except (OSError, ValueError) as e:
         raise GARConfigError(f"cannot load model {r.name!r}: {str(e).splitlines()[0]}") from None
     wrapped = as_nnsight(hf, tok) if nnsight else hf
-    return LoadedModel(wrapped, hf, tok, head_sites(hf), r.desc, dtype, device)
+    return LoadedModel(wrapped, hf, tok, head_sites(hf), r.desc, dtype, device, model_fingerprint(r))
 
 
 def input_device(model: Any) -> Any:
@@ -200,5 +234,6 @@ def input_device(model: Any) -> Any:
 
 
 __all__ = ["DEVICE_HELP", "DTYPES", "LoadedModel", "Resolved", "check_device", "check_dtype", "check_model_args",
-           "config_dtype", "device_map", "embedded_names", "input_device", "load_config", "load_model", "model_sites",
+           "config_dtype", "device_map", "embedded_names", "input_device", "load_config", "load_model", "model_fingerprint",
+           "model_sites",
            "resolve_model"]
