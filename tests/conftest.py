@@ -2,7 +2,7 @@
 
 Tiers (markers registered in pyproject.toml; every test has exactly one, checked at collection):
 ``unit`` (no model, or tiny random models built in memory: the fast loop, ``pytest -m unit``),
-``integration`` (tiny models through the commands, in-process lm-eval, the generated dataset) and
+``integration`` (tiny models through the commands, in-process lm-eval, the seed's reference features) and
 ``e2e`` (the embedded SmolLM2, subprocess ``lm_eval`` / ``gar``, wheel build).
 """
 

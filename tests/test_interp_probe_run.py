@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from interp_golden import mlp_folder
 from shared_data import shared_path
 from tiny_models import one_thread, tiny_model, tokenizer
 
@@ -177,21 +178,7 @@ def test_cli_seed_features_reproduce_the_seed(tmp_path, capsys):
 
 def _mlp_dir(path: Path, n: int = 10) -> Path:
     """A miniature copy of the seed's zero-shot layout (SNLI splits + one GoT file)."""
-    snli = path / "SNLI_zero_shot"
-    got = path / "GoT_zero_shot"
-    snli.mkdir(parents=True)
-    got.mkdir(parents=True)
-    pairs = [("A man sleeps on a couch.", "A person rests.", "Yes"), ("A dog runs in a field.", "A cat sleeps.", "No"),
-             ("Two girls read books.", "Children are reading.", "Yes"), ("A chef cooks soup.", "A pilot flies.", "No"),
-             ("A woman sings on stage.", "Someone performs.", "Yes")]
-    for split in ("train", "validation", "test"):
-        items = [[f"{p} So {h}", lab] for p, h, lab in (pairs * 3)[:n]]
-        (snli / f"snli_YesNo_head_feature_3000_{split}_zero_shot.jsonl").write_text(json.dumps(items))
-    words = [("rosa", "rose", "Yes"), ("muy", "temperature", "No"), ("perro", "dog", "Yes"), ("gato", "house", "No")]
-    got_items = [f"Please answer with Yes or No. Is it true that The Spanish word '{s}' means '{e}'? Answer: {lab}"
-                 for s, e, lab in (words * 4)[:n]]
-    (got / "sp_en_trans.jsonl").write_text(json.dumps(got_items))
-    return path
+    return mlp_folder(path, n)
 
 
 ARGS = ["--datasets", "snli,sp_en_trans", "--k", "2", "--random-draws", "2", "--runs", "2", "--limit", "10",

@@ -240,19 +240,15 @@ def register(sub: Any) -> None:
                                    "overlap with plain AtP on the Yes/No twin pairs. Writes heads.json, "
                                    "directions.npz, heads.png and summary.md to --out (a new or empty folder, or "
                                    "a previous gar heads output, which is overwritten).")
-    options.add_model(p)
+    options.add_model_options(p)
     options.add_out(p)
     options.add_selection(p, options.DEFAULT_CLS_TASKS, 64, "records per task, whole Yes/No twin pairs",
                           "record choice", "which GAR tasks (cls slices are used; e.g. cls for all)")
-    options.add_batch_size(p, 8, "records")
-    options.add_dtype(p)
-    options.add_device(p)
+    options.add_run_options(p, 8, "records")
     p.add_argument("--top", type=int, default=10, metavar="K",
                    help="report the top K True and K False heads; AtP top-K overlap (default 10)")
     p.add_argument("--min-consistency", type=float, default=0.75, metavar="C",
                    help="a head is labelled when its sign holds in at least this fraction of tasks (default 0.75)")
-    options.add_threads(p)
-    options.add_quiet(p)
     p.set_defaults(func=main)
 
 

@@ -246,16 +246,14 @@ def register(sub: Any) -> None:
                                    "before and after, per task and overall, against --random-draws controls of "
                                    "as many random heads disjoint from the targets. Writes intervene.json and "
                                    "intervene.md to --out and prints the table.")
-    options.add_model(p)
+    options.add_model_options(p)
     p.add_argument("--mode", required=True, metavar="MODE", help="ablate | mean | scale | label")
     p.add_argument("--heads", metavar="SPEC|DIR",
                    help="heads as layer:head (e.g. '14:0;15:3'), or a `gar heads` output folder / heads.json")
     options.add_out(p)
     options.add_selection(p, options.DEFAULT_CLS_TASKS, 64, "records per task, label-balanced",
                           "record choice; random draw i uses seed S+i", "which GAR tasks (cls slices are used)")
-    options.add_batch_size(p, 16, "prompts")
-    options.add_dtype(p)
-    options.add_device(p)
+    options.add_run_options(p, 16, "prompts")
     p.add_argument("--factor", type=float, metavar="F", help="mode scale: multiply the heads by F")
     p.add_argument("--up", type=float, default=2.0, metavar="F", help="mode label: strengthen factor (default 2)")
     p.add_argument("--down", type=float, default=0.0, metavar="F", help="mode label: silence factor (default 0)")
@@ -264,8 +262,6 @@ def register(sub: Any) -> None:
     p.add_argument("--which", metavar="SET", help="with --heads DIR, modes ablate/mean/scale: true | false | both "
                                                   "(default both)")
     p.add_argument("--random-draws", type=int, default=5, metavar="R", help="random-head controls (default 5)")
-    options.add_threads(p)
-    options.add_quiet(p)
     p.set_defaults(func=main)
 
 

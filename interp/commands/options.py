@@ -74,6 +74,23 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
 
+def add_model_options(p: argparse.ArgumentParser, *, required: bool = True, remote: bool = False,
+                      dtype: str = "float32") -> None:
+    """``--model``, ``--dtype``, ``--device`` (and ``--remote``): what every interp command loads."""
+    add_model(p, required=required, remote=remote)
+    add_dtype(p, dtype)
+    add_device(p)
+    if remote:
+        add_remote(p)
+
+
+def add_run_options(p: argparse.ArgumentParser, batch_size: int, what: str) -> None:
+    """``--batch-size``, ``--threads``, ``-q``: how every interp command runs."""
+    add_batch_size(p, batch_size, what)
+    add_threads(p)
+    add_quiet(p)
+
+
 def stderr_log(args: argparse.Namespace) -> Callable[[str], Any]:
     """Progress/log lines on stderr unless ``-q``."""
     return (lambda msg: None) if getattr(args, "quiet", False) else (lambda msg: print(msg, file=sys.stderr))
@@ -94,5 +111,5 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 __all__ = ["DEFAULT_CLS_TASKS", "SELECTORS", "SELECTOR_HELP", "add_batch_size", "add_device", "add_dtype",
-           "add_model", "add_out", "add_quiet", "add_remote", "add_restart", "add_selection", "add_threads",
+           "add_model", "add_model_options", "add_out", "add_quiet", "add_remote", "add_run_options", "add_restart", "add_selection", "add_threads",
            "stderr_log", "torch_threads"]

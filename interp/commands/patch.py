@@ -322,20 +322,15 @@ def register(sub: Any) -> None:
                                    "writes scores.npz, scores.json, summary.md and one heatmap PNG per family to "
                                    "--out, checkpointing per batch (rerun the same command to resume). "
                                    f"Selectors: {options.SELECTORS}.")
-    options.add_model(p, remote=True)
+    options.add_model_options(p, remote=True)
     options.add_selection(p, None, 32, "pairs per task family", "pair choice and random heads")
-    options.add_batch_size(p, 8, "pairs")
-    options.add_dtype(p)
-    options.add_device(p)
+    options.add_run_options(p, 8, "pairs")
     p.add_argument("--verify-top", type=int, default=10, metavar="K",
                    help="exact-patch the top K heads by |AtP| plus K random heads (default 10)")
-    options.add_remote(p)
     options.add_restart(p)
     p.add_argument("--grad-drop", action="store_true",
                    help="also compute AtP* GradDrop magnitudes (L times the AtP cost; see interp.patching)")
-    options.add_threads(p)
     options.add_out(p)
-    options.add_quiet(p)
     p.set_defaults(func=main)
 
 

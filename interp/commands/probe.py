@@ -329,7 +329,7 @@ def register(sub: Any) -> None:
                                    "sets of K random heads; features are cached in --out. Writes probe.json and "
                                    "probe.md to --out and prints the table.")
     p.add_argument("--seed-features", action="store_true", help="probe the seed's released CSV features")
-    options.add_model(p, required=False)
+    options.add_model_options(p, required=False, dtype="bfloat16")
     p.add_argument("--heads", metavar="DIR", help="a `gar heads` output folder (heads.json, directions.npz)")
     options.add_out(p, required=False, help="output folder (required with --model)")
     p.add_argument("--mlp-dir", metavar="DIR",
@@ -341,13 +341,9 @@ def register(sub: Any) -> None:
     p.add_argument("--random-draws", type=int, default=5, metavar="R", help="random-head controls (default 5)")
     p.add_argument("--runs", type=int, default=5, metavar="N", help="SNLI probe runs (default 5)")
     p.add_argument("--limit", type=int, metavar="N", help="first N items per file (default all)")
-    options.add_batch_size(p, 32, "texts")
-    options.add_dtype(p, "bfloat16")
-    options.add_device(p)
+    options.add_run_options(p, 32, "texts")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="SNLI run i uses seed S+i, random draw i seed S+i (default 0)")
-    options.add_threads(p)
-    options.add_quiet(p)
     p.set_defaults(func=main)
 
 
