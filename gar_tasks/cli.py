@@ -1,5 +1,7 @@
 """The ``gar`` command line: ``gar generate``, ``gar validate``, ``gar push``, ``gar models``, ``gar eval``,
-``gar report``, ``gar patch``, ``gar heads``, ``gar intervene``, ``gar probe``.
+``gar report`` here, and the commands other installed packages declare in the ``gar.commands``
+entry-point group (``interp``: ``gar patch``, ``gar heads``, ``gar intervene``, ``gar probe``; see
+:func:`add_entry_point_commands`), so this data package never imports them.
 
 Commands are thin wrappers over the library. Heavy modules (datasets, tqdm, the generator) are
 imported inside the commands so that ``gar --help`` stays fast. Every ``GARError`` becomes one
@@ -12,11 +14,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import GARConfigError, GARDataError, GARError
 
 PROG = "gar"
+ENTRY_POINT_GROUP = "gar.commands"
 # GeneratorConfig field -> command-line flag (used to phrase the config's messages for the CLI)
 _FLAGS = {"cxt_len": "--cxt-len", "n_demos": "--demos", "n_per_task": "--per-task", "seed": "--seed"}
 
@@ -47,6 +50,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         _error(f"{message} (see `{self.prog} --help`)")
         raise SystemExit(2)
+
+
+def add_entry_point_commands(sub: Any) -> None:
+    """Let every ``gar.commands`` entry point (a ``register(subparsers)`` function) add its command.
+
+    A registered command sets ``func`` (``args -> exit code``) on its parser, as ours do.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,124 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the report (default: RESULTS_DIR; required with several folders)")
     r.set_defaults(func=cmd_report)
 
-    pt = sub.add_parser("patch", help="attribution patching (AtP) of every attention head, checked exactly",
-                        description="Attribution patching (nnsight) of every attention head on GAR clean/corrupted "
-                                    "pairs, then exact patching of the top-K heads by |AtP| plus K random ones; "
-                                    "writes scores.npz, scores.json, summary.md and one heatmap PNG per family to "
-                                    "--out, checkpointing per batch (rerun the same command to resume). "
-                                    "Selectors: all | gar | cls | gen | nr1 | cls_nr1 | PAIR (gender_city) | an "
-                                    "lm-eval leaf/group name (gar_cls, gar_cls_nr1_gender_city); comma list = union.")
-    pt.add_argument("--model", required=True, metavar="MODEL",
-                    help="a local HF model folder, smollm2 (the embedded model) or a Hub id (with --remote)")
-    pt.add_argument("--tasks", required=True, metavar="SELECTOR", help="which GAR tasks (see above)")
-    pt.add_argument("--config", default="paper", choices=("paper", "v1"), help="dataset config (default paper)")
-    pt.add_argument("--n", type=int, default=32, metavar="N", help="pairs per task family (default 32)")
-    pt.add_argument("--batch-size", type=int, default=8, metavar="B", help="pairs per forward (default 8)")
-    pt.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
-    pt.add_argument("--verify-top", type=int, default=10, metavar="K",
-                    help="exact-patch the top K heads by |AtP| plus K random heads (default 10)")
-    pt.add_argument("--seed", type=int, default=0, metavar="S", help="pair choice and random heads (default 0)")
-    pt.add_argument("--remote", action="store_true", help="run on NDIF (Hub id model, NDIF_API_KEY)")
-    pt.add_argument("--restart", action="store_true", help="discard a checkpoint in --out and start again")
-    pt.add_argument("--grad-drop", action="store_true",
-                    help="also compute AtP* GradDrop magnitudes (L times the AtP cost; see interp.patching)")
-    pt.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    pt.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    pt.set_defaults(func=cmd_patch)
-
-    iv = sub.add_parser("intervene", help="cls accuracy before/after a head intervention vs random heads",
-                        description="Zero (ablate), mean-replace (mean), scale, or label-guided scale (label: gold "
-                                    "Yes -> True heads x UP, False heads x DOWN; reversed for No) chosen heads, and "
-                                    "report GAR cls accuracy (lm-eval acc) and the mean logit(gold)-logit(other) "
-                                    "before and after, per task and overall, against --random-draws controls of "
-                                    "as many random heads disjoint from the targets. Writes intervene.json and "
-                                    "intervene.md to --out and prints the table.")
-    iv.add_argument("--model", required=True, metavar="MODEL", help="a local HF model folder or smollm2")
-    iv.add_argument("--mode", required=True, metavar="MODE", help="ablate | mean | scale | label")
-    iv.add_argument("--heads", metavar="SPEC|DIR",
-                    help="heads as layer:head (e.g. '14:0;15:3'), or a `gar heads` output folder / heads.json")
-    iv.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    iv.add_argument("--tasks", default="gender_city,gender_kind,gender_usage", metavar="SELECTOR",
-                    help="which GAR tasks (cls slices are used; same selectors as gar patch; "
-                         "default gender_city,gender_kind,gender_usage)")
-    iv.add_argument("--config", default="paper", choices=("paper", "v1"), help="dataset config (default paper)")
-    iv.add_argument("--n", type=int, default=64, metavar="N", help="records per task, label-balanced (default 64)")
-    iv.add_argument("--batch-size", type=int, default=16, metavar="B", help="prompts per forward (default 16)")
-    iv.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
-    iv.add_argument("--factor", type=float, metavar="F", help="mode scale: multiply the heads by F")
-    iv.add_argument("--up", type=float, default=2.0, metavar="F", help="mode label: strengthen factor (default 2)")
-    iv.add_argument("--down", type=float, default=0.0, metavar="F", help="mode label: silence factor (default 0)")
-    iv.add_argument("--true-heads", metavar="SPEC", help="mode label: True heads (instead of --heads DIR)")
-    iv.add_argument("--false-heads", metavar="SPEC", help="mode label: False heads (instead of --heads DIR)")
-    iv.add_argument("--which", metavar="SET", help="with --heads DIR, modes ablate/mean/scale: true | false | both "
-                                                  "(default both)")
-    iv.add_argument("--random-draws", type=int, default=5, metavar="R", help="random-head controls (default 5)")
-    iv.add_argument("--seed", type=int, default=0, metavar="S",
-                    help="record choice; random draw i uses seed S+i (default 0)")
-    iv.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    iv.set_defaults(func=cmd_intervene)
-
-    pb = sub.add_parser("probe", help="the seed's MLP truth probe on per-head features (SNLI, Geometry of Truth)",
-                        description="Two modes. --seed-features: the seed's MLP protocol on its released Vicuna-33B "
-                                    "feature CSVs (SNLI with 4 and 8 heads, the 4 GoT datasets) beside the seed's "
-                                    "figures. --model M --heads DIR: per-head features of M on the zero-shot texts "
-                                    "(attn: the seed's attention feature; proj: head output at the last token "
-                                    "projected on the head's True-minus-False direction from DIR/directions.npz; "
-                                    "both) for the top K True+False heads of DIR/heads.json and for --random-draws "
-                                    "sets of K random heads; features are cached in --out. Writes probe.json and "
-                                    "probe.md to --out and prints the table.")
-    pb.add_argument("--seed-features", action="store_true", help="probe the seed's released CSV features")
-    pb.add_argument("--model", metavar="MODEL", help="a local HF model folder or smollm2")
-    pb.add_argument("--heads", metavar="DIR", help="a `gar heads` output folder (heads.json, directions.npz)")
-    pb.add_argument("--out", metavar="DIR", help="output folder (required with --model)")
-    pb.add_argument("--mlp-dir", metavar="DIR",
-                    help="the seed's mlp folder (default: $GAR_SHARED_DIR or ../shared, /reference/mlp)")
-    pb.add_argument("--datasets", default="all", metavar="LIST",
-                    help="all | comma list of snli, cities, companies, counterfact, sp_en_trans (default all)")
-    pb.add_argument("--k", default="4,8", metavar="K[,K]",
-                    help="discovered heads per probe: top ceil(K/2) True + floor(K/2) False (default 4,8)")
-    pb.add_argument("--random-draws", type=int, default=5, metavar="R", help="random-head controls (default 5)")
-    pb.add_argument("--runs", type=int, default=5, metavar="N", help="SNLI probe runs (default 5)")
-    pb.add_argument("--limit", type=int, metavar="N", help="first N items per file (default all)")
-    pb.add_argument("--batch-size", type=int, default=32, metavar="B", help="texts per forward (default 32)")
-    pb.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="model dtype")
-    pb.add_argument("--seed", type=int, default=0, metavar="S",
-                    help="SNLI run i uses seed S+i, random draw i seed S+i (default 0)")
-    pb.add_argument("--threads", type=int, default=0, metavar="N",
-                    help="torch threads (default 0: torch's default, all cores; on a CPU shared with other "
-                         "jobs 1 can be many times faster)")
-    pb.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    pb.set_defaults(func=cmd_probe)
-
-    hd = sub.add_parser("heads", help="discover True/False heads on the GAR cls (Yes/No) tasks",
-                        description="Rank attention heads by their effect on logit(Yes) - logit(No) (attribution "
-                                    "against mean ablation, one forward+backward per batch): True heads push Yes "
-                                    "on true statements, False heads push No on false ones, consistently across "
-                                    "tasks (one task = one cls slice). Reports consistency, effect sizes and the "
-                                    "overlap with plain AtP on the Yes/No twin pairs. Writes heads.json, "
-                                    "directions.npz, heads.png and summary.md to --out (a new or empty folder, or "
-                                    "a previous gar heads output, which is overwritten).")
-    hd.add_argument("--model", required=True, metavar="MODEL",
-                    help="a local HF model folder, smollm2 (the embedded model) or a cached Hub id")
-    hd.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    hd.add_argument("--tasks", default="gender_city,gender_kind,gender_usage", metavar="SELECTOR",
-                    help="which GAR tasks (cls slices are used; same selectors as gar patch, e.g. cls for all; "
-                         "default gender_city,gender_kind,gender_usage)")
-    hd.add_argument("--config", default="paper", choices=("paper", "v1"), help="dataset config (default paper)")
-    hd.add_argument("--n", type=int, default=64, metavar="N",
-                    help="records per task, whole Yes/No twin pairs (default 64)")
-    hd.add_argument("--batch-size", type=int, default=8, metavar="B", help="records per forward (default 8)")
-    hd.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
-    hd.add_argument("--top", type=int, default=10, metavar="K",
-                    help="report the top K True and K False heads; AtP top-K overlap (default 10)")
-    hd.add_argument("--min-consistency", type=float, default=0.75, metavar="C",
-                    help="a head is labelled when its sign holds in at least this fraction of tasks (default 0.75)")
-    hd.add_argument("--seed", type=int, default=0, metavar="S", help="record choice (default 0)")
-    hd.add_argument("--threads", type=int, default=0, metavar="N",
-                    help="torch threads (default 0: torch's default, all cores; on a CPU shared with other "
-                         "jobs 1 can be many times faster)")
-    hd.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    hd.set_defaults(func=cmd_heads)
+    add_entry_point_commands(sub)
     return parser
 
 
@@ -467,82 +364,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     _, md, written = make_report(args.results_dir, args.out)
     print(md, end="")
     print("wrote " + ", ".join(str(p) for p in written), file=sys.stderr)
-    return 0
-
-
-def cmd_patch(args: argparse.Namespace) -> int:
-    from interp.run import PatchArgs, run_patch
-
-    pa = PatchArgs(model=args.model, tasks=args.tasks, out=args.out, config=args.config, n=args.n,
-                   batch_size=args.batch_size, dtype=args.dtype, verify_top=args.verify_top, seed=args.seed,
-                   remote=args.remote, restart=args.restart, grad_drop=args.grad_drop)
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if not args.quiet:
-            print(f"{stage}: batch {done}/{total}", file=sys.stderr)
-
-    info = run_patch(pa, progress=progress, log=lambda m: print(m, file=sys.stderr))
-    for fam, r in info["families"].items():
-        ag = r["agreement"] or {}
-        print(f"{fam}: {r['n_pairs']} pairs, AtP vs exact on {ag.get('n')} heads: "
-              f"spearman {ag.get('spearman', float('nan')):.3f}, pearson {ag.get('pearson', float('nan')):.3f}, "
-              f"top-{ag.get('k')} overlap {ag.get('topk_overlap', float('nan')):.2f}")
-    print(f"wrote {args.out}")
-    return 0
-
-
-def cmd_intervene(args: argparse.Namespace) -> int:
-    from interp.intervene_report import InterveneArgs, run_intervene
-
-    ia = InterveneArgs(model=args.model, mode=args.mode, out=args.out, heads=args.heads, tasks=args.tasks,
-                       config=args.config, n=args.n, batch_size=args.batch_size, dtype=args.dtype,
-                       factor=args.factor, up=args.up, down=args.down, true_heads=args.true_heads,
-                       false_heads=args.false_heads, which=args.which, random_draws=args.random_draws,
-                       seed=args.seed)
-    info = run_intervene(ia, log=None if args.quiet else (lambda m: print(m, file=sys.stderr)))
-    print(info["markdown"], end="")
-    print(f"wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-def cmd_probe(args: argparse.Namespace) -> int:
-    from interp.probe_run import ProbeArgs, run_probe
-
-    pa = ProbeArgs(out=args.out, model=args.model, heads=args.heads, seed_features=args.seed_features,
-                   mlp_dir=args.mlp_dir, datasets=args.datasets, k=args.k, random_draws=args.random_draws,
-                   runs=args.runs, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
-                   threads=args.threads)
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if not args.quiet and (done == total or done % 20 == 0):
-            print(f"{stage}: batch {done}/{total}", file=sys.stderr)
-
-    _, md = run_probe(pa, log=None if args.quiet else (lambda m: print(m, file=sys.stderr)), progress=progress)
-    print(md, end="")
-    if args.out:
-        print(f"wrote probe.json, probe.md to {args.out}", file=sys.stderr)
-    return 0
-
-
-def cmd_heads(args: argparse.Namespace) -> int:
-    from interp.heads import HeadsArgs, run_heads
-
-    ha = HeadsArgs(model=args.model, out=args.out, tasks=args.tasks, config=args.config, n=args.n,
-                   batch_size=args.batch_size, dtype=args.dtype, top=args.top,
-                   min_consistency=args.min_consistency, seed=args.seed, threads=args.threads)
-
-    def progress(done: int, total: int) -> None:
-        if not args.quiet:
-            print(f"heads: batch {done}/{total}", file=sys.stderr)
-
-    info = run_heads(ha, progress=progress, log=lambda m: None if args.quiet else print(m, file=sys.stderr))
-    ov = info["atp_overlap"]
-    fmt = lambda hs: " ".join(f"{a}.{b}" for a, b in hs) or "none"  # noqa: E731
-    print(f"{info['counts']['records']} records, {info['counts']['tasks']} tasks; "
-          f"True heads: {fmt(info['true_heads'])}; False heads: {fmt(info['false_heads'])}")
-    if ov["overlap"] is not None:
-        print(f"AtP top-{ov['k']} overlap {ov['overlap']}/{ov['k']}, spearman {ov['spearman']:.3f}")
-    print(f"wrote {args.out}")
     return 0
 
 

@@ -246,9 +246,9 @@ def push(repo_id: str, *, private: bool = False, revision: str | None = None, dr
     built, so an offline machine or a bad token fails in seconds, not after the build. Only our
     files (the card and ``data/``) are uploaded, whatever else ``out`` holds.
     """
-    from .load import _HUB_ID
+    from .load import HUB_ID
 
-    if not _HUB_ID.match(repo_id):
+    if not HUB_ID.match(repo_id):
         raise GARConfigError(f"repo id {repo_id!r} is not of the form ORG/NAME")
     for n in configs or ():
         get_config(n)

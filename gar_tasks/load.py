@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
 
 GENERATE = "generate"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def records_to_dataset(records: Iterable[GARRecord]) -> "Dataset":
@@ -44,7 +44,7 @@ def source_kind(source: str) -> str:
         return "generate"
     if Path(source).expanduser().is_dir():
         return "folder"
-    if _HUB_ID.match(source) and not Path(source).expanduser().exists():
+    if HUB_ID.match(source) and not Path(source).expanduser().exists():
         return "hub"
     raise GARConfigError(f"GAR data source {source!r} is neither 'generate', an existing folder, nor a Hub id ORG/NAME")
 

@@ -30,7 +30,7 @@ def capitalize(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def _strip_article(s: str) -> str:
+def strip_article(s: str) -> str:
     for art in ("a ", "an "):
         if s.startswith(art):
             return s[len(art):]
@@ -164,13 +164,13 @@ def _item(w: _Writer, template: str, person: str, thing: str, profile: Profile) 
                 spans["T"] = w.add(thing)
             else:
                 w.add("The ")
-                spans["T"] = w.add(_strip_article(thing))
+                spans["T"] = w.add(strip_article(thing))
         pos = m.end()
     w.add(template[pos:])
     return spans["P"], spans["T"]
 
 
-def _last_unit(text: str, end: int) -> Span:
+def last_unit(text: str, end: int) -> Span:
     """Span of the last word or punctuation mark ending at ``end``."""
     m = re.search(r"(\w+|[^\w\s])$", text[:end])
     assert m is not None
@@ -230,7 +230,7 @@ def render_row(cell: Cell, profile: Profile, row: RowInfo, start: int) -> Render
         "K'": [s for i, s in enumerate(key_spans) if i != row.true_index],
         "V'": [s for i, s in enumerate(value_spans) if i != row.true_index],
         "R": [],
-        "END": [tuple(x + start for x in _last_unit(text, answer_start - start - 1))],
+        "END": [tuple(x + start for x in last_unit(text, answer_start - start - 1))],
     }
     if cell.negate:
         nots = list(re.finditer(r"\bnot\b", region))

@@ -38,7 +38,7 @@ from .errors import GARDataError
 from .grid import TaskRow, load_task_rows
 from .profiles import Profile, load_profile
 from .records import DELIMITER, ROLES, TERMINATOR, GARRecord, RowInfo, Span
-from .render import ROW_SEPARATOR, _last_unit, _strip_article, capitalize
+from .render import ROW_SEPARATOR, last_unit, strip_article, capitalize
 from .schemas import Schema, SymSchema, TreeSchema
 
 KINDS = ("sub_assoc", "sub_hop0", "sub_hop1")
@@ -128,7 +128,7 @@ def _fact_row(template: str, subject: str, answer: str, profile: Profile) -> Row
     a0 = len(head) + len(DELIMITER)
     text = head + DELIMITER + answer
     return text, {"row": [(0, len(text))], "Q": [q], "A": [(a0, len(text))],
-                  "END": [_last_unit(text, a0 - len(DELIMITER))]}, a0
+                  "END": [last_unit(text, a0 - len(DELIMITER))]}, a0
 
 
 def _key_first_template(tr: TaskRow, swap: bool) -> str:
@@ -163,7 +163,7 @@ def _assoc_row(rec: GARRecord, i: int, tr: TaskRow, profile: Profile) -> RowPart
     slot = m_key.group(1)
     if slot == "The(T)" and (profile.fix_grammar or not key[:1].isupper()):
         parts.append("the ")
-        key_surface = _strip_article(key)
+        key_surface = strip_article(key)
     else:
         key_surface = key  # mid-sentence: no capital for {Cap(T)}
     q0 = len("".join(parts))
@@ -173,7 +173,7 @@ def _assoc_row(rec: GARRecord, i: int, tr: TaskRow, profile: Profile) -> RowPart
     a0 = len(head) + len(DELIMITER)
     text = head + DELIMITER + value
     spans.update({"row": [(0, len(text))], "A": [(a0, len(text))],
-                  "END": [_last_unit(text, a0 - len(DELIMITER))]})
+                  "END": [last_unit(text, a0 - len(DELIMITER))]})
     return text, spans, a0
 
 

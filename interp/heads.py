@@ -58,213 +58,30 @@ a previous ``gar heads`` output (overwritten); any other non-empty folder is ref
 from __future__ import annotations
 
 import json
-import shlex
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gar_tasks.errors import GARConfigError
 
-from .model import forward_kwargs, frozen, is_nnsight
+from .core.encode import ClsBatch, ClsPrompts
+from .core.loader import input_device
+from .model import as_nnsight, forward_kwargs, frozen, is_nnsight
+from .sites import head_sites
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-    import torch
-
-    from gar_tasks.records import GARRecord
 
 Head = tuple[int, int]
-DEFAULT_TASKS = "gender_city,gender_kind,gender_usage"
 OUTPUTS = ("heads.json", "directions.npz", "heads.png", "summary.md")
 Progress = Callable[[int, int], Any]
-
-
-# ------------------------------------------------------------------------------------------
-# records
-
-
-def task_name(family: str, n_r: int, pair: str) -> str:
-    return f"{family}_nr{n_r}_{pair}"
-
-
-def choose_records(records: Sequence["GARRecord"], slices: Sequence[Any], n: int, seed: int
-                   ) -> tuple[list["GARRecord"], list[int], list[str]]:
-    """At most ``n`` cls records per slice, chosen with ``seed``: whole twin pairs (same
-    ``pair_id``, one Yes and one No) so labels stay balanced and AtP can use the pairs; an odd
-    ``n`` adds one record of a further pair. Returns ``(records, task index per record, task names)``;
-    slices without records are left out of the task list.
-    """
-    import numpy as np
-
-    from gar_tasks.grid import load_task_rows
-    from gar_tasks.lm_eval_glue import pair_name
-
-    if n < 1:
-        raise GARConfigError(f"--n must be at least 1, got {n}")
-    rows = [pair_name(r.person_schema, r.thing_schema) for r in load_task_rows()]
-    cls_slices = sorted({(s.n_r, s.pair) for s in slices if s.family == "cls"})
-    by_slice: dict[tuple[int, str], dict[str, list[Any]]] = {k: {} for k in cls_slices}
-    for r in records:
-        if r.family != "cls":
-            continue
-        key = (r.n_r, rows[r.task_row])
-        if key in by_slice:
-            by_slice[key].setdefault(r.pair_id, []).append(r)
-    rng = np.random.default_rng(seed)
-    out: list[Any] = []
-    task_index: list[int] = []
-    tasks: list[str] = []
-    for key in cls_slices:
-        groups = list(by_slice[key].values())
-        if not groups:
-            continue
-        for g in groups:  # Yes first: a lone extra record is then a Yes, a whole group stays balanced
-            g.sort(key=lambda r: (str(r.label) != "Yes", r.id))
-        order = rng.permutation(len(groups))
-        chosen: list[Any] = []
-        for i in order:
-            room = n - len(chosen)
-            if room <= 0:
-                break
-            chosen.extend(groups[int(i)][:room])
-        t = len(tasks)
-        tasks.append(task_name("cls", *key))
-        out.extend(chosen)
-        task_index.extend([t] * len(chosen))
-    return out, task_index, tasks
-
-
-@dataclass
-class RecordBatch:
-    """Left-padded rows of a few records (``answer position == T - 1``), twins side by side.
-
-    ``partner[b]`` is the row of ``b``'s twin when ``b`` is a Yes record whose No twin has the same
-    token length (an AtP pair, clean = ``b``), else ``b`` itself; ``atp_valid[b]`` tells which.
-    """
-
-    indices: list[int]
-    input_ids: "torch.Tensor"
-    attention_mask: "torch.Tensor"
-    position_ids: "torch.Tensor"
-    yes: "torch.Tensor"
-    no: "torch.Tensor"
-    partner: "torch.Tensor"
-    atp_valid: list[bool]
-
-    @property
-    def size(self) -> int:
-        return len(self.indices)
-
-
-@dataclass
-class RecordSet:
-    """Tokenized records with their targets, labels and tasks, batched with twins together."""
-
-    ids: list[list[int]]
-    yes: list[int]
-    no: list[int]
-    labels: list[bool]  # True = gold Yes
-    task_index: list[int]
-    tasks: list[str]
-    record_ids: list[str]
-    pair_ids: list[str]
-    pad_token_id: int
-    twin: list[int | None] = field(default_factory=list)  # index of the equal-length No twin (Yes records)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def n_atp_pairs(self) -> int:
-        return sum(t is not None for t in self.twin)
-
-    def groups(self) -> list[list[int]]:
-        """Record indices grouped by ``pair_id`` (order of first appearance)."""
-        out: dict[str, list[int]] = {}
-        for i, p in enumerate(self.pair_ids):
-            out.setdefault(p, []).append(i)
-        return list(out.values())
-
-    def batch_indices(self, batch_size: int) -> list[list[int]]:
-        """Deterministic batches of whole twin groups, shortest first, at most ``batch_size``
-        rows each (a group larger than ``batch_size`` gets a batch of its own)."""
-        if batch_size < 1:
-            raise GARConfigError(f"--batch-size must be at least 1, got {batch_size}")
-        groups = sorted(self.groups(), key=lambda g: max(len(self.ids[i]) for i in g))
-        out: list[list[int]] = []
-        for g in groups:
-            if out and len(out[-1]) + len(g) <= batch_size:
-                out[-1].extend(g)
-            else:
-                out.append(list(g))
-        return out
-
-    def batch(self, indices: Sequence[int]) -> RecordBatch:
-        import torch
-
-        indices = list(indices)
-        if not indices:
-            raise GARConfigError("cannot build an empty batch")
-        width = max(len(self.ids[i]) for i in indices)
-        ids = torch.full((len(indices), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        for b, i in enumerate(indices):
-            n = width - len(self.ids[i])
-            ids[b, n:] = torch.tensor(self.ids[i])
-            mask[b, n:] = 1
-        row = {i: b for b, i in enumerate(indices)}
-        partner, valid = [], []
-        for b, i in enumerate(indices):
-            t = self.twin[i] if self.twin else None
-            ok = t is not None and t in row
-            partner.append(row[t] if ok else b)
-            valid.append(ok)
-        return RecordBatch(indices=indices, input_ids=ids, attention_mask=mask,
-                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                           yes=torch.tensor([self.yes[i] for i in indices]),
-                           no=torch.tensor([self.no[i] for i in indices]),
-                           partner=torch.tensor(partner), atp_valid=valid)
-
-
-def make_record_set(records: Sequence["GARRecord"], task_index: Sequence[int], tasks: Sequence[str],
-                    tokenizer: Any, add_special_tokens: bool = True) -> RecordSet:
-    """Tokenize cls records and find their `` Yes`` / `` No`` target tokens and AtP twins."""
-    from .pairs import _ids, _next_tokens
-
-    records = list(records)
-    if not records:
-        raise GARConfigError("no cls records to analyse")
-    bad = [r.id for r in records if r.family != "cls" or str(r.label) not in ("Yes", "No")]
-    if bad:
-        raise GARConfigError(f"head discovery needs cls records labelled Yes/No; got {bad[:3]}")
-    prompts = [r.prompt for r in records]
-    ids = _ids(tokenizer, prompts, add_special_tokens)
-    yes = _next_tokens(tokenizer, prompts, ["Yes"] * len(records), ids, add_special_tokens)
-    no = _next_tokens(tokenizer, prompts, ["No"] * len(records), ids, add_special_tokens)
-    if any(y == n for y, n in zip(yes, no)):
-        raise GARConfigError("the tokenizer gives ' Yes' and ' No' the same first token")
-    labels = [str(r.label) == "Yes" for r in records]
-    twin: list[int | None] = [None] * len(records)
-    by_pair: dict[str, dict[bool, int]] = {}
-    for i, r in enumerate(records):
-        by_pair.setdefault(r.pair_id, {})[labels[i]] = i
-    for group in by_pair.values():
-        if True in group and False in group:
-            y, n = group[True], group[False]
-            if len(ids[y]) == len(ids[n]):
-                twin[y] = n
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return RecordSet(ids=ids, yes=yes, no=no, labels=labels, task_index=list(task_index), tasks=list(tasks),
-                     record_ids=[r.id for r in records], pair_ids=[r.pair_id for r in records],
-                     pad_token_id=int(pad), twin=twin)
 
 
 # ------------------------------------------------------------------------------------------
 # the pass
 
 
-def effect_batch(model: Any, batch: RecordBatch) -> dict[str, "np.ndarray"]:
+def effect_batch(model: Any, batch: ClsBatch) -> dict[str, "np.ndarray"]:
     """One nnsight forward+backward of a batch (parameters frozen, gradients only w.r.t. the
     head-site inputs). Per row ``b`` and layer/head: ``ag`` = ``sum_{t,d} a*g`` [B,L,H],
     ``g`` = ``sum_t g`` [B,L,H,D], ``cross`` = ``sum_{t,d} a[partner[b]]*g[b]`` [B,L,H], ``last``
@@ -275,8 +92,6 @@ def effect_batch(model: Any, batch: RecordBatch) -> dict[str, "np.ndarray"]:
     import numpy as np
     import torch
 
-    from .sites import head_sites
-
     if not is_nnsight(model):
         raise GARConfigError(f"expected an nnsight TransformersModel, got {type(model).__name__}: "
                              "wrap it with interp.model.as_nnsight(model, tokenizer)")
@@ -286,8 +101,9 @@ def effect_batch(model: Any, batch: RecordBatch) -> dict[str, "np.ndarray"]:
     n, width = batch.input_ids.shape
     real = batch.attention_mask.bool()[:, :, None]
     yes, no, partner = batch.yes[:, None], batch.no[:, None], batch.partner
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-              "position_ids": batch.position_ids, **forward_kwargs(model)}
+    dev = input_device(model)
+    inputs = {"input_ids": batch.input_ids.to(dev), "attention_mask": batch.attention_mask.to(dev),
+              "position_ids": batch.position_ids.to(dev), **forward_kwargs(model)}
     with frozen(model), model.trace(inputs):
         acts = []
         for envoy in envoys:
@@ -307,11 +123,11 @@ def effect_batch(model: Any, batch: RecordBatch) -> dict[str, "np.ndarray"]:
                 a = torch.where(r, x.detach().float(), torch.zeros((), device=x.device))
                 g = torch.where(r, x.grad.float(), torch.zeros((), device=x.device))
                 a4, g4 = a.reshape(n, width, H, D), g.reshape(n, width, H, D)
-                ag.append((a4 * g4).sum((1, 3)))
-                gs.append(g4.sum(1))
-                cross.append((a4[partner.to(x.device)] * g4).sum((1, 3)))
-                last.append(a4[:, -1])
-                asum.append(a4.sum((0, 1)))
+                ag.append((a4 * g4).sum((1, 3)).to(device))  # a split model: every layer's to one device
+                gs.append(g4.sum(1).to(device))
+                cross.append((a4[partner.to(x.device)] * g4).sum((1, 3)).to(device))
+                last.append(a4[:, -1].to(device))
+                asum.append(a4.sum((0, 1)).to(device))
             for lst in (ag, gs, cross, last, asum):
                 lst.reverse()
             out = nnsight.save({"ag": torch.stack(ag, 1).cpu(), "g": torch.stack(gs, 1).cpu(),
@@ -336,16 +152,13 @@ class Effects:
     n_atp_pairs: int
 
 
-def head_effects(model: Any, rs: RecordSet, batch_size: int = 8, *, progress: Progress | None = None,
+def head_effects(model: Any, rs: ClsPrompts, batch_size: int = 8, *, progress: Progress | None = None,
                  tokenizer: Any = None) -> Effects:
     """Run :func:`effect_batch` over every batch and assemble the effects (see module docstring).
 
     ``model``: an nnsight model, or an HF model plus ``tokenizer``.
     """
     import numpy as np
-
-    from .model import as_nnsight
-    from .sites import head_sites
 
     model = as_nnsight(model, tokenizer)
     sites = head_sites(model)
@@ -360,7 +173,7 @@ def head_effects(model: Any, rs: RecordSet, batch_size: int = 8, *, progress: Pr
     last_sum = {True: np.zeros((L, H, D)), False: np.zeros((L, H, D))}
     act_sum = np.zeros((L, H, D))
     n_tokens = 0
-    batches = rs.batch_indices(batch_size)
+    batches = rs.twin_batches(batch_size)
     for k, idx in enumerate(batches):
         batch = rs.batch(idx)
         d = effect_batch(model, batch)
@@ -490,7 +303,7 @@ def atp_overlap(atp: Any, scores: dict[str, Any], k: int) -> dict[str, Any]:
     Spearman between ``|AtP|`` and :func:`discovery_score` over all heads."""
     import numpy as np
 
-    from .patching import _pearson, _ranks
+    from .patching import pearson, ranks
 
     atp = np.abs(np.asarray(atp, dtype=float))
     disc = discovery_score(scores)
@@ -504,7 +317,7 @@ def atp_overlap(atp: Any, scores: dict[str, Any], k: int) -> dict[str, Any]:
     both = [h for h in top_atp if h in union]
     a, d = atp.ravel(), disc.ravel()
     ok = ~(np.isnan(a) | np.isnan(d))
-    rho = _pearson(_ranks(a[ok]), _ranks(d[ok])) if ok.sum() > 1 else float("nan")
+    rho = pearson(ranks(a[ok]), ranks(d[ok])) if ok.sum() > 1 else float("nan")
     out.update(overlap=len(both), overlap_fraction=len(both) / k if k else None, spearman=rho,
                top_atp=[list(h) for h in top_atp], shared=[list(h) for h in both])
     return out
@@ -521,183 +334,6 @@ def atp_ranks(atp: Any) -> "np.ndarray":
 
 
 # ------------------------------------------------------------------------------------------
-# the command
-
-
-@dataclass(frozen=True)
-class HeadsArgs:
-    model: str
-    out: str
-    tasks: str = DEFAULT_TASKS
-    config: str = "paper"
-    n: int = 64
-    batch_size: int = 8
-    dtype: str = "float32"
-    top: int = 10
-    min_consistency: float = 0.75
-    seed: int = 0
-    threads: int = 0  # 0 = torch's default (all cores)
-
-    def command(self) -> str:
-        """The ``gar heads`` command line that reproduces this run (every setting explicit)."""
-        parts = ["gar", "heads", "--model", self.model, "--out", self.out, "--tasks", self.tasks,
-                 "--config", self.config, "--n", str(self.n), "--batch-size", str(self.batch_size),
-                 "--dtype", self.dtype, "--top", str(self.top), "--min-consistency", str(self.min_consistency),
-                 "--seed", str(self.seed), "--threads", str(self.threads)]
-        return " ".join(shlex.quote(p) for p in parts)
-
-
-def _is_leftover(name: str) -> bool:
-    """A temporary file of an interrupted atomic write (``.NAME.xxxx.tmp``)."""
-    return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{o}.") for o in OUTPUTS)
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise GARConfigError(f"--out {out} exists and is not a folder")
-    if out.is_dir():
-        other = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not _is_leftover(p.name))
-        if other:
-            raise GARConfigError(f"--out {out} is not empty and is not a previous gar heads output "
-                                 f"(it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
-                                 "choose a new or empty folder")
-
-
-def _check_args(args: HeadsArgs) -> None:
-    for name, v in (("--n", args.n), ("--batch-size", args.batch_size), ("--top", args.top)):
-        if v < 1:
-            raise GARConfigError(f"{name} must be at least 1, got {v}")
-    if args.threads < 0:
-        raise GARConfigError(f"--threads must be 0 (torch's default) or more, got {args.threads}")
-    if not 0 <= args.min_consistency <= 1:
-        raise GARConfigError(f"--min-consistency must be between 0 and 1, got {args.min_consistency}")
-    if args.dtype not in ("float32", "bfloat16"):
-        raise GARConfigError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
-
-
-def _finite(x: Any) -> Any:
-    """JSON-safe float (NaN/inf -> None)."""
-    import math
-
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def run_heads(args: HeadsArgs, progress: Progress | None = None, log: Callable[[str], Any] | None = None
-              ) -> dict[str, Any]:
-    """Run ``gar heads``; returns the ``heads.json`` dict. Bad input raises ``GARConfigError``
-    before anything is loaded or written."""
-    import numpy as np
-    import torch
-
-    from gar_tasks.load import load_records
-
-    from .run import _atomic_write, _save_npz, _versions, check_model_args, load_model, select_slices
-    from .sites import head_sites
-
-    log = log or (lambda msg: None)
-    t0 = time.perf_counter()
-    _check_args(args)
-    slices = select_slices(args.tasks, args.config)
-    cls_slices = [s for s in slices if s.family == "cls"]
-    if not cls_slices:
-        raise GARConfigError(f"--tasks {args.tasks!r} selects no cls task (head discovery needs Yes/No tasks)")
-    out = Path(args.out)
-    _check_out(out)
-    check_model_args(args.model, False)
-    records, task_index, tasks = choose_records(load_records(args.config), cls_slices, args.n, args.seed)
-    if not records:
-        raise GARConfigError(f"no cls records in the selection {args.tasks!r} ({args.config})")
-    timings: dict[str, float] = {"records": time.perf_counter() - t0}
-    t = time.perf_counter()
-    nn_model, tok, model_desc = load_model(args.model, args.dtype, False)
-    sites = head_sites(nn_model)
-    rs = make_record_set(records, task_index, tasks, tok)
-    timings["load"] = time.perf_counter() - t
-    log(f"{len(rs)} records in {len(tasks)} tasks, {len(rs.batch_indices(args.batch_size))} batches; "
-        f"{sites.n_layers} layers x {sites.n_heads} heads")
-
-    t = time.perf_counter()
-    threads = torch.get_num_threads()
-    if args.threads:  # on a CPU shared with other jobs, fewer threads than cores avoids oversubscription
-        torch.set_num_threads(args.threads)
-    try:
-        eff = head_effects(nn_model, rs, args.batch_size, progress=progress)
-    finally:
-        torch.set_num_threads(threads)
-    timings["pass"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    labels = np.asarray(rs.labels, dtype=bool)
-    ti = np.asarray(rs.task_index, dtype=int)
-    sc = score_heads(eff.effects, labels, ti, len(tasks), args.min_consistency)
-    true_heads = top_labelled(sc, "true", args.top)
-    false_heads = top_labelled(sc, "false", args.top)
-    overlap = atp_overlap(eff.atp, sc, args.top)
-    ranks = atp_ranks(eff.atp)
-    disc = discovery_score(sc)
-    heads = []
-    for layer in range(sites.n_layers):
-        for head in range(sites.n_heads):
-            h = (layer, head)
-            heads.append({
-                "layer": layer, "head": head, "kind": str(sc["kind"][h]),
-                "score_true": _finite(sc["score_true"][h]), "score_false": _finite(sc["score_false"][h]),
-                "consistency_true": _finite(sc["consistency_true"][h]),
-                "consistency_false": _finite(sc["consistency_false"][h]),
-                "specific_true": _finite(sc["specific_true"][h]), "specific_false": _finite(sc["specific_false"][h]),
-                "effect_true": _finite(sc["effect_true"][h]), "effect_false": _finite(sc["effect_false"][h]),
-                "effect_on_no": _finite(sc["opposite_true"][h]), "effect_on_yes": _finite(sc["effect_true"][h]),
-                "d_true": _finite(sc["d_true"][h]), "d_false": _finite(sc["d_false"][h]),
-                "effects_true_per_task": [_finite(v) for v in sc["Y"][(slice(None),) + h]],
-                "effects_false_per_task": [_finite(v) for v in sc["F"][(slice(None),) + h]],
-                "atp": _finite(eff.atp[h]), "atp_rank": int(ranks[h]) if eff.n_atp_pairs else None,
-                "_key": (sc["kind"][h] == "none", -np.nan_to_num(disc[h], nan=-np.inf))})
-    heads.sort(key=lambda d: d.pop("_key"))
-    for i, d in enumerate(heads, 1):
-        d["rank"] = i
-    per_task = []
-    for k, name in enumerate(tasks):
-        sel = ti == k
-        per_task.append({"task": name, "n": int(sel.sum()), "n_yes": int((sel & labels).sum()),
-                         "n_no": int((sel & ~labels).sum()),
-                         "accuracy": _finite(((eff.metric[sel] > 0) == labels[sel]).mean()) if sel.any() else None,
-                         "mean_metric_yes": _finite(eff.metric[sel & labels].mean()) if (sel & labels).any() else None,
-                         "mean_metric_no": _finite(eff.metric[sel & ~labels].mean()) if (sel & ~labels).any() else None})
-    settings = {k: v for k, v in asdict(args).items() if k != "out"}
-    info: dict[str, Any] = {
-        "model": model_desc, "model_arg": args.model, "model_type": sites.model_type,
-        "n_layers": sites.n_layers, "n_heads": sites.n_heads, "head_dim": sites.head_dim,
-        "tasks": tasks, "settings": settings, "command": args.command(),
-        "counts": {"records": len(rs), "yes": int(labels.sum()), "no": int((~labels).sum()),
-                   "tasks": len(tasks), "atp_pairs": eff.n_atp_pairs, "per_task": per_task},
-        "true_heads": [list(h) for h in true_heads], "false_heads": [list(h) for h in false_heads],
-        "n_labelled": {"true": int(sc["is_true"].sum()), "false": int(sc["is_false"].sum())},
-        "atp_overlap": overlap, "heads": heads, "versions": _versions(), "timings_s": timings,
-        "score": "score_true = mean_t Y - max(0, mean_t N); score_false = mean_t F - max(0, mean_t Y); "
-                 "Y/N = mean attribution (vs mean ablation) on logit(Yes)-logit(No) over gold-Yes/-No "
-                 "records of task t, F = -N; labelled if consistency >= min_consistency and score > 0",
-    }
-    timings["score"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    _save_npz(out / "directions.npz", direction=eff.direction.astype(np.float32), mean=eff.mean.astype(np.float32),
-              effects=eff.effects.astype(np.float32), labels=labels.astype(np.int8), task_index=ti,
-              tasks=np.array(tasks), record_ids=np.array(rs.record_ids), metric=eff.metric.astype(np.float32),
-              atp=eff.atp.astype(np.float32), score_true=sc["score_true"], score_false=sc["score_false"],
-              consistency_true=sc["consistency_true"], consistency_false=sc["consistency_false"])
-    plot_heads(sc, out / "heads.png", true_heads, false_heads,
-               title=f"{Path(model_desc.split(' ')[0]).name}: {len(rs)} cls records, {len(tasks)} tasks")
-    _atomic_write(out / "summary.md", summary_md(info))
-    timings["write"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    _atomic_write(out / "heads.json", json.dumps(info, indent=1))
-    log(f"wrote {', '.join(OUTPUTS)} to {out}")
-    return info
-
-
-# ------------------------------------------------------------------------------------------
 # outputs
 
 
@@ -706,10 +342,10 @@ def plot_heads(scores: dict[str, Any], path: str | Path, true_heads: Sequence[He
     """Two layer x head heatmaps (True score, False score), the listed heads outlined; atomic."""
     import numpy as np
 
-    from .plots import _pyplot, head_panel, save_png
+    from .plots import head_panel, pyplot, save_png
 
     n_layers, n_heads = np.asarray(scores["score_true"]).shape
-    fig, axes = _pyplot().subplots(1, 2, figsize=(2.5 + 0.9 * n_heads, 1.5 + 0.22 * n_layers))
+    fig, axes = pyplot().subplots(1, 2, figsize=(2.5 + 0.9 * n_heads, 1.5 + 0.22 * n_layers))
     for ax, key, heads, name in ((axes[0], "score_true", true_heads, "True score"),
                                  (axes[1], "score_false", false_heads, "False score")):
         head_panel(fig, ax, scores[key], heads, f"{name} (top {len(heads)} outlined)", lw=1.2)
@@ -792,6 +428,35 @@ def load_heads(path: str | Path) -> tuple[list[Head], list[Head], dict[str, Any]
     return true_heads, false_heads, directions
 
 
-__all__ = ["DEFAULT_TASKS", "OUTPUTS", "Effects", "HeadsArgs", "RecordBatch", "RecordSet", "atp_overlap",
-           "atp_ranks", "choose_records", "discovery_score", "effect_batch", "head_effects", "load_heads",
-           "make_record_set", "plot_heads", "run_heads", "score_heads", "summary_md", "task_name", "top_labelled"]
+def heads_model(path: str | Path) -> dict[str, Any]:
+    """What model a ``gar heads`` output was made on (``model_arg``, ``model_type``, ``n_layers``,
+    ``n_heads``, ``head_dim``, ``model_fingerprint``; absent keys for older outputs)."""
+    p = Path(path)
+    f = p / "heads.json" if p.is_dir() else p
+    try:
+        info = json.loads(f.read_text())
+    except (OSError, ValueError) as e:
+        raise GARConfigError(f"cannot read {f}: {e}") from None
+    keys = ("model_arg", "model_type", "n_layers", "n_heads", "head_dim", "model_fingerprint")
+    return {k: info.get(k) for k in keys} if isinstance(info, dict) else {}
+
+
+def check_heads_model(path: str | Path, model: str, sites: Any, fingerprint: str) -> None:
+    """Refuse heads (and their directions) discovered on another model than ``model``: another
+    architecture or head shape, or (outputs that record it) other weights."""
+    got = heads_model(path)
+    shape = (got.get("model_type"), got.get("n_layers"), got.get("n_heads"))
+    if None not in shape and shape != (sites.model_type, sites.n_layers, sites.n_heads):
+        raise GARConfigError(f"the heads in {path} were discovered on {got.get('model_arg')!r}, a {shape[0]} with "
+                             f"{shape[1]} layers x {shape[2]} heads; model {model!r} is a {sites.model_type} with "
+                             f"{sites.n_layers} x {sites.n_heads}: run gar heads on it first")
+    fp = got.get("model_fingerprint")
+    if fp and fp != fingerprint:
+        raise GARConfigError(f"the heads in {path} were discovered on {got.get('model_arg')!r} (fingerprint {fp}), "
+                             f"not on model {model!r} (fingerprint {fingerprint}: other weights or config); heads "
+                             "and their directions belong to the model they were found on: run gar heads on it first")
+
+
+__all__ = ["OUTPUTS", "Effects", "atp_overlap", "check_heads_model", "heads_model",
+           "atp_ranks", "discovery_score", "effect_batch", "head_effects", "load_heads",
+           "plot_heads", "score_heads", "summary_md", "top_labelled"]

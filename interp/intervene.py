@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 
 from gar_tasks.errors import GARConfigError
 
+from .core.loader import input_device
 from .sites import head_sites
 
 Head = tuple[int, int]
@@ -161,7 +162,7 @@ def head_means(model: Any, input_ids: Sequence[Sequence[int]]) -> Any:
         return hook
 
     inner = getattr(model, "_module", model)
-    device = next(inner.parameters()).device
+    device = input_device(inner)
     try:
         for layer in range(sites.n_layers):
             handles.append(_module(model, sites.path(layer)).register_forward_pre_hook(make_hook(layer)))

@@ -12,7 +12,12 @@ Usage (the plain ``lm_eval`` CLI finds it once gar-eval is installed, see below)
 ``,`` and turns number-like values into numbers, so ``,`` cannot separate heads and a single
 ``14.0`` would arrive as a float: ``:`` is the documented separator (``14.0;15.3`` also works
 when there are two or more heads). Quote the whole ``--model_args`` in a shell (``;`` ends a
-command). Every other argument is HFLM's (``dtype``, ``device``, ``batch_size`` ...).
+command). ``pretrained`` is any model name of :func:`interp.core.loader.load_model` (an embedded
+model such as ``smollm2``, a folder, or a Hub id, fetched as lm-eval would), loaded by that one
+loader: ``dtype`` ``float32`` | ``bfloat16`` | ``float16`` (default: what the config declares, else
+float32) and ``device`` ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (default ``auto``: accelerate's
+``device_map="auto"`` over every visible GPU, one model split over several; plain CPU without a GPU).
+Every other argument is HFLM's (``batch_size`` ...).
 
 Registration: ``gar_tasks.lm_eval_hook`` (run by the installed ``.pth`` file) registers the lazy
 placeholder ``"gar-hf-intervened" -> "interp.lm_eval_model:InterventionHFLM"`` in lm-eval's
@@ -28,6 +33,7 @@ from lm_eval.models.huggingface import HFLM
 
 from gar_tasks.errors import GARConfigError
 
+from .core.loader import config_dtype, load_model, resolve_model
 from .intervene import LABEL_FREE_MODES, install, parse_heads
 
 MODEL_NAME = "gar-hf-intervened"
@@ -37,7 +43,7 @@ class InterventionHFLM(HFLM):
     """HFLM whose model carries :func:`interp.intervene.install` hooks for its whole life."""
 
     def __init__(self, pretrained: Any = None, heads: Any = None, mode: str = "ablate", factor: float = 0.0,
-                 means: Any = None, **kwargs: Any) -> None:
+                 means: Any = None, dtype: str | None = None, device: str | None = None, **kwargs: Any) -> None:
         if mode not in LABEL_FREE_MODES:
             raise GARConfigError(f"{MODEL_NAME}: mode must be one of {', '.join(LABEL_FREE_MODES)} "
                                  f"(label-guided needs gold labels: use interp.intervene), got {mode!r}")
@@ -53,6 +59,14 @@ class InterventionHFLM(HFLM):
                 import torch
 
                 means = torch.load(means, map_location="cpu", weights_only=True)
+        if isinstance(pretrained, str):  # our one loader; HFLM takes the loaded model as it is
+            if dtype in (None, "auto"):
+                dtype = config_dtype(resolve_model(pretrained, download=True))
+            loaded = load_model(pretrained, dtype, device or "auto", nnsight=False, download=True)
+            pretrained = loaded.hf
+            kwargs.setdefault("tokenizer", loaded.tokenizer)
+        elif dtype is not None or device is not None:
+            kwargs.update({k: v for k, v in (("dtype", dtype), ("device", device)) if v is not None})
         super().__init__(pretrained=pretrained, **kwargs)
         self.intervention = install(self.model, self.gar_heads, mode, factor=self.gar_factor, means=means)
 

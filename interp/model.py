@@ -53,6 +53,16 @@ def _api_key() -> str | None:
     return os.environ.get("NDIF_API_KEY") or getattr(CONFIG.API, "APIKEY", None) or None
 
 
+def has_api_key() -> bool:
+    """Whether an NDIF API key is set (``NDIF_API_KEY`` or nnsight's config); never shows it."""
+    return bool(_api_key())
+
+
+def is_hub_id(name: str) -> bool:
+    """``ORG/NAME`` that is not an existing local path."""
+    return bool(_HUB_ID.match(str(name))) and not Path(name).expanduser().exists()
+
+
 def model_repo_id(model: Any) -> str | None:
     """The Hub id (or local path) a model was loaded from, for nnsight or HF models."""
     repo = getattr(model, "repo_id", None) if is_nnsight(model) else None
@@ -76,7 +86,7 @@ def check_remote(model: Any, remote: Remote) -> None:
     if not isinstance(remote, (bool, str)):
         raise GARConfigError(f"remote must be False, True, 'local' or an NDIF host URL, got {type(remote).__name__}")
     repo = model_repo_id(model)
-    if not repo or not _HUB_ID.match(repo) or Path(repo).expanduser().exists():
+    if not repo or not is_hub_id(repo):
         raise GARConfigError(f"remote execution needs a model loaded by its Hub id (e.g. "
                              f"TransformersModel('ORG/NAME')); this one is local ({repo or 'no name'}): "
                              "use remote=False, or remote='local' to test the remote code path")
@@ -118,4 +128,5 @@ def forward_kwargs(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
-__all__ = ["Remote", "as_nnsight", "check_remote", "forward_kwargs", "frozen", "is_nnsight", "model_repo_id"]
+__all__ = ["Remote", "as_nnsight", "check_remote", "forward_kwargs", "frozen", "has_api_key", "is_hub_id", "is_nnsight",
+           "model_repo_id"]

@@ -35,13 +35,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from gar_tasks.errors import GARConfigError, GARDataError
-from gar_tasks.records import DELIMITER, GARRecord
+from gar_tasks.records import GARRecord
 from gar_tasks.tokens import batch_token_positions
+
+from .core.encode import FAMILIES, left_pad, length_batches, next_tokens, pad_id, token_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-FAMILIES = ("cls", "gen")
 TokenRange = tuple[int, int]
 
 
@@ -135,26 +136,19 @@ class Pairs:
         return Pairs([self.pairs[i] for i in indices], self.pad_token_id, dict(self.counts))
 
     def batch(self, indices: Sequence[int]) -> PairBatch:
-        """Left-padded tensors of the pairs at ``indices``."""
+        """Left-padded tensors of the pairs at ``indices`` (:func:`interp.core.encode.left_pad`)."""
         import torch
 
         chosen = [self.pairs[i] for i in indices]
         if not chosen:
             raise GARConfigError("cannot build an empty batch")
-        width = max(p.length for p in chosen)
-        pad = [width - p.length for p in chosen]
-        clean = torch.full((len(chosen), width), self.pad_token_id, dtype=torch.long)
-        corrupt = clean.clone()
-        mask = torch.zeros((len(chosen), width), dtype=torch.long)
-        for b, (p, n) in enumerate(zip(chosen, pad)):
-            clean[b, n:] = torch.tensor(p.clean_ids)
-            corrupt[b, n:] = torch.tensor(p.corrupt_ids)
-            mask[b, n:] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        clean = left_pad([p.clean_ids for p in chosen], self.pad_token_id)
+        corrupt = left_pad([p.corrupt_ids for p in chosen], self.pad_token_id)
+        pad = clean.pads
         roles = [{r: [(s + n, e + n) for s, e in ranges] for r, ranges in p.roles.items()}
                  for p, n in zip(chosen, pad)]
-        return PairBatch(indices=list(indices), clean_ids=clean, corrupt_ids=corrupt, attention_mask=mask,
-                         position_ids=position_ids,
+        return PairBatch(indices=list(indices), clean_ids=clean.input_ids, corrupt_ids=corrupt.input_ids,
+                         attention_mask=clean.attention_mask, position_ids=clean.position_ids,
                          clean_target=torch.tensor([p.clean_target for p in chosen]),
                          corrupt_target=torch.tensor([p.corrupt_target for p in chosen]),
                          lengths=[p.length for p in chosen], roles=roles)
@@ -164,12 +158,8 @@ class Pairs:
 
         Sorting by length (stable) keeps padding, hence wasted compute, small.
         """
-        if batch_size < 1:
-            raise GARConfigError(f"batch_size must be at least 1, got {batch_size}")
-        order = list(range(len(self.pairs)))
-        if sort_by_length:
-            order.sort(key=lambda i: self.pairs[i].length)
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        lengths = [p.length for p in self.pairs]
+        return length_batches(lengths, batch_size, key=None if sort_by_length else (lambda i: 0))
 
     def batches(self, batch_size: int, sort_by_length: bool = True) -> Iterator[PairBatch]:
         for idx in self.batch_indices(batch_size, sort_by_length):
@@ -200,33 +190,6 @@ def _match_case(template: str, word: str) -> str:
         return word
     first = word[0].upper() if template[0].isupper() else word[0].lower()
     return first + word[1:]
-
-
-def _ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    if not texts:
-        return []
-    return [list(x) for x in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
-
-
-def _next_tokens(tokenizer: Any, prompts: list[str], answers: list[str], prompt_ids: list[list[int]],
-                 add_special_tokens: bool) -> list[int]:
-    """First token of ``DELIMITER + answer`` as the model would read it right after ``prompt``.
-
-    Tokenized in context (prompt + answer, then the prompt's ids stripped), because tokenizers
-    disagree about a lone leading space; a tokenizer whose ids of the joined text do not start
-    with the prompt's (one appending an EOS) falls back to tokenizing the answer alone.
-    """
-    joined = _ids(tokenizer, [p + DELIMITER + a for p, a in zip(prompts, answers)], add_special_tokens)
-    out = []
-    for full, pids, answer in zip(joined, prompt_ids, answers):
-        if len(full) > len(pids) and full[:len(pids)] == pids:
-            out.append(full[len(pids)])
-        else:
-            alone = _ids(tokenizer, [DELIMITER + answer], False)[0]
-            if not alone:
-                raise GARDataError(f"answer {answer!r} tokenizes to no token")
-            out.append(alone[0])
-    return out
 
 
 def _n_diff(a: Sequence[int], b: Sequence[int]) -> int:
@@ -303,13 +266,13 @@ def make_pairs(records: Iterable[GARRecord], tokenizer: Any, *, families: Sequen
     jobs.sort(key=lambda job: job[0])
 
     clean_prompts = [r.prompt for _, r, _ in jobs]
-    clean_ids = _ids(tokenizer, clean_prompts, add_special_tokens)
+    clean_ids = token_ids(tokenizer, clean_prompts, add_special_tokens)
     flat = [(k, opt) for k, (_, _, opts) in enumerate(jobs) for opt in opts]
-    corrupt_ids = _ids(tokenizer, [opt[1] for _, opt in flat], add_special_tokens)
+    corrupt_ids = token_ids(tokenizer, [opt[1] for _, opt in flat], add_special_tokens)
     for_targets = [(clean_prompts[k], clean_ids[k], opt) for k, opt in flat]
-    t_clean = _next_tokens(tokenizer, [p for p, _, _ in for_targets], [o[2] for _, _, o in for_targets],
+    t_clean = next_tokens(tokenizer, [p for p, _, _ in for_targets], [o[2] for _, _, o in for_targets],
                            [i for _, i, _ in for_targets], add_special_tokens)
-    t_corrupt = _next_tokens(tokenizer, [p for p, _, _ in for_targets], [o[3] for _, _, o in for_targets],
+    t_corrupt = next_tokens(tokenizer, [p for p, _, _ in for_targets], [o[3] for _, _, o in for_targets],
                              [i for _, i, _ in for_targets], add_special_tokens)
     chosen: dict[int, tuple[int | None, list[int], int, int]] = {}
     reason: dict[int, str] = {}
@@ -338,8 +301,7 @@ def make_pairs(records: Iterable[GARRecord], tokenizer: Any, *, families: Sequen
                           roles={r: list(v) for r, v in rows[-1].items()},
                           n_diff_tokens=_n_diff(clean_ids[k], cids), corrupt_column=col))
     counts["kept"] = len(pairs)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    return Pairs(pairs, int(pad), {"candidates": 0, "kept": 0, **counts})
+    return Pairs(pairs, pad_id(tokenizer), {"candidates": 0, "kept": 0, **counts})
 
 
 __all__ = ["FAMILIES", "Pair", "PairBatch", "Pairs", "make_pairs"]

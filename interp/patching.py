@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gar_tasks.errors import GARConfigError
 
+from .core.loader import input_device
 from .model import Remote, as_nnsight, check_remote, forward_kwargs, frozen, is_nnsight
 from .pairs import PairBatch, Pairs
 from .sites import HeadSites, head_sites
@@ -48,22 +49,30 @@ Head = tuple[int, int]
 Progress = Callable[[int, int], Any]
 
 
-def _inputs(batch: PairBatch, copies: int, extra: dict[str, Any]) -> dict[str, Any]:
+def _device(model: Any, remote: Remote) -> Any:
+    """Where inputs go: the model's input device when it runs here; left alone for NDIF."""
+    return input_device(model) if remote in (False, None, "local") else None
+
+
+def _inputs(batch: PairBatch, copies: int, extra: dict[str, Any], device: Any = None) -> dict[str, Any]:
     """Model inputs: the clean rows, the corrupted rows, then ``copies`` more clean rows."""
     import torch
 
     ids = torch.cat([batch.clean_ids, batch.corrupt_ids] + [batch.clean_ids] * copies)
     reps = 2 + copies
-    return {"input_ids": ids, "attention_mask": batch.attention_mask.repeat(reps, 1),
-            "position_ids": batch.position_ids.repeat(reps, 1), **extra}
+    d = {"input_ids": ids, "attention_mask": batch.attention_mask.repeat(reps, 1),
+         "position_ids": batch.position_ids.repeat(reps, 1)}
+    return {**({k: v.to(device) for k, v in d.items()} if device is not None else d), **extra}
 
 
-def _split_inputs(model: Any, batch: PairBatch) -> tuple[dict[str, Any], dict[str, Any]]:
+def _split_inputs(model: Any, batch: PairBatch, device: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Model inputs of the corrupted rows and of the clean rows (two passes of one session)."""
     extra = forward_kwargs(model)
-    mask, pos = batch.attention_mask, batch.position_ids
-    return ({"input_ids": batch.corrupt_ids, "attention_mask": mask, "position_ids": pos, **extra},
-            {"input_ids": batch.clean_ids, "attention_mask": mask, "position_ids": pos, **extra})
+    mask, pos, corrupt, clean = batch.attention_mask, batch.position_ids, batch.corrupt_ids, batch.clean_ids
+    if device is not None:
+        mask, pos, corrupt, clean = (t.to(device) for t in (mask, pos, corrupt, clean))
+    return ({"input_ids": corrupt, "attention_mask": mask, "position_ids": pos, **extra},
+            {"input_ids": clean, "attention_mask": mask, "position_ids": pos, **extra})
 
 
 def _require_nnsight(model: Any, remote: Remote) -> HeadSites:
@@ -104,7 +113,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
     n_heads, head_dim = sites.n_heads, sites.head_dim
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None]  # padding adds exactly 0, even were it NaN
-    corrupt_in, clean_in = _split_inputs(model, batch)
+    corrupt_in, clean_in = _split_inputs(model, batch, _device(model, remote))
     # One session (one request when remote): the corrupted rows in a forward that builds no graph
     # (nothing requires grad), then the clean rows forward + backward. Two passes rather than one
     # batch of both, so the backward runs over the clean rows only: ~1/3 less compute and half
@@ -128,7 +137,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
                 for layer in reversed(range(len(acts))):  # gradients arrive in reverse forward order
                     x = acts[layer]
                     delta = (corrupt[layer].to(x.device) - x).detach()
-                    term = (delta * x.grad).reshape(n, width, n_heads, head_dim).sum(-1)
+                    term = (delta * x.grad).reshape(n, width, n_heads, head_dim).sum(-1).to(device)
                     terms.append(torch.where(real.to(device), term, torch.zeros_like(term)))
                 terms.reverse()
                 out = nnsight.save(torch.stack(terms, 2).detach().float().cpu())
@@ -158,7 +167,7 @@ def graddrop_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -> "
     n_heads, head_dim = sites.n_heads, sites.head_dim
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None, None]
-    corrupt_in, clean_in = _split_inputs(model, batch)
+    corrupt_in, clean_in = _split_inputs(model, batch, _device(model, remote))
     with frozen(model), model.session(remote=remote):
         with model.trace(corrupt_in):
             corrupt = [envoy.input.detach() for envoy in envoys]
@@ -191,7 +200,7 @@ def graddrop_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -> "
                             continue
                         grad = x.grad
                         delta = (corrupt[layer].to(x.device) - x).detach()
-                        term = (delta * grad).reshape(n, width, n_heads, head_dim).sum(-1)
+                        term = (delta * grad).reshape(n, width, n_heads, head_dim).sum(-1).to(device)
                         terms.append(torch.where(real[:, :, :, 0].to(device), term, torch.zeros_like(term)))
                     terms.reverse()
                     per_pair = torch.stack(terms, 1).sum(2).abs().detach().float()  # [B, L, H]
@@ -285,7 +294,7 @@ def exact_patch_batch(model: Any, batch: PairBatch, heads: Sequence[Head], *,
     patches = [by_layer[layer] for layer in layers]
     clean_target = batch.clean_target.repeat(reps)[:, None]
     corrupt_target = batch.corrupt_target.repeat(reps)[:, None]
-    inputs = _inputs(batch, len(heads), forward_kwargs(model))
+    inputs = _inputs(batch, len(heads), forward_kwargs(model), _device(model, remote))
     with frozen(model), model.trace(inputs, remote=remote):
         for envoy, layer_patches in zip(envoys, patches):  # forward order
             x = envoy.input.clone()
@@ -386,7 +395,7 @@ class Agreement:
     k: int
 
 
-def _ranks(x: "np.ndarray") -> "np.ndarray":
+def ranks(x: "np.ndarray") -> "np.ndarray":
     """Ranks with ties averaged (what Spearman's rho needs)."""
     import numpy as np
 
@@ -400,7 +409,7 @@ def _ranks(x: "np.ndarray") -> "np.ndarray":
     return ranks
 
 
-def _pearson(a: "np.ndarray", b: "np.ndarray") -> float:
+def pearson(a: "np.ndarray", b: "np.ndarray") -> float:
     import numpy as np
 
     a, b = a - a.mean(), b - b.mean()
@@ -424,9 +433,9 @@ def agreement(atp: "np.ndarray", exact: "np.ndarray | ExactResult", k: int = 10)
     k = min(k, len(a))
     top_a = set(np.argsort(-np.abs(a), kind="stable")[:k].tolist())
     top_e = set(np.argsort(-np.abs(e), kind="stable")[:k].tolist())
-    return Agreement(n=len(a), pearson=_pearson(a, e), spearman=_pearson(_ranks(a), _ranks(e)),
+    return Agreement(n=len(a), pearson=pearson(a, e), spearman=pearson(ranks(a), ranks(e)),
                      topk_overlap=len(top_a & top_e) / k if k else float("nan"), k=k)
 
 
-__all__ = ["Agreement", "ExactResult", "agreement", "attribution_batch", "attribution_scores",
+__all__ = ["Agreement", "ExactResult", "agreement", "attribution_batch", "attribution_scores", "pearson", "ranks",
            "exact_patch_batch", "exact_patch_scores", "graddrop_batch", "select_heads"]

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,7 @@ def head_panel(fig: Any, ax: Any, scores: Any, outlined: Iterable[tuple[int, int
     with the ``outlined`` (layer, head) cells boxed."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     s = np.asarray(scores, dtype=float)
     n_layers, n_heads = s.shape
     lim = (float(np.nanmax(np.abs(s))) if np.isfinite(s).any() else 0.0) or 1.0
@@ -43,13 +44,13 @@ def head_panel(fig: Any, ax: Any, scores: Any, outlined: Iterable[tuple[int, int
 
 def save_png(fig: Any, path: str | Path) -> Path:
     """Render ``fig`` to PNG and write it atomically (no half-written image), then close it."""
-    from .run import _atomic_write
+    from .core.outputs import atomic_write
 
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
-    _pyplot().close(fig)
-    _atomic_write(Path(path), buf.getvalue())
+    pyplot().close(fig)
+    atomic_write(Path(path), buf.getvalue())
     return Path(path)
 
 
@@ -61,7 +62,7 @@ def heatmap(scores: Any, path: str | Path, title: str = "", checked: Any = None)
     import numpy as np
 
     n_layers, n_heads = np.asarray(scores).shape
-    fig, ax = _pyplot().subplots(figsize=(2.0 + 0.45 * n_heads, 1.5 + 0.22 * n_layers))
+    fig, ax = pyplot().subplots(figsize=(2.0 + 0.45 * n_heads, 1.5 + 0.22 * n_layers))
     outlined: Sequence[tuple[int, int]] = ()
     if checked is not None:
         outlined = list(zip(*np.where(~np.isnan(np.asarray(checked, dtype=float)))))
@@ -69,4 +70,4 @@ def heatmap(scores: Any, path: str | Path, title: str = "", checked: Any = None)
     return save_png(fig, path)
 
 
-__all__ = ["head_panel", "heatmap", "save_png"]
+__all__ = ["head_panel", "heatmap", "pyplot", "save_png"]

@@ -29,6 +29,10 @@ from typing import Any, Sequence
 
 from gar_tasks.errors import GARConfigError
 
+from .core.encode import left_pad, length_batches
+from .core.loader import input_device
+from .sites import head_sites
+
 Head = tuple[int, int]
 PAPER_HEADS: tuple[Head, ...] = ((15, 51), (14, 0), (14, 18), (14, 46))
 TRUE_HEADS: tuple[Head, ...] = ((14, 18), (14, 46))
@@ -235,7 +239,7 @@ def head_features(model: Any, input_ids: Sequence[Sequence[int]], spans: Sequenc
     impl = getattr(model.config, "_attn_implementation", None)
     if impl not in (None, "eager"):
         raise GARConfigError(f"attention features need attn_implementation='eager' (model uses {impl!r})")
-    device = next(model.parameters()).device
+    device = input_device(model)
     rows = []
     with torch.no_grad():
         for ids, (start, end) in zip(input_ids, spans, strict=True):
@@ -280,8 +284,6 @@ def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans:
     import numpy as np
     import torch
 
-    from .sites import head_sites
-
     inner = getattr(model, "_module", model)
     impl = getattr(inner.config, "_attn_implementation", None)
     if impl not in (None, "eager"):
@@ -302,7 +304,7 @@ def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans:
             raise GARConfigError(f"span {(start, end)} outside a sequence of {len(ids)} tokens")
     attn_out = np.zeros((n, n_layers, n_heads), dtype=np.float32)
     proj_out = np.zeros((n, n_layers, n_heads), dtype=np.float32) if unit is not None else None
-    device = next(inner.parameters()).device
+    device = input_device(inner)
     base = inner.base_model
     last: dict[int, Any] = {}
 
@@ -315,23 +317,13 @@ def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans:
     if unit is not None:
         for layer in range(n_layers):
             handles.append(inner.get_submodule(sites.path(layer)).register_forward_pre_hook(make_hook(layer)))
-    order = sorted(range(n), key=lambda i: (len(input_ids[i]), i))
-    batches = [order[i:i + batch_size] for i in range(0, n, max(1, batch_size))]
+    batches = length_batches([len(x) for x in input_ids], max(1, batch_size))
     try:
         with torch.no_grad():
             for done, idx in enumerate(batches, 1):
-                width = max(len(input_ids[i]) for i in idx)
-                ids = torch.zeros(len(idx), width, dtype=torch.long)
-                mask = torch.zeros(len(idx), width, dtype=torch.long)
-                for r, i in enumerate(idx):
-                    row = list(input_ids[i])
-                    ids[r, width - len(row):] = torch.tensor(row)
-                    mask[r, width - len(row):] = 1
-                pos = (mask.cumsum(-1) - 1).clamp_min(0)
-                out = base(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                           output_attentions=True, use_cache=False)
-                for r, i in enumerate(idx):
-                    p = width - len(input_ids[i])
+                padded = left_pad([input_ids[i] for i in idx], 0)  # the pad id is masked: any will do
+                out = base(**padded.inputs(device), output_attentions=True, use_cache=False)
+                for r, (i, p) in enumerate(zip(idx, padded.pads)):
                     attn = torch.stack([a[r, :, p:, p:] for a in out.attentions]).float()  # [L, H, T, T]
                     attn_out[i] = attention_feature(attn, *spans[i]).cpu().numpy()
                 if unit is not None:
@@ -340,6 +332,7 @@ def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans:
                     proj = torch.einsum("blhd,lhd->blh", heads_out, unit).numpy()
                     proj_out[idx] = proj
                 last.clear()
+                del out
                 if progress is not None:
                     progress(done, len(batches))
     finally:

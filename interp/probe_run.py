@@ -1,4 +1,5 @@
-"""``gar probe``: the seed's MLP truth probe on per-head features (SNLI and Geometry of Truth).
+"""The data, features and report of ``gar probe`` (the command: :mod:`interp.commands.probe`): the
+seed's MLP truth probe on per-head features (SNLI and Geometry of Truth).
 
 Two modes:
 
@@ -50,15 +51,12 @@ import hashlib
 import json
 import math
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from gar_tasks.errors import GARConfigError
 
-from .probe import PAPER_HEADS, ProbeResult
-from .run import _save_npz, _versions
+from .probe import ProbeResult
 
 Head = tuple[int, int]
 FEATURE_VERSION = 1
@@ -76,29 +74,6 @@ ALIASES = {"companies_true_false": "companies", "counterfact_true_false": "count
 SEED_REPORTED: dict[str, tuple[float, float]] = {
     "snli": (0.870, 0.878), "cities": (0.846, 0.932), "sp_en_trans": (0.975, 0.978),
     "companies": (0.853, 0.866), "counterfact": (0.764, 0.780)}
-
-
-@dataclass(frozen=True)
-class ProbeArgs:
-    """The arguments of ``gar probe`` (see the module docstring)."""
-
-    out: str | None = None
-    model: str | None = None
-    heads: str | None = None
-    seed_features: bool = False
-    mlp_dir: str | None = None
-    datasets: str = "all"
-    k: str = "4,8"
-    random_draws: int = 5
-    runs: int = 5
-    limit: int | None = None
-    batch_size: int = 32
-    dtype: str = "bfloat16"
-    seed: int = 0
-    threads: int = 0  # 0 = torch's default (all cores)
-
-
-Log = Callable[[str], Any]
 
 
 # ------------------------------------------------------------------------------------------
@@ -235,56 +210,6 @@ def choose_heads(true_heads: Sequence[Head], false_heads: Sequence[Head], k: int
 # model, features and their cache
 
 
-def load_eager_model(model: str, dtype: str) -> tuple[Any, Any, str]:
-    """``(HF model, tokenizer, description)`` with eager attention (attention weights are needed);
-    the architecture is checked from the config before the weights load."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from .run import check_model_args
-    from .sites import head_sites
-
-    if dtype not in ("float32", "bfloat16"):
-        raise GARConfigError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
-    if model == "smollm2":
-        from gar_tasks.models import embedded_model_path
-
-        path, local, desc = str(embedded_model_path()), True, f"smollm2 ({embedded_model_path()})"
-    else:
-        check_model_args(model, False)
-        path, local, desc = model, True, model
-    try:
-        head_sites(AutoConfig.from_pretrained(path, local_files_only=local))
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=local,
-                                                  attn_implementation="eager").eval()
-    except (OSError, ValueError) as e:
-        raise GARConfigError(f"cannot load model {model!r}: {str(e).splitlines()[0]}") from None
-    return hf, tok, desc
-
-
-def model_shape(model: str) -> tuple[int, int, int]:
-    """``(layers, heads, head_dim)`` from the config alone (unsupported architecture: error)."""
-    from transformers import AutoConfig
-
-    from .run import check_model_args
-    from .sites import head_sites
-
-    if model == "smollm2":
-        from gar_tasks.models import embedded_model_path
-
-        path = str(embedded_model_path())
-    else:
-        check_model_args(model, False)
-        path = model
-    try:
-        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise GARConfigError(f"cannot load the config of model {model!r}: {str(e).splitlines()[0]}") from None
-    s = head_sites(cfg)
-    return s.n_layers, s.n_heads, s.head_dim
-
-
 def tokenize(tokenizer: Any, kind: str, texts: Sequence[str]) -> tuple[list[list[int]], list[tuple[int, int]]]:
     """Token ids and query spans (:func:`interp.probe.snli_span` / :func:`~interp.probe.got_span`)."""
     from .probe import got_span, snli_span
@@ -300,7 +225,8 @@ def tokenize(tokenizer: Any, kind: str, texts: Sequence[str]) -> tuple[list[list
     return ids, spans
 
 
-def _sha(obj: Any) -> str:
+def sha256_of(obj: Any) -> str:
+    """sha256 of an array (shape and bytes) or of a JSON-able value: what a cache entry was made from."""
     import numpy as np
 
     h = hashlib.sha256()
@@ -312,26 +238,11 @@ def _sha(obj: Any) -> str:
     return h.hexdigest()
 
 
-def load_cached(path: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
-    """The cached features at ``path`` if they were made with exactly ``meta``, else None."""
-    import numpy as np
-
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path) as z:
-            if json.loads(str(z["meta"])) != meta:
-                return None
-            return {k: z[k] for k in ("attn", "proj", "labels")}
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 # ------------------------------------------------------------------------------------------
 # probing
 
 
-def _result(r: ProbeResult) -> dict[str, Any]:
+def result_dict(r: ProbeResult) -> dict[str, Any]:
     return {"accuracies": list(r.accuracies), "mean": r.mean, "std": r.std}
 
 
@@ -362,213 +273,6 @@ def majority_accuracy(name: str, feats: dict[str, dict[str, Any]]) -> float:
     test = feats["test" if name == "snli" else "all"]["labels"]
     major = int(np.mean(train) >= 0.5)
     return float(np.mean(np.asarray(test) == major))
-
-
-def _threads(n: int):
-    import contextlib
-
-    import torch
-
-    @contextlib.contextmanager
-    def cm():
-        before = torch.get_num_threads()
-        if n:  # 0: leave torch's default
-            torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
-    return cm()
-
-
-def _check_common(args: ProbeArgs) -> None:
-    for flag, v, lo in (("--runs", args.runs, 1), ("--batch-size", args.batch_size, 1),
-                        ("--threads", args.threads, 0), ("--random-draws", args.random_draws, 0)):
-        if v < lo:
-            raise GARConfigError(f"{flag} must be at least {lo}, got {v}")
-    if args.limit is not None and args.limit < 10:
-        raise GARConfigError(f"--limit must be at least 10 (items per file), got {args.limit}")
-    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
-        raise GARConfigError(f"--out {args.out} exists and is not a folder")
-
-
-def run_seed_features(args: ProbeArgs, log: Log | None = None) -> dict[str, Any]:
-    """The trainer on the seed's CSV features: 4 paper heads and all 8, beside the seed's figures."""
-    from .probe import evaluate_got, evaluate_snli
-
-    log = log or (lambda m: None)
-    t0 = time.perf_counter()
-    _check_common(args)
-    if args.model or args.heads:
-        raise GARConfigError("--seed-features takes no --model / --heads (it probes the seed's CSV features)")
-    mlp = resolve_mlp_dir(args.mlp_dir)
-    names = parse_datasets(args.datasets)
-    files = {n: dataset_files(mlp, n, csv=True) for n in names}
-    results: dict[str, Any] = {}
-    with _threads(args.threads):
-        for name in names:
-            res = {}
-            for n_heads, heads, reported in (("4", PAPER_HEADS, SEED_REPORTED[name][0]),
-                                             ("8", None, SEED_REPORTED[name][1])):
-                t = time.perf_counter()
-                if name == "snli":
-                    r = evaluate_snli(files[name]["train"].parent, heads, runs=args.runs, seed=args.seed)
-                else:
-                    r = evaluate_got(files[name]["all"], heads, folds=GOT_FOLDS, seed=GOT_SEED)
-                res[n_heads] = {**_result(r), "seed_reported": reported, "seconds": time.perf_counter() - t}
-                log(f"{name} {n_heads} heads: {r.mean:.3f} +- {r.std:.3f} (seed {reported:.3f})")
-            results[name] = res
-    info = {"mode": "seed_features", "mlp_dir": str(mlp), "model": "Vicuna-33B v1.3 (the seed's CSV features)",
-            "paper_heads": [list(h) for h in PAPER_HEADS], "runs": args.runs, "seed": args.seed,
-            "protocol": {"snli": f"given split, {args.runs} runs", "got": f"{GOT_FOLDS}-fold CV, seed {GOT_SEED}"},
-            "datasets": results, "versions": _versions(),
-            "timings_s": {"total": time.perf_counter() - t0}}
-    return info
-
-
-def run_model_probe(args: ProbeArgs, log: Log | None = None,
-                    progress: Callable[[str, int, int], Any] | None = None) -> dict[str, Any]:
-    """Features of ``args.model`` for the discovered and random heads, probed (see module doc)."""
-    import numpy as np
-
-    from .intervene import random_heads
-    from .probe import batched_head_features
-
-    log = log or (lambda m: None)
-    t0 = time.perf_counter()
-    _check_common(args)
-    if not args.model or not args.heads:
-        raise GARConfigError("gar probe needs --model and --heads (or --seed-features)")
-    if not args.out:
-        raise GARConfigError("gar probe --model needs --out (the folder for probe.json, probe.md and the features)")
-    if args.dtype not in ("float32", "bfloat16"):
-        raise GARConfigError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
-    ks = parse_k(args.k)
-    names = parse_datasets(args.datasets)
-    mlp = resolve_mlp_dir(args.mlp_dir)
-    files = {n: dataset_files(mlp, n) for n in names}
-    true_heads, false_heads, direction = read_heads_dir(args.heads)
-    n_layers, n_heads, head_dim = model_shape(args.model)
-    if direction.shape != (n_layers, n_heads, head_dim):
-        raise GARConfigError(f"{args.heads}/directions.npz: 'direction' has shape {direction.shape}, but model "
-                             f"{args.model!r} has {(n_layers, n_heads, head_dim)} (layers, heads, head_dim): "
-                             "were the heads found on another model?")
-    discovered = list(dict.fromkeys([*true_heads, *false_heads]))
-    bad = [h for h in discovered if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
-    if bad:
-        raise GARConfigError(f"heads {bad} are outside the model's {n_layers} layers x {n_heads} heads")
-    chosen = {k: choose_heads(true_heads, false_heads, k) for k in ks}
-    spare = n_layers * n_heads - len(discovered)
-    for k, heads in chosen.items():
-        if args.random_draws and len(heads) > spare:
-            raise GARConfigError(f"cannot draw {len(heads)} random heads outside the {len(discovered)} discovered "
-                                 f"ones (the model has {n_layers * n_heads} heads)")
-    items = {n: {s: load_items(p, "snli" if n == "snli" else "got", args.limit) for s, p in fs.items()}
-             for n, fs in files.items()}
-    for n, splits in items.items():
-        for s, (_, labels) in splits.items():
-            if n != "snli" and len(labels) < GOT_FOLDS:
-                raise GARConfigError(f"{n}: {len(labels)} items, {GOT_FOLDS}-fold CV needs more")
-
-    out = Path(args.out)
-    timings: dict[str, Any] = {"extract": {}, "probe": {}}
-    with _threads(args.threads):
-        t = time.perf_counter()
-        hf, tok, desc = load_eager_model(args.model, args.dtype)
-        timings["load"] = time.perf_counter() - t
-        out.mkdir(parents=True, exist_ok=True)
-        dir_sha = _sha(direction)
-        feats: dict[str, dict[str, dict[str, Any]]] = {}
-        cache_info: dict[str, str] = {}
-        for n, splits in items.items():
-            feats[n] = {}
-            t = time.perf_counter()
-            for s, (texts, labels) in splits.items():
-                tag = f"{n}_{s}" if n == "snli" else n
-                path = out / f"features_{tag}.npz"
-                meta = {"version": FEATURE_VERSION, "model": args.model, "model_desc": desc, "dtype": args.dtype,
-                        "texts_sha256": _sha(texts), "labels_sha256": _sha(labels), "direction_sha256": dir_sha}
-                cached = load_cached(path, meta)
-                if cached is not None:
-                    feats[n][s] = cached
-                    cache_info[tag] = "loaded"
-                    log(f"{tag}: {len(texts)} items, features loaded from {path.name}")
-                    continue
-                ids, spans = tokenize(tok, "snli" if n == "snli" else "got", texts)
-                log(f"{tag}: extracting features of {len(texts)} items")
-                f = batched_head_features(
-                    hf, ids, spans, direction, batch_size=args.batch_size,
-                    progress=None if progress is None else (lambda d, tot, tag=tag: progress(f"extract {tag}", d, tot)))
-                f["labels"] = np.asarray(labels, dtype=np.int64)
-                _save_npz(path, meta=np.array(json.dumps(meta)), **f)
-                feats[n][s] = f
-                cache_info[tag] = "extracted"
-            timings["extract"][n] = time.perf_counter() - t
-        del hf
-
-        results: dict[str, Any] = {}
-        for n in names:
-            t = time.perf_counter()
-            res: dict[str, Any] = {"n_items": {s: int(len(f["labels"])) for s, f in feats[n].items()},
-                                   "yes_fraction": {s: float(np.mean(f["labels"])) for s, f in feats[n].items()},
-                                   "majority_accuracy": majority_accuracy(n, feats[n]), "k": {}}
-            for k in ks:
-                heads = chosen[k]
-                draws = [random_heads(len(heads), discovered, n_layers, n_heads, seed=args.seed + d)
-                         for d in range(args.random_draws)]
-                per_kind = {}
-                for kind in FEATURE_KINDS:
-                    disc = evaluate_features(n, feats[n], kind, heads, args.runs, args.seed)
-                    rand = [evaluate_features(n, feats[n], kind, h, args.runs, args.seed) for h in draws]
-                    means = [r.mean for r in rand]
-                    per_kind[kind] = {
-                        "discovered": _result(disc),
-                        "random": {"draws": [{"heads": [list(h) for h in hs], **_result(r)}
-                                             for hs, r in zip(draws, rand)],
-                                   "mean": float(np.mean(means)) if means else None,
-                                   "std": float(np.std(means)) if means else None}}
-                    rtxt = f"{np.mean(means):.3f} +- {np.std(means):.3f}" if means else "-"
-                    log(f"{n} k={k} {kind}: discovered {disc.mean:.3f} +- {disc.std:.3f}, random {rtxt}")
-                res["k"][str(k)] = {"heads": [list(h) for h in heads],
-                                    "true": [list(h) for h in heads if h in true_heads],
-                                    "false": [list(h) for h in heads if h not in true_heads],
-                                    "features": per_kind}
-            # reference arm: every head of the model (how much truth signal the heads hold at all)
-            every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-            res["all_heads"] = {kind: _result(evaluate_features(n, feats[n], kind, every, args.runs, args.seed))
-                                for kind in FEATURE_KINDS}
-            results[n] = res
-            timings["probe"][n] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    return {"mode": "model", "model": desc, "model_arg": args.model, "dtype": args.dtype,
-            "heads_dir": str(args.heads), "n_layers": n_layers, "n_heads": n_heads, "head_dim": head_dim,
-            "true_heads": [list(h) for h in true_heads], "false_heads": [list(h) for h in false_heads],
-            "k": ks, "random_draws": args.random_draws, "runs": args.runs, "seed": args.seed, "limit": args.limit,
-            "batch_size": args.batch_size, "threads": args.threads,
-            "features": {"attn": "seed's attention feature: max over the statement's query tokens of (largest "
-                                 "attention weight to a key other than the first token) - (weight to the first token)",
-                         "proj": "head output (o_proj input columns) at the last token . unit(mean Yes - mean No "
-                                 "head output at GAR cls answer positions)",
-                         "both": "attn and proj concatenated (2k features)"},
-            "protocol": {"snli": f"given split, {args.runs} runs", "got": f"{GOT_FOLDS}-fold CV, seed {GOT_SEED}"},
-            "cache": cache_info, "datasets": results, "versions": _versions(), "timings_s": timings}
-
-
-def run_probe(args: ProbeArgs, log: Log | None = None,
-              progress: Callable[[str, int, int], Any] | None = None) -> tuple[dict[str, Any], str]:
-    """Run ``gar probe`` in the mode ``args`` asks for; write ``probe.json`` / ``probe.md`` to
-    ``args.out`` (when given) and return ``(info, markdown)``."""
-    from .run import _atomic_write
-
-    info = run_seed_features(args, log) if args.seed_features else run_model_probe(args, log, progress)
-    md = probe_md(info)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "probe.md", md)
-        _atomic_write(out / "probe.json", json.dumps(info, indent=1, default=float))
-    return info, md
 
 
 # ------------------------------------------------------------------------------------------
@@ -632,5 +336,6 @@ def probe_md(info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DATASETS", "ProbeArgs", "SEED_REPORTED", "choose_heads", "load_items", "probe_md", "read_heads_dir",
-           "run_model_probe", "run_probe", "run_seed_features"]
+__all__ = ["DATASETS", "FEATURE_KINDS", "FEATURE_VERSION", "GOT_FOLDS", "GOT_SEED", "SEED_REPORTED", "SNLI_SPLITS",
+           "choose_heads", "dataset_files", "evaluate_features", "load_items", "majority_accuracy", "parse_datasets",
+           "parse_k", "probe_md", "read_heads_dir", "resolve_mlp_dir", "result_dict", "sha256_of", "tokenize"]

@@ -25,6 +25,8 @@ from gar_tasks.generate import GeneratorConfig
 from gar_tasks.io import read_records
 from gar_tasks.records import GARRecord, features
 
+pytestmark = pytest.mark.integration
+
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     rc = main(list(argv))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 BIN = Path(sys.executable).parent
 GROUPS = {"gar", "gar_gen", "gar_cls", "gar_gen_nr0", "gar_gen_nr1", "gar_gen_nr2",
           "gar_cls_nr0", "gar_cls_nr1", "gar_cls_nr2"}

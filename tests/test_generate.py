@@ -17,6 +17,8 @@ from gar_tasks.profiles import load_profile
 from gar_tasks.records import DELIMITER, ROLES, TERMINATOR, GARRecord
 from shared_data import shared_path
 
+pytestmark = pytest.mark.unit
+
 CELLS = list(iter_cells())
 
 

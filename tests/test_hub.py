@@ -19,6 +19,8 @@ from gar_tasks.errors import GARConfigError, GARDataError
 from gar_tasks.load import dataset_to_records, load, load_records
 from gar_tasks.records import features
 
+pytestmark = pytest.mark.integration
+
 SECRET = "hf_SECRET_token_that_must_never_appear_0123456789"
 
 

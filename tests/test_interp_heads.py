@@ -12,24 +12,25 @@ import numpy as np
 import pytest
 
 from gar_tasks.errors import GARConfigError
-from interp.heads import (OUTPUTS, choose_records, head_effects, load_heads, make_record_set, score_heads,
-                          top_labelled)
+from interp.core.encode import encode_cls
+from interp.core.select import choose_twins, select_slices
+from interp.heads import OUTPUTS, head_effects, load_heads, score_heads, top_labelled
 from interp.model import as_nnsight
 from interp.pairs import make_pairs
 from interp.patching import attribution_scores
-from interp.run import select_slices
-from interp.sites import head_sites
 from cli_helpers import assert_error, offline_one_thread, run  # noqa: F401 (autouse fixture)
 from tiny_models import tiny_model
 from tiny_tokenizers import bpe_tokenizer, gar_records
+from torch_reference import reference_effects
 
 
 @pytest.fixture(scope="module")
 def record_set():
     """Twin pairs from three cls slices (2 pairs each), of several token lengths; some twins differ
     in length (no AtP pair), so batches are padded and the AtP skip is exercised."""
-    chosen, ti, tasks = choose_records(gar_records("paper"), select_slices("gender_city"), 4, 0)
-    rs = make_record_set(chosen, ti, tasks, bpe_tokenizer())
+    sel = choose_twins(gar_records("paper"), select_slices("gender_city"), 4, 0)
+    chosen, ti, tasks = sel.records, sel.task_index, sel.tasks
+    rs = encode_cls(chosen, bpe_tokenizer(), ti, tasks)
     assert len(rs) == 12 and len(tasks) == 3
     assert 0 < rs.n_atp_pairs < 6 and len({len(x) for x in rs.ids}) > 3
     return chosen, rs
@@ -39,53 +40,17 @@ def record_set():
 # the pass against a plain-torch reference
 
 
-def reference(model, rs):
-    """Two passes, one record at a time, unpadded, hooks + autograd: the mean head output over
-    every token, then per record ``sum (a - mean) * dm/da`` per head; also the metric and the
-    answer-position outputs."""
-    import torch
-
-    sites = head_sites(model)
-    L, H, D = sites.n_layers, sites.n_heads, sites.head_dim
-    caps: dict[int, object] = {}
-    handles = [model.get_submodule(sites.path(i)).register_forward_pre_hook(
-        lambda m, args, i=i: caps.__setitem__(i, args[0])) for i in range(L)]
-    model.requires_grad_(True)  # an ordinary graph; grads w.r.t. the captured tensors only
-    try:
-        total, count = torch.zeros(L, H * D, dtype=torch.float64), 0
-        with torch.no_grad():
-            for ids in rs.ids:
-                model(torch.tensor([ids]))
-                total += torch.stack([caps[i][0].double().sum(0) for i in range(L)])
-                count += len(ids)
-        mean = (total / count).float()
-        effects, metrics, last = [], [], []
-        for ids, y, n in zip(rs.ids, rs.yes, rs.no):
-            logits = model(torch.tensor([ids])).logits[0, -1]
-            m = logits[y] - logits[n]
-            acts = [caps[i] for i in range(L)]
-            grads = torch.autograd.grad(m, acts)
-            effects.append(torch.stack([((acts[i][0] - mean[i]) * grads[i][0]).detach()
-                                        .reshape(len(ids), H, D).sum((0, 2)) for i in range(L)]).numpy())
-            metrics.append(float(m.detach()))
-            last.append(torch.stack([acts[i][0, -1].detach().reshape(H, D) for i in range(L)]).numpy())
-    finally:
-        for h in handles:
-            h.remove()
-        model.requires_grad_(False)
-    return np.array(effects), mean.reshape(L, H, D).numpy(), np.array(metrics), np.array(last)
-
-
 def _close(ours, ref, rtol=1e-3):
     scale = np.abs(ref).max()
     assert scale > 0
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=1e-4 * scale)
 
 
+@pytest.mark.unit
 def test_effects_match_plain_torch_reference(record_set):
     _, rs = record_set
     model = tiny_model("llama", scale=3.0)  # not near-linear: the gradient itself must be right
-    ref_e, ref_mean, ref_m, ref_last = reference(model, rs)
+    ref_e, ref_mean, ref_m, ref_last = reference_effects(model, rs)
     eff = head_effects(as_nnsight(model, bpe_tokenizer()), rs, batch_size=5)  # padded batches of 2 pairs
     assert eff.effects.shape == (12, 2, 4)
     _close(eff.mean, ref_mean)
@@ -96,6 +61,7 @@ def test_effects_match_plain_torch_reference(record_set):
     assert np.abs(eff.effects).max() > 1e-3  # a real signal, not zeros matching zeros
 
 
+@pytest.mark.unit
 def test_fused_atp_matches_attribution_scores(record_set):
     records, rs = record_set
     tok = bpe_tokenizer()
@@ -110,17 +76,18 @@ def test_fused_atp_matches_attribution_scores(record_set):
     assert all(rs.labels[i] and rs.twin[i] is not None for i in np.flatnonzero(has_term))
 
 
+@pytest.mark.unit
 def test_batches_keep_twins_together(record_set):
     _, rs = record_set
     for size in (1, 3, 4, 100):
-        batches = rs.batch_indices(size)
+        batches = rs.twin_batches(size)
         assert sorted(i for b in batches for i in b) == list(range(len(rs)))
         for b in batches:
             assert len(b) <= max(size, 2)
             assert all(rs.pair_ids.count(rs.pair_ids[i]) == sum(rs.pair_ids[j] == rs.pair_ids[i] for j in b)
                        for i in b)
     with pytest.raises(GARConfigError, match="at least 1"):
-        rs.batch_indices(0)
+        rs.twin_batches(0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -143,6 +110,7 @@ def _synthetic():
     return e, labels, task
 
 
+@pytest.mark.unit
 def test_score_heads_finds_planted_heads():
     e, labels, task = _synthetic()
     s = score_heads(e, labels, task, 3, min_consistency=0.75)
@@ -165,6 +133,7 @@ def test_score_heads_finds_planted_heads():
     assert lax["kind"][1, 0] == "true"
 
 
+@pytest.mark.unit
 def test_score_heads_task_without_a_label_and_bad_input():
     e, labels, task = _synthetic()
     keep = ~((task == 2) & ~labels)  # task 2 has no gold-No records
@@ -179,21 +148,23 @@ def test_score_heads_task_without_a_label_and_bad_input():
         score_heads(e, labels, task, min_consistency=1.5)
 
 
+@pytest.mark.unit
 def test_choose_records_balanced_and_seeded():
     recs = gar_records("paper")
     slices = select_slices("gender_city,gender_kind,gender_usage")
-    chosen, ti, tasks = choose_records(recs, slices, 6, 0)
+    sel = choose_twins(recs, slices, 6, 0)
+    chosen, ti, tasks = sel.records, sel.task_index, sel.tasks
     assert len(tasks) == 8 and all(t.startswith("cls_nr") for t in tasks)  # gender_usage has no nr0 slice
     assert len(chosen) == 6 * 8 and all(r.family == "cls" for r in chosen)
     for k in range(len(tasks)):
         labs = [str(r.label) for r, t in zip(chosen, ti) if t == k]
         assert labs.count("Yes") == labs.count("No") == 3
-    assert [r.id for r in choose_records(recs, slices, 6, 0)[0]] == [r.id for r in chosen]
-    assert [r.id for r in choose_records(recs, slices, 6, 1)[0]] != [r.id for r in chosen]
-    odd, _, _ = choose_records(recs, select_slices("gar_cls_nr1_gender_city"), 5, 0)
+    assert [r.id for r in choose_twins(recs, slices, 6, 0).records] == [r.id for r in chosen]
+    assert [r.id for r in choose_twins(recs, slices, 6, 1).records] != [r.id for r in chosen]
+    odd = choose_twins(recs, select_slices("gar_cls_nr1_gender_city"), 5, 0).records
     assert len(odd) == 5 and sum(str(r.label) == "Yes" for r in odd) == 3
     with pytest.raises(GARConfigError, match="--n"):
-        choose_records(recs, slices, 0, 0)
+        choose_twins(recs, slices, 0, 0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -232,6 +203,7 @@ def _check_outputs(out, n_layers, n_heads, head_dim, n_records):
     return info
 
 
+@pytest.mark.integration
 def test_cli_tiny(tmp_path, tiny_dir, capsys):
     out = tmp_path / "heads"
     argv = ["heads", "--model", tiny_dir, "--tasks", "gender_city", "--n", 4, "--batch-size", 4,
@@ -249,6 +221,7 @@ def test_cli_tiny(tmp_path, tiny_dir, capsys):
     assert again["heads"] == info["heads"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv,needles", [
     (["--tasks", "cls_nr9"], ["unknown task selector 'cls_nr9'"]),
     (["--tasks", "gen"], ["selects no cls task"]),
@@ -262,6 +235,7 @@ def test_bad_input(tmp_path, tiny_dir, capsys, argv, needles):
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_bad_out_dtype_and_model(tmp_path, tiny_dir, capsys):
     from transformers import BertConfig
 
@@ -275,8 +249,9 @@ def test_bad_out_dtype_and_model(tmp_path, tiny_dir, capsys):
     afile.write_text("x")
     assert_error(*run(capsys, "heads", "--model", tiny_dir, "--out", afile), "is not a folder")
     out = tmp_path / "out"
-    rc, _, err = run(capsys, "heads", "--model", tiny_dir, "--dtype", "float16", "--out", out)
+    rc, _, err = run(capsys, "heads", "--model", tiny_dir, "--dtype", "float8", "--out", out)
     assert rc == 2 and "invalid choice" in err and not out.exists()
+    assert_error(*run(capsys, "heads", "--model", tiny_dir, "--device", "gpu0", "--out", out), "device must be")
     bert = tmp_path / "bert"
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(bert)
     assert_error(*run(capsys, "heads", "--model", bert, "--out", out), "unsupported architecture 'bert'")
@@ -287,6 +262,7 @@ def test_bad_out_dtype_and_model(tmp_path, tiny_dir, capsys):
         load_heads(tmp_path / "nothing")
 
 
+@pytest.mark.e2e
 def test_smollm2_cli(tmp_path, capsys):
     """The embedded SmolLM2 on two cls tasks, 4 records each, bf16: every output, finite numbers."""
     out = tmp_path / "smol"

@@ -4,8 +4,6 @@ zeroing the attention output, control heads are disjoint and seeded."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 from tiny_models import N_HEADS, N_LAYERS, one_thread, tiny_model
@@ -13,6 +11,9 @@ from tiny_models import N_HEADS, N_LAYERS, one_thread, tiny_model
 from gar_tasks.errors import GARConfigError
 from interp.intervene import head_means, install, intervened, parse_heads, random_heads
 from interp.sites import head_sites
+from torch_reference import capture
+
+pytestmark = pytest.mark.unit
 
 ARCHS = ["llama", "gpt2"]
 IDS = [[5, 17, 42, 99, 3, 250, 7], [11, 12, 13, 14, 15, 16, 17]]
@@ -22,23 +23,6 @@ def _ids():
     import torch
 
     return torch.tensor(IDS)
-
-
-@contextlib.contextmanager
-def capture(model):
-    """Record the input each head-site module receives (after any intervention hooks already
-    installed, as forward pre-hooks run in registration order)."""
-    sites = head_sites(model)
-    seen, handles = {}, []
-    for layer in range(sites.n_layers):
-        def hook(module, args, layer=layer):
-            seen[layer] = args[0].detach().clone()
-        handles.append(model.get_submodule(sites.path(layer)).register_forward_pre_hook(hook))
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _forward(model):

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from gar_tasks.errors import GARConfigError
-from interp.intervene_report import (HeadPlan, InterveneArgs, check_heads, choose_records, control_plans,
-                                     correct_and_margin, encode, resolve_plan, run_arm, run_intervene,
-                                     yes_no_logits)
+from interp.commands.intervene import InterveneArgs, resolve_plan, run_intervene
+from interp.core.encode import encode_cls
+from interp.core.select import choose_balanced, load_records, select_slices
+from interp.intervene_report import HeadPlan, check_heads, control_plans, correct_and_margin, run_arm, yes_no_logits
 from cli_helpers import offline_one_thread, run  # noqa: F401 (autouse fixture)
 from tiny_models import N_HEADS, N_LAYERS, tiny_model
 from tiny_tokenizers import bpe_tokenizer
@@ -26,15 +27,15 @@ TASKS = "gar_cls_nr1_gender_city,gar_cls_nr0_gender_kind"
 
 @pytest.fixture(scope="module")
 def enc():
-    recs = choose_records(TASKS, "paper", n=4, seed=0)
-    flat = [r for rs in recs.values() for r in rs]
-    return encode(flat, bpe_tokenizer(), [t for t, rs in recs.items() for _ in rs])
+    sel = choose_balanced(load_records("paper"), select_slices(TASKS), n=4, seed=0)
+    return encode_cls(sel.records, bpe_tokenizer(), sel.task_index, sel.tasks)
 
 
 # ------------------------------------------------------------------------------------------
 # the control
 
 
+@pytest.mark.unit
 def test_control_heads_disjoint_from_targets_and_seeded():
     targets = HeadPlan("ablate", heads=((3, 1), (14, 0), (15, 3)))
     draws = control_plans(targets, 30, 9, draws=5, seed=7)
@@ -62,6 +63,7 @@ def test_control_heads_disjoint_from_targets_and_seeded():
         check_heads([(2, 0)], N_LAYERS, N_HEADS)
 
 
+@pytest.mark.unit
 def test_resolve_plan_from_spec_and_dir(tmp_path):
     plan, src = resolve_plan(InterveneArgs(model="m", mode="scale", out="o", heads="15:3;14:0;14:0", factor=3.0))
     assert plan.heads == ((14, 0), (15, 3)) and plan.factor == 3.0 and src["heads"] == "spec"
@@ -85,6 +87,7 @@ def test_resolve_plan_from_spec_and_dir(tmp_path):
 # scoring
 
 
+@pytest.mark.unit
 def test_accuracy_matches_direct_computation(enc):
     import torch
 
@@ -108,6 +111,7 @@ def test_accuracy_matches_direct_computation(enc):
     assert list(c) == [True, False] and list(m) == [0.0, 0.0]
 
 
+@pytest.mark.unit
 def test_label_mode_unit_factors_is_baseline_and_zero_factors_is_ablation(enc):
     model = tiny_model("llama")
     base = run_arm(model, enc, None, batch_size=4)
@@ -129,6 +133,7 @@ def test_label_mode_unit_factors_is_baseline_and_zero_factors_is_ablation(enc):
 # the report
 
 
+@pytest.mark.integration
 def test_report_has_both_arms_per_task(tiny_dir, tmp_path):
     out = tmp_path / "iv"
     args = InterveneArgs(model=str(tiny_dir), mode="mean", out=str(out), heads="0:1;1:3", tasks=TASKS, n=4,
@@ -169,6 +174,7 @@ def _heads_dir(path, mean_shape):
     return path
 
 
+@pytest.mark.integration
 def test_mean_mode_uses_the_heads_dirs_means(tiny_dir, tmp_path, capsys):
     d = _heads_dir(tmp_path / "heads", (N_LAYERS, N_HEADS, 8))
     info = run_intervene(InterveneArgs(model=str(tiny_dir), mode="mean", out=str(tmp_path / "a"), heads=str(d),
@@ -177,8 +183,8 @@ def test_mean_mode_uses_the_heads_dirs_means(tiny_dir, tmp_path, capsys):
     # the same, with those means given to the library directly
     import torch
 
-    recs = choose_records("gar_cls_nr1_gender_city", n=2)["gar_cls_nr1_gender_city"]
-    enc = encode(recs, bpe_tokenizer(), ["t"] * len(recs))
+    recs = choose_balanced(load_records("paper"), select_slices("gar_cls_nr1_gender_city"), n=2, seed=0).records
+    enc = encode_cls(recs, bpe_tokenizer())
     _, margin = run_arm(tiny_model("llama"), enc, HeadPlan("mean", heads=((1, 2),)),
                         means=torch.full((N_LAYERS, N_HEADS, 8), 0.5))
     assert info["tasks"][0]["targeted"]["metric"] == pytest.approx(float(margin.mean()), abs=1e-6)
@@ -189,6 +195,7 @@ def test_mean_mode_uses_the_heads_dirs_means(tiny_dir, tmp_path, capsys):
     assert rc == 2 and "'mean' has shape (2, 4, 4)" in err and not (tmp_path / "b").exists()
 
 
+@pytest.mark.e2e
 def test_cli_smollm2_writes_both_arms(tmp_path, capsys):
     out = tmp_path / "smol"
     rc, stdout, err = run(capsys, "intervene", "--model", "smollm2", "--mode", "label", "--true-heads", "14:0;15:3",
@@ -207,6 +214,7 @@ def test_cli_smollm2_writes_both_arms(tmp_path, capsys):
     assert stdout == (out / "intervene.md").read_text()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra, needle", [
     (["--mode", "zap", "--heads", "0:1"], "unknown intervention mode 'zap'"),
     (["--mode", "ablate", "--heads", "0x1"], "cannot read head '0x1'"),

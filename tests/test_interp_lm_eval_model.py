@@ -34,6 +34,7 @@ def _loglikelihoods(lm) -> list[float]:
         return [ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)]
 
 
+@pytest.mark.integration
 def test_registered_lazily_in_lm_eval_registry():
     # the way lm-eval's CLI looks models up: get_model on a fresh (empty) registry, built-ins kept
     code = ("import sys; from lm_eval.api.registry import get_model, model_registry as r; "
@@ -52,6 +53,7 @@ def test_registered_lazily_in_lm_eval_registry():
     assert res.returncode == 0 and "lazy" in res.stdout, res.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_loglikelihoods_vs_plain_hflm(llama_dir):
     from lm_eval.models.huggingface import HFLM
 
@@ -70,6 +72,7 @@ def test_loglikelihoods_vs_plain_hflm(llama_dir):
     assert ablated_lm.get_model_info()["gar_intervention"]["mode"] == "ablate"
 
 
+@pytest.mark.integration
 def test_rejects_label_mode_and_missing_heads(llama_dir):
     from gar_tasks.errors import GARConfigError
     from interp.lm_eval_model import InterventionHFLM
@@ -79,6 +82,7 @@ def test_rejects_label_mode_and_missing_heads(llama_dir):
             InterventionHFLM(pretrained=str(llama_dir), **kwargs)
 
 
+@pytest.mark.e2e
 def test_lm_eval_cli_runs_intervened_model(llama_dir, tmp_path):
     exe = shutil.which("lm_eval", path=str(Path(sys.executable).parent)) or shutil.which("lm_eval")
     assert exe, "the lm_eval console script is not installed"

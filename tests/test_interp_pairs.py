@@ -11,6 +11,8 @@ from gar_tasks.errors import GARConfigError
 from interp.pairs import Pairs, make_pairs
 from tiny_tokenizers import bpe_tokenizer, gar_records, wordlevel_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def records():

@@ -18,6 +18,9 @@ from interp.patching import (agreement, attribution_scores, exact_patch_scores, 
 from interp.sites import head_sites
 from tiny_models import one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer, gar_records
+from torch_reference import reference_atp, reference_exact, reference_graddrop
+
+pytestmark = pytest.mark.unit
 
 ARCHS = ("llama", "gpt2")
 
@@ -32,79 +35,6 @@ def pairs():
     sub = full.subset(chosen)
     assert len({p.length for p in sub}) > 3
     return sub
-
-
-def _captures(model, sites):
-    caps: dict[int, object] = {}
-    handles = [model.get_submodule(sites.path(i)).register_forward_pre_hook(
-        lambda m, args, i=i: caps.__setitem__(i, args[0])) for i in range(sites.n_layers)]
-    return caps, handles
-
-
-def _metric(model, ids, pair):
-    import torch
-
-    logits = model(torch.tensor([ids])).logits[0, -1]
-    return logits[pair.clean_target] - logits[pair.corrupt_target]
-
-
-def reference_atp(model, pairs):
-    """Per pair: AtP terms ``[layers, heads, positions]`` (unpadded positions)."""
-    import torch
-
-    sites = head_sites(model)
-    model.requires_grad_(True)  # an ordinary graph, grads w.r.t. intermediate tensors
-    out = []
-    caps, handles = _captures(model, sites)
-    try:
-        for p in pairs:
-            with torch.no_grad():
-                model(torch.tensor([p.corrupt_ids]))
-            corrupt = {i: caps[i].detach().clone() for i in caps}
-            metric = _metric(model, p.clean_ids, p)
-            clean = [caps[i] for i in range(sites.n_layers)]
-            grads = torch.autograd.grad(metric, clean)
-            terms = torch.stack([((corrupt[i] - clean[i]) * grads[i])[0].detach()
-                                 .reshape(p.length, sites.n_heads, sites.head_dim).sum(-1).T
-                                 for i in range(sites.n_layers)])
-            out.append(terms.numpy().astype(np.float64))
-    finally:
-        for h in handles:
-            h.remove()
-        model.requires_grad_(False)
-    return out
-
-
-def reference_exact(model, pairs, heads):
-    """Mean over pairs of metric(clean with head's slice from corrupt) - metric(clean)."""
-    import torch
-
-    sites = head_sites(model)
-    scores = []
-    with torch.no_grad():
-        for layer, head in heads:
-            cols = sites.columns(head)
-            total = 0.0
-            for p in pairs:
-                caps, handles = _captures(model, sites)
-                model(torch.tensor([p.corrupt_ids]))
-                source = caps[layer].clone()
-                for h in handles:
-                    h.remove()
-
-                def patch(m, args):
-                    x = args[0].clone()
-                    x[..., cols] = source[..., cols]
-                    return (x,) + args[1:]
-
-                handle = model.get_submodule(sites.path(layer)).register_forward_pre_hook(patch)
-                try:
-                    patched = _metric(model, p.clean_ids, p)
-                finally:
-                    handle.remove()
-                total += float(patched - _metric(model, p.clean_ids, p))
-            scores.append(total / len(pairs))
-    return np.array(scores)
 
 
 def _close(ours, ref):
@@ -233,49 +163,6 @@ def test_unsupported_architecture_is_refused_before_any_work(pairs):
                                       num_attention_heads=2, intermediate_size=16, is_decoder=True))
     with pytest.raises(GARConfigError, match="unsupported architecture 'bert'"):
         attribution_scores(bert, pairs, tokenizer=bpe_tokenizer())
-
-
-def reference_graddrop(model, pairs):
-    """Per pair ``[layers, heads]``: ``1/(L-1) * sum_l |AtP with block l's residual contribution
-    cut from the backward|``, with plain forward hooks and ``torch.autograd.grad``."""
-    import torch
-
-    sites = head_sites(model)
-    L = sites.n_layers
-    model.requires_grad_(True)
-    caps, handles = _captures(model, sites)
-    out = []
-
-    def cut(module, args, kwargs, output):
-        x = args[0] if args else kwargs["hidden_states"]
-        hidden = output[0] if isinstance(output, tuple) else output
-        new = hidden.detach() + (x - x.detach())
-        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
-
-    try:
-        for p in pairs:
-            with torch.no_grad():
-                model(torch.tensor([p.corrupt_ids]))
-            corrupt = {i: caps[i].detach().clone() for i in caps}
-            total = np.zeros(sites.shape)
-            for drop in range(L):
-                h = model.get_submodule(sites.block_path(drop)).register_forward_hook(cut, with_kwargs=True)
-                try:
-                    metric = _metric(model, p.clean_ids, p)
-                finally:
-                    h.remove()
-                clean = [caps[i] for i in range(L)]
-                grads = torch.autograd.grad(metric, clean, allow_unused=True)
-                for i in range(L):
-                    g = grads[i] if grads[i] is not None else torch.zeros_like(clean[i])
-                    t = ((corrupt[i] - clean[i]) * g)[0].detach().reshape(p.length, sites.n_heads, sites.head_dim)
-                    total[i] += np.abs(t.sum((0, 2)).numpy())
-            out.append(total / (L - 1))
-    finally:
-        for h in handles:
-            h.remove()
-        model.requires_grad_(False)
-    return out
 
 
 @pytest.mark.parametrize("arch", ARCHS)

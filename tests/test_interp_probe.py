@@ -11,9 +11,11 @@ from tiny_models import one_thread, tiny_model, tokenizer
 from interp.probe import (PAPER_HEADS, attention_feature, evaluate_got, evaluate_snli, head_features, kfold_indices,
                           load_feature_csv, snli_span, train_probe, got_span)
 
+
 SNLI = "reference/mlp/SNLI_zero_shot"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("heads, expected", [(PAPER_HEADS, 0.870), (None, 0.878)])
 def test_snli_reproduces_seed(heads, expected):
     directory = shared_path(SNLI)
@@ -24,6 +26,7 @@ def test_snli_reproduces_seed(heads, expected):
     assert res.std < 0.02
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("heads, expected", [(PAPER_HEADS, 0.853), (None, 0.866)])
 def test_got_companies_reproduces_seed(heads, expected):
     path = shared_path("reference/mlp/GoT_zero_shot/companies_true_false.csv")
@@ -33,6 +36,7 @@ def test_got_companies_reproduces_seed(heads, expected):
     assert abs(res.mean - expected) <= 0.02, res
 
 
+@pytest.mark.unit
 def test_load_feature_csv_selects_and_orders_heads():
     path = shared_path(f"{SNLI}/snli_YesNo_head_feature_3000_test_zero_shot.csv")
     X, y, heads = load_feature_csv(path)
@@ -42,6 +46,7 @@ def test_load_feature_csv_selects_and_orders_heads():
     assert (X4[:, 0] == X[:, heads.index((14, 46))]).all() and (X4[:, 1] == X[:, heads.index((15, 51))]).all()
 
 
+@pytest.mark.unit
 def test_train_probe_is_seeded_and_leaves_global_rng_alone():
     import torch
 
@@ -57,6 +62,7 @@ def test_train_probe_is_seeded_and_leaves_global_rng_alone():
     assert acc1 > 0.8
 
 
+@pytest.mark.unit
 def test_kfold_partitions():
     import numpy as np
 
@@ -68,6 +74,7 @@ def test_kfold_partitions():
     assert all((a[1] == b[1]).all() for a, b in zip(folds, kfold_indices(23, 5, 42)))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_head_features_match_direct_computation(arch):
     import torch
@@ -90,6 +97,7 @@ def test_head_features_match_direct_computation(arch):
             assert picked[i].tolist() == pytest.approx([feats[i, 6].item(), feats[i, 3].item()])
 
 
+@pytest.mark.unit
 def test_attention_feature_by_hand():
     import torch
 
@@ -101,6 +109,7 @@ def test_attention_feature_by_hand():
     assert attention_feature(attn, 0, 2).item() == pytest.approx(0.0)
 
 
+@pytest.mark.unit
 def test_query_spans_cover_the_statement():
     tok = tokenizer()
     ids, (start, end) = snli_span(tok, "A dog runs in the park. So an animal is outside.")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from interp_golden import mlp_folder
 from shared_data import shared_path
 from tiny_models import one_thread, tiny_model, tokenizer
 
@@ -22,6 +23,7 @@ TEXTS = ["A man plays a guitar on stage. So a person makes music.", "The cat sle
 
 # --- the features -----------------------------------------------------------------------------
 
+@pytest.mark.unit
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_batched_features_match_plain_hooks(arch):
     """Left-padded batches (with padding: the texts differ in length) give, per sequence, the
@@ -64,6 +66,7 @@ def test_batched_features_match_plain_hooks(arch):
     assert abs(one["proj"] - feats["proj"]).max() < 1e-5 and abs(one["attn"] - feats["attn"]).max() < 1e-5
 
 
+@pytest.mark.unit
 def test_batched_features_refuse_bad_input():
     import torch
 
@@ -75,6 +78,7 @@ def test_batched_features_refuse_bad_input():
         batched_head_features(model, [ids], [(0, len(ids) + 1)])
 
 
+@pytest.mark.unit
 def test_unit_directions():
     import torch
 
@@ -84,6 +88,7 @@ def test_unit_directions():
 
 # --- arguments and inputs ---------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_choose_heads_balances_true_and_false():
     t, f = [(1, 1), (2, 2), (3, 3)], [(4, 4), (5, 5), (6, 6)]
     assert choose_heads(t, f, 4) == [(1, 1), (2, 2), (4, 4), (5, 5)]
@@ -93,6 +98,7 @@ def test_choose_heads_balances_true_and_false():
     assert choose_heads(t, [(1, 1), (4, 4)], 2) == [(1, 1), (4, 4)]  # a head on both lists counts once
 
 
+@pytest.mark.unit
 def test_parse_datasets_and_k():
     assert parse_datasets("all") == ["snli", "cities", "companies", "counterfact", "sp_en_trans"]
     assert parse_datasets("companies_true_false,snli,snli") == ["companies", "snli"]
@@ -104,6 +110,7 @@ def test_parse_datasets_and_k():
             parse_k(bad)
 
 
+@pytest.mark.unit
 def test_got_items_drop_the_label_word(tmp_path):
     f = tmp_path / "g.jsonl"
     f.write_text(json.dumps(["Please answer with Yes or No. Is it true that Paris is in France? Answer: Yes",
@@ -128,6 +135,7 @@ def _heads_dir(path: Path, true_heads, false_heads, shape=(30, 9, 64), seed: int
     return path
 
 
+@pytest.mark.unit
 def test_read_heads_dir(tmp_path):
     d = _heads_dir(tmp_path / "h", [[3, 1], [2, 0]], [[5, 5]], shape=(6, 4, 2))
     t, f, direction = read_heads_dir(d)
@@ -147,6 +155,7 @@ def test_read_heads_dir(tmp_path):
 
 # --- the seed's released features -------------------------------------------------------------
 
+@pytest.mark.integration
 def test_cli_seed_features_reproduce_the_seed(tmp_path, capsys):
     mlp = shared_path("reference/mlp")
     out = tmp_path / "seed"
@@ -169,21 +178,7 @@ def test_cli_seed_features_reproduce_the_seed(tmp_path, capsys):
 
 def _mlp_dir(path: Path, n: int = 10) -> Path:
     """A miniature copy of the seed's zero-shot layout (SNLI splits + one GoT file)."""
-    snli = path / "SNLI_zero_shot"
-    got = path / "GoT_zero_shot"
-    snli.mkdir(parents=True)
-    got.mkdir(parents=True)
-    pairs = [("A man sleeps on a couch.", "A person rests.", "Yes"), ("A dog runs in a field.", "A cat sleeps.", "No"),
-             ("Two girls read books.", "Children are reading.", "Yes"), ("A chef cooks soup.", "A pilot flies.", "No"),
-             ("A woman sings on stage.", "Someone performs.", "Yes")]
-    for split in ("train", "validation", "test"):
-        items = [[f"{p} So {h}", lab] for p, h, lab in (pairs * 3)[:n]]
-        (snli / f"snli_YesNo_head_feature_3000_{split}_zero_shot.jsonl").write_text(json.dumps(items))
-    words = [("rosa", "rose", "Yes"), ("muy", "temperature", "No"), ("perro", "dog", "Yes"), ("gato", "house", "No")]
-    got_items = [f"Please answer with Yes or No. Is it true that The Spanish word '{s}' means '{e}'? Answer: {lab}"
-                 for s, e, lab in (words * 4)[:n]]
-    (got / "sp_en_trans.jsonl").write_text(json.dumps(got_items))
-    return path
+    return mlp_folder(path, n)
 
 
 ARGS = ["--datasets", "snli,sp_en_trans", "--k", "2", "--random-draws", "2", "--runs", "2", "--limit", "10",
@@ -202,6 +197,7 @@ def smol_run(tmp_path_factory):
     return {"rc": rc, "out": out, "argv": argv, "root": root, "mlp": mlp}
 
 
+@pytest.mark.e2e
 def test_cli_smollm2_writes_both_arms(smol_run):
     assert smol_run["rc"] == 0
     out = smol_run["out"]
@@ -235,6 +231,7 @@ def test_cli_smollm2_writes_both_arms(smol_run):
         assert np.isfinite(z["proj"]).all() and (np.abs(z["attn"]) <= 1).all()
 
 
+@pytest.mark.e2e
 def test_cli_smollm2_reuses_and_invalidates_the_cache(smol_run):
     import numpy as np
 
@@ -288,6 +285,7 @@ def _bad_cases(root: Path, mlp: Path) -> list[tuple[list[str], str]]:
     ]
 
 
+@pytest.mark.e2e
 def test_cli_bad_input_exits_2_and_writes_nothing(smol_run, capsys):
     root = smol_run["root"] / "bad"
     root.mkdir()

@@ -17,6 +17,8 @@ from interp.patching import attribution_scores, exact_patch_scores
 from tiny_models import BUILDERS, one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer, gar_records
 
+pytestmark = pytest.mark.unit
+
 SECRET = "ndif-test-key-do-not-print-0123456789"
 
 

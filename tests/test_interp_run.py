@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import interp.patching as patching
-from interp.run import PatchArgs, run_patch, select_slices
+from interp.commands.patch import PatchArgs, run_patch
+from interp.core.select import select_slices
 from cli_helpers import assert_error, offline_one_thread, run  # noqa: F401 (autouse fixture)
 
 TASK = "gar_cls_nr1_gender_city"
@@ -24,6 +25,7 @@ def outputs(d):
     return sorted(p.name for p in d.iterdir() if p.is_file()) if d.exists() else []
 
 
+@pytest.mark.unit
 def test_selectors():
     assert {s.family for s in select_slices("cls")} == {"cls"}
     leaf = select_slices(TASK)
@@ -34,6 +36,7 @@ def test_selectors():
     assert select_slices("gar_v1_cls", "v1") == select_slices("cls", "v1")
 
 
+@pytest.mark.integration
 def test_tiny_run_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     args = ["patch", "--model", tiny_dir, "--tasks", TASK, "--n", 8, "--batch-size", 2, "--verify-top", 3,
             "-q"]
@@ -82,10 +85,10 @@ def test_tiny_run_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     rc, out, err = run(capsys, *args, "--out", tmp_path / "gd", "--grad-drop")
     assert rc == 0, err
     from interp.pairs import Pairs
-    from interp.run import load_model
+    from interp.core.loader import load_model
 
     gd_pairs = Pairs.from_dict(json.loads((tmp_path / "gd" / "checkpoint" / "pairs.json").read_text())["cls"])
-    nn_model = load_model(str(tiny_dir), "float32", False)[0]
+    nn_model = load_model(str(tiny_dir), "float32").model
     z_gd = np.load(tmp_path / "gd" / "scores.npz")
     np.testing.assert_allclose(z_gd["graddrop_cls"], patching.attribution_scores(nn_model, gd_pairs, batch_size=2,
                                                                                  grad_drop=True), rtol=1e-5, atol=1e-8)
@@ -108,6 +111,7 @@ def test_tiny_run_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in part.rglob("*")} == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("argv,needles", [
     (["--tasks", "cls_nr9"], ["unknown task selector 'cls_nr9'", "valid forms"]),
     (["--tasks", "gar_v1_cls"], ["unknown task selector", "gar_cls_nr1_gender_city"]),
@@ -121,6 +125,7 @@ def test_bad_input(tmp_path, tiny_dir, capsys, argv, needles):
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_bad_model(tmp_path, capsys, monkeypatch):
     from transformers import BertConfig
 
@@ -138,6 +143,7 @@ def test_bad_model(tmp_path, capsys, monkeypatch):
     assert outputs(out) == []
 
 
+@pytest.mark.e2e
 def test_smollm2_run(tmp_path, capsys):
     """The embedded SmolLM2 on 4 GAR cls and 4 gen pairs: completes, every output, finite agreement."""
     import torch

@@ -7,6 +7,8 @@ import pytest
 from gar_tasks.errors import GARConfigError
 from interp.sites import HEAD_OUTPUT_SITES, head_sites
 
+pytestmark = pytest.mark.unit
+
 
 def _config(model_type: str, **kw):
     from transformers import AutoConfig

@@ -29,6 +29,7 @@ def task_manager():
     return TaskManager()
 
 
+@pytest.mark.integration
 def test_yaml_files_are_generated_and_up_to_date():
     want = render_yaml_files()
     have = {p.name: p.read_text(encoding="utf-8") for p in GAR_DIR.glob("*.yaml")}
@@ -36,6 +37,7 @@ def test_yaml_files_are_generated_and_up_to_date():
     assert all(have[n] == want[n] for n in want), "run scripts/make_yaml_tasks.py"
 
 
+@pytest.mark.integration
 def test_task_manager_indexes_every_task_group_and_tag_we_ship(task_manager):
     tree = task_tree()
     index = task_manager.task_index
@@ -55,6 +57,7 @@ def test_task_manager_indexes_every_task_group_and_tag_we_ship(task_manager):
             "gar_v1_chat_cls_nr1", "gar_chat_sub", "gar_v1_chat_sub", "gar_chat_sub_hop0"} <= ours
 
 
+@pytest.mark.integration
 def test_dataset_names_are_the_registry_configs():
     names = {yaml.safe_load(p.read_text()).get("dataset_name") for p in GAR_DIR.glob("*.yaml")} - {None}
     assert names == set(CONFIGS)
@@ -62,6 +65,7 @@ def test_dataset_names_are_the_registry_configs():
         assert leaf.yaml_dict()["dataset_kwargs"]["gar_config"] == leaf.config
 
 
+@pytest.mark.integration
 def test_leaves_partition_each_config():
     """Every record of a config is in exactly one non-greedy leaf of that config."""
     from gar_tasks.lm_eval_glue import load_docs
@@ -75,6 +79,7 @@ def test_leaves_partition_each_config():
             assert len(ids) == len(set(ids)) == n, (config, route)
 
 
+@pytest.mark.e2e
 def test_plain_include_path_route_without_the_hook(tmp_path):
     code = textwrap.dedent("""
         import sys
@@ -93,6 +98,7 @@ def test_plain_include_path_route_without_the_hook(tmp_path):
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
+@pytest.mark.integration
 def test_hook_is_cheap_and_idempotent():
     from gar_tasks import lm_eval_hook
 
@@ -157,6 +163,7 @@ class OracleLM(LM):
         return out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("correct", [True, False])
 def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
     from lm_eval import simple_evaluate
@@ -216,6 +223,7 @@ def test_oracle_chat_model_scores_exactly_one_or_zero_through_the_filters(correc
 # ---------------------------------------------------------------------------------------------
 # data source switch, the `gar eval` wrapper, and the installed artefacts
 
+@pytest.mark.integration
 def test_gar_source_switches_the_data_without_editing_yaml(tmp_path, monkeypatch):
     from gar_tasks import hub, load as load_mod
     from gar_tasks.lm_eval_glue import load_docs
@@ -238,6 +246,7 @@ def test_gar_source_switches_the_data_without_editing_yaml(tmp_path, monkeypatch
     assert list(offline["prompt"]) == list(via_env["prompt"])
 
 
+@pytest.mark.integration
 def test_gar_eval_adds_defaults_and_passes_everything_through(monkeypatch):
     from gar_tasks import cli
 
@@ -251,6 +260,7 @@ def test_gar_eval_adds_defaults_and_passes_everything_through(monkeypatch):
     assert mine == ["run", "--tasks=gar_cls", "--model", "dummy", "--model_args", "x=1", "--include_path", "/t"]
 
 
+@pytest.mark.integration
 def test_gar_eval_runs_lm_eval_in_process(tmp_path, capsys):
     from gar_tasks.cli import main
 
@@ -262,6 +272,7 @@ def test_gar_eval_runs_lm_eval_in_process(tmp_path, capsys):
     assert list(out.rglob("results_*.json"))
 
 
+@pytest.mark.e2e
 def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
     """`pip install` (non-editable) gets the hook, the YAML tasks and the data; RECORD lists the
     hook, so `pip uninstall` removes it."""

@@ -21,6 +21,8 @@ from gar_tasks import models
 from gar_tasks.errors import GARConfigError
 from gar_tasks.models import MARKER, embedded_model_path, load_embedded
 
+pytestmark = pytest.mark.e2e
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

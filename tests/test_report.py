@@ -12,6 +12,8 @@ from gar_tasks.configs import CONFIGS
 from gar_tasks.errors import GARDataError
 from gar_tasks.report import OUTPUTS, make_report
 
+pytestmark = pytest.mark.unit
+
 TS_OLD, TS = "2024-12-31T23-59-59.000001", "2025-01-02T03-04-05.678901"
 TS2, TS3 = "2025-02-01T00-00-00.000001", "2025-03-01T00-00-00.000001"
 P = "paper/test/"

@@ -15,6 +15,8 @@ from gar_tasks.render import ROW_SEPARATOR
 from gar_tasks.schemas import SymSchema, TreeSchema
 from gar_tasks.subq import KINDS, fact_templates, sub_question, sub_records
 
+pytestmark = pytest.mark.unit
+
 SUB_CONFIG = {"paper": "sub", "v1": "v1_sub"}
 SAME = [f.name for f in fields(GARRecord)
         if f.name not in ("id", "pair_id", "family", "prompt", "answer", "label", "choices", "text", "spans")]

@@ -19,6 +19,8 @@ from gar_tasks.tokens import (batch_token_positions, char_to_token_spans, end_po
                               record_token_positions)
 from tiny_tokenizers import bpe_tokenizer, gar_records, wordlevel_tokenizer
 
+pytestmark = pytest.mark.unit
+
 TOKENIZERS = {
     "bpe-trim": lambda: bpe_tokenizer(trim_offsets=True),
     "bpe-notrim": lambda: bpe_tokenizer(trim_offsets=False),

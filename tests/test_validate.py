@@ -12,6 +12,8 @@ from gar_tasks.generate import GeneratorConfig
 from gar_tasks.validate import validate_file, validate_published, validate_records
 from shared_data import shared_path
 
+pytestmark = pytest.mark.unit
+
 # Measured on GAR_data.jsonl; DATASET_STATS sections 4 and 8 give the same numbers except where
 # noted: plural_is 350 there (its pattern missed owners such as "Dr. Anthony Fauci's"), splotless
 # 17 there (case-sensitive; 'Splotless John.' counts here), bare_noun 1000 and lowercase_item 32

@@ -1,0 +1,11 @@
+"""The ``gar`` commands of the interp package: ``patch``, ``heads``, ``intervene``, ``probe``.
+
+Each module owns its arguments (``register(subparsers)``) and its run (``main(args) -> exit code``);
+the options several commands share are declared once in :mod:`interp.commands.options`. The ``gar``
+command line (``gar_tasks.cli``) finds them through the ``gar.commands`` entry-point group declared
+in ``pyproject.toml``, so the data package never imports ``interp``.
+"""
+
+COMMANDS = ("patch", "heads", "intervene", "probe")
+
+__all__ = ["COMMANDS"]

@@ -1,0 +1,131 @@
+"""The package structure, checked mechanically over the source files (ast, no import):
+``gar_tasks`` library modules import nothing from ``interp``; no module imports another module's
+underscore names; the import graph of our modules has no cycle; every test module declares its tier
+markers; the interp commands reach ``gar`` through the entry-point group."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("gar_tasks", "interp")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(f.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = f
+    return out
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
+    """``(module imported, [names taken from it])`` for every import statement, anywhere in the file."""
+    is_pkg = path.name == "__init__.py"
+    base = name.split(".") if is_pkg else name.split(".")[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                anchor = base[:len(base) - node.level + 1]
+                mod = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.append((mod, [a.name for a in node.names]))
+    return out
+
+
+MODULES = _modules()
+
+
+def _ours(mod: str) -> str | None:
+    """The module of ours an import names (``a.b.c`` -> the longest known prefix)."""
+    parts = mod.split(".")
+    for i in range(len(parts), 0, -1):
+        cand = ".".join(parts[:i])
+        if cand in MODULES:
+            return cand
+    return None
+
+
+def test_gar_tasks_never_imports_interp():
+    bad = [(name, mod) for name, path in MODULES.items() if name.startswith("gar_tasks")
+           for mod, _ in _imports(name, path) if mod == "interp" or mod.startswith("interp.")]
+    assert bad == []
+
+
+def test_no_underscore_names_across_modules():
+    bad = []
+    for name, path in MODULES.items():
+        for mod, names in _imports(name, path):
+            target = _ours(mod)
+            if target is None or target == name:
+                continue
+            bad += [(name, f"{mod}.{n}") for n in names if n.startswith("_") and n != "__version__"]
+            bad += [(name, mod) for part in mod.split(".") if part.startswith("_") and part != "__init__"]
+    assert bad == []
+
+
+def test_no_import_cycles():
+    import networkx as nx
+
+    g = nx.DiGraph()
+    for name, path in MODULES.items():
+        g.add_node(name)
+        for mod, names in _imports(name, path):
+            targets = {_ours(mod)} | {_ours(f"{mod}.{n}") for n in names}
+            for t in targets - {None, name}:
+                if not name.startswith(t + "."):  # a module importing its own package's __init__ is no cycle
+                    g.add_edge(name, t)
+    cycles = list(nx.simple_cycles(g))
+    assert cycles == []
+
+
+def test_every_test_module_declares_its_tiers():
+    """A module-level ``pytestmark`` tier, or (modules mixing tiers) a tier on every test function;
+    conftest.py checks at collection that each test ends up with exactly one."""
+    tiers = {"unit", "integration", "e2e"}
+
+    def tier_of(decorators) -> set[str]:
+        names = set()
+        for d in decorators:
+            d = d.func if isinstance(d, ast.Call) else d
+            if isinstance(d, ast.Attribute) and isinstance(d.value, ast.Attribute) and d.value.attr == "mark":
+                names.add(d.attr)
+        return names & tiers
+
+    missing = []
+    for f in sorted(Path(__file__).parent.glob("test_*.py")):
+        tree = ast.parse(f.read_text())
+        module = [n for n in tree.body if isinstance(n, ast.Assign)
+                  and any(getattr(t, "id", None) == "pytestmark" for t in n.targets)]
+        module_tiers = {n.attr for m in module for n in ast.walk(m) if isinstance(n, ast.Attribute)} & tiers
+        tests = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+        if len(module_tiers) == 1:
+            continue
+        untiered = [t.name for t in tests if len(tier_of(t.decorator_list)) != 1]
+        if module_tiers or untiered:
+            missing.append((f.name, untiered[:3]))
+    assert missing == []
+
+
+def test_interp_commands_come_through_entry_points():
+    from importlib.metadata import entry_points
+
+    from gar_tasks.cli import ENTRY_POINT_GROUP, build_parser
+    from interp.commands import COMMANDS
+
+    eps = {e.name: e.value for e in entry_points(group=ENTRY_POINT_GROUP)}
+    assert set(eps) == set(COMMANDS) and all(v.startswith("interp.commands.") for v in eps.values())
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(COMMANDS) <= set(sub.choices)
