@@ -14,6 +14,8 @@ from interp.circuit.graph import (Circuit, EdgeScores, ModelShape, circuit_from_
                                   edge_type_arrays, load_graph_json, node_graph, resid_structure,
                                   save_graph_json, to_dot)
 
+pytestmark = pytest.mark.unit
+
 
 def test_index_helpers_follow_the_contract_order():
     s = ModelShape(3, 4, 2)

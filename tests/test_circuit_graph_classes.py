@@ -5,6 +5,9 @@ from __future__ import annotations
 from circuit_synth import ROLES, SHAPE, blank_scores, planted_scores
 from interp.circuit.classes import class_counts, class_groups, classify_heads, load_class_table
 from interp.circuit.graph import Circuit
+import pytest
+
+pytestmark = pytest.mark.unit
 
 r = ROLES.index
 

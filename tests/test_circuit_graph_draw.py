@@ -9,6 +9,9 @@ from interp.circuit.extract import topn
 from interp.circuit.faithfulness import faithfulness_curve
 from interp.circuit.graph import Circuit
 from interp.circuit.loop import find_loops
+import pytest
+
+pytestmark = pytest.mark.unit
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

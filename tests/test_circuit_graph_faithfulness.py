@@ -14,6 +14,8 @@ from interp.circuit.faithfulness import (MIB_PERCENTAGES, area_under_curve, comp
                                          spot_check_stats)
 from interp.circuit.graph import Circuit
 
+pytestmark = pytest.mark.unit
+
 
 def test_faithfulness_formula():
     assert faithfulness(3.0, 5.0, 1.0) == 0.5

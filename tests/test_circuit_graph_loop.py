@@ -10,6 +10,8 @@ from interp.circuit.graph import Circuit
 from interp.circuit.loop import (closing_head_check, find_loops, load_templates, loop_faithfulness,
                                  loop_share, loop_subcircuit, templates_for)
 
+pytestmark = pytest.mark.unit
+
 r = ROLES.index
 Q, K, V = 0, 1, 2
 

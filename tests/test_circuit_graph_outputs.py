@@ -10,6 +10,8 @@ from circuit_synth import linear_evaluate, planted_scores
 from interp.circuit.graph import Circuit, EdgeScores, load_graph_json
 from interp.circuit.outputs import circuit_size, write_circuit_outputs, write_overlap_outputs
 
+pytestmark = pytest.mark.unit
+
 
 def _baselines(scores):
     ev = linear_evaluate(scores)

@@ -10,6 +10,8 @@ from interp.circuit.graph import Circuit
 from interp.circuit.overlap import (circuit_items, core_circuit, core_vs_random, jaccard, overlap_matrices,
                                     random_floor, split_half, transfer_matrix, weighted_jaccard)
 
+pytestmark = pytest.mark.unit
+
 
 def test_jaccard_on_hand_built_sets():
     assert jaccard({1, 2, 3}, {2, 3, 4}) == 0.5

@@ -8,6 +8,9 @@ from interp.circuit.faithfulness import faithfulness_curve
 from interp.circuit.graph import Circuit
 from interp.circuit.loop import closing_head_check, find_loops, loop_faithfulness
 from interp.circuit.summary import summary_md, write_summary
+import pytest
+
+pytestmark = pytest.mark.unit
 
 
 def test_summary_of_the_planted_circuit(tmp_path):

@@ -18,6 +18,8 @@ from interp.circuit.roles import (PAD_ROLE, batch_token_roles, builtin_schemas, 
                                   schema_from_dict)
 from tiny_tokenizers import bpe_tokenizer, gar_records, wordlevel_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 def _sample():
     groups = defaultdict(list)

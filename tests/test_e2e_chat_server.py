@@ -15,6 +15,8 @@ import yaml
 
 from chat_server import HOST, console_script, free_port, offline_env, stop, transformers_cli, wait_healthy
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 HEALTH_TIMEOUT_S = 300  # model load on a busy 2-core machine
 

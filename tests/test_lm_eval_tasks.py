@@ -194,6 +194,7 @@ def test_oracle_scores_exactly_one_or_zero_on_every_leaf(correct, task_manager):
     assert not {leaf.name for leaf in tree.leaves if leaf.config in ("sub", "v1_sub")} & benchmark
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("correct", [True, False])
 def test_oracle_chat_model_scores_exactly_one_or_zero_through_the_filters(correct, task_manager):
     """Every chat leaf and group: replies in mixed case, with punctuation, prefixes and further lines."""
@@ -290,6 +291,7 @@ def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
     assert "gar_eval_lm_eval.pth," in zipfile.ZipFile(wheel).read(record).decode()
 
 
+@pytest.mark.integration
 def test_quick_samples_pick_exactly_the_sub_questions_of_the_picked_parents():
     """The demo's --samples: N docs per benchmark leaf (as --limit N) and all, and only, their
     sub-questions, so the report's gap joins every picked generation document."""
@@ -318,6 +320,7 @@ def test_quick_samples_pick_exactly_the_sub_questions_of_the_picked_parents():
     assert "gar_chat_sub_assoc" in chat and all(name.startswith("gar_chat") for name in chat)
 
 
+@pytest.mark.integration
 def test_api_extra_is_lm_evals_own_and_installed():
     """`pip install "gar-eval[api]"` = lm-eval's `api` extra at our lm-eval version (what the chat and
     API models need); the dev extra (tests) carries it and a server, so all of it is importable here."""

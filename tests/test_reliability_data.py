@@ -29,6 +29,8 @@ from gar_tasks.generate import GeneratorConfig
 from gar_tasks.io import ROW_GROUP, read_records, write_records
 from gar_tasks.records import GARRecord
 
+pytestmark = pytest.mark.integration
+
 SECRET = "hf_SECRETtokenThatMustNeverBePrinted0123"
 GAR = Path(sys.executable).parent / "gar"
 
