@@ -125,7 +125,7 @@ class HeadSites:
         return (self.n_layers, self.n_heads)
 
 
-def _config_of(model_or_config: Any) -> Any:
+def model_config(model_or_config: Any) -> Any:
     """A transformers config from a config, an HF model, or an nnsight wrapper of one."""
     for candidate in (model_or_config, getattr(model_or_config, "_module", None)):
         cfg = getattr(candidate, "config", None)
@@ -141,7 +141,7 @@ def head_sites(model_or_config: Any) -> HeadSites:
 
     Raises :class:`GARConfigError` for an architecture not in :data:`HEAD_OUTPUT_SITES`.
     """
-    cfg = _config_of(model_or_config)
+    cfg = model_config(model_or_config)
     model_type = getattr(cfg, "model_type", None)
     if model_type not in HEAD_OUTPUT_SITES:
         raise GARConfigError(f"unsupported architecture {model_type!r} for per-head patching; "

@@ -17,7 +17,8 @@ import numpy as np
 
 from .classes import HeadLabel, load_class_table
 from .faithfulness import FaithfulnessCurve
-from .graph import Circuit, EdgeScores, atomic_write, node_graph
+from ..core.outputs import atomic_write
+from .graph import Circuit, EdgeScores, node_graph
 
 TYPE_COLORS = {"q": "#d62728", "k": "#2ca02c", "v": "#1f4fb4", "mlp": "#7f7f7f", "logits": "#222222"}
 _RAD = {"q": 0.12, "k": 0.3, "v": -0.2, "mlp": 0.1, "logits": 0.0}  # parallel q/k/v links stay apart

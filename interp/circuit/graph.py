@@ -25,32 +25,18 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from ..core.outputs import atomic_write
+
 COMPONENTS = ("q", "k", "v")
 EDGE_TYPES = ("q", "k", "v", "mlp", "logits")
 GRAPH_FORMAT = "gar-circuit"
 GRAPH_VERSION = 1
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _frozen(values: list) -> np.ndarray:
@@ -574,7 +560,7 @@ def iter_edges(circuit: Circuit, scores: EdgeScores) -> Iterator[tuple[int, str,
         yield int(i), scores.edge_name(int(i)), edge_type(scores.shape, len(scores.roles), int(i)), float(flat[i])
 
 
-__all__ = ["COMPONENTS", "EDGE_TYPES", "Circuit", "EdgeScores", "ModelShape", "atomic_write",
+__all__ = ["COMPONENTS", "EDGE_TYPES", "Circuit", "EdgeScores", "ModelShape",
            "circuit_from_json", "circuit_to_json", "edge_name", "edge_type", "edge_type_arrays",
            "head_feeds", "head_node_name", "infer_shape", "iter_edges", "load_graph_json", "node_graph", "resid_structure",
            "save_graph_json", "to_dot", "unravel_edge"]

@@ -19,7 +19,8 @@ from .classes import classify_heads, class_counts, labels_to_json
 from .draw import draw_circuit, draw_faithfulness, draw_overlap, draw_role_loop
 from .extract import edge_counts, extract, n_for_percent
 from .faithfulness import MIB_PERCENTAGES, EvaluateFn, faithfulness, faithfulness_curve
-from .graph import Circuit, EdgeScores, atomic_write, save_graph_json, to_dot
+from ..core.outputs import atomic_write
+from .graph import Circuit, EdgeScores, save_graph_json, to_dot
 from .loop import closing_head_check, find_loops, loop_faithfulness, loop_share, templates_for
 from .overlap import LEVELS, core_circuit, core_vs_random, overlap_matrices, random_floor, split_half, transfer_matrix
 from .summary import write_summary

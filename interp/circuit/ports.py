@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from gar_tasks.errors import GARConfigError
 
+from ..sites import model_config
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
@@ -152,22 +154,12 @@ class CircuitShape:
                 "n_kv": self.n_kv, "head_dim": self.head_dim, "d_model": self.d_model}
 
 
-def _config_of(model: Any) -> Any:
-    for candidate in (model, getattr(model, "_module", None)):
-        cfg = getattr(candidate, "config", None)
-        if cfg is not None and hasattr(cfg, "model_type"):
-            return cfg
-    if hasattr(model, "model_type"):
-        return model
-    raise GARConfigError(f"cannot find a transformers config on {type(model).__name__}")
-
-
 def circuit_shape(model_or_config: Any) -> CircuitShape:
     """The :class:`CircuitShape` of an HF model, an nnsight wrapper of one, or a config.
 
     Raises :class:`GARConfigError` naming the architecture when it is not supported.
     """
-    cfg = _config_of(model_or_config)
+    cfg = model_config(model_or_config)
     mt = getattr(cfg, "model_type", None)
     if mt not in ARCHITECTURES:
         raise GARConfigError(f"unsupported architecture {mt!r} for circuit discovery; supported: "

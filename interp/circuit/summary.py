@@ -12,7 +12,8 @@ import numpy as np
 from .classes import HeadLabel, class_groups, load_class_table
 from .extract import edge_counts
 from .faithfulness import FaithfulnessCurve
-from .graph import Circuit, EdgeScores, atomic_write
+from ..core.outputs import atomic_write
+from .graph import Circuit, EdgeScores
 from .loop import LoopResult
 
 
