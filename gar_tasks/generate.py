@@ -18,7 +18,7 @@ from .records import DELIMITER, TERMINATOR, GARRecord, RowInfo
 from .render import DRAW_PREAMBLE, render_instance
 from .schemas import Relation, Schema, TreeSchema
 
-SPLITS = ("test", "validation")
+SPLITS = ("test", "validation", "train")  # train: the organism's training data (scripts/train_organism.py)
 PAPER_SEED = 42
 KNOB_RANGES = {"cxt_len": (2, 8), "n_demos": (0, 4), "n_per_task": (1, 10_000)}
 

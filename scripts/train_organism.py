@@ -1,0 +1,419 @@
+#!/usr/bin/env python
+"""Train the GAR model organism: a small Llama (grouped-query attention) trained from scratch on
+the ``train`` split of the v1 profile, shipped as the embedded model ``organism``.
+
+Why a script and not a library module: CI never retrains; this is the reproducible recipe whose
+output (``gar_tasks/data/organism/``) ships with the package, together with its training record
+(``training_record.json``: command, data size, wall time, metrics, sha256 of the weights).
+
+Data: ``GeneratorConfig(profile="v1", split="train", n_per_task=N, seed=k)`` for chunks
+k = 0..K-1: every one of the 384 task cells, both families, n_r 0-2, per-cell random streams
+keyed by (split, seed, cell), and no test-row question reused (the generator excludes them).
+Loss: cross-entropy on the answer tokens of every row (the demonstration row's answer and the
+final answer; for classification the Yes/No label) plus an EOS after the final answer, plus
+``--lm-weight`` x the next-token loss on all tokens.
+
+Seeded and reproducible (same arguments, same machine -> same weights), tqdm progress bar,
+checkpoints every ``--ckpt-every`` steps in ``--work``, ``--resume`` continues from the last one.
+
+    .venv/bin/python scripts/train_organism.py            # the defaults = the shipped run (29 min)
+    .venv/bin/python scripts/train_organism.py --resume   # after an interruption
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SPECIALS = ["[UNK]", "[PAD]", "<s>", "</s>"]
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+def _chunk(args_tuple):
+    n_per_task, seed = args_tuple
+    from gar_tasks.generate import GeneratorConfig
+
+    recs = GeneratorConfig(profile="v1", split="train", n_per_task=n_per_task, seed=seed).build()
+    return [(r.text, [(row["END"][0][1], row["row"][0][1]) for row in r.spans], r.family, r.n_r,
+             r.answer) for r in recs]
+
+
+def build_records(n_per_task: int, chunks: int, work: Path, procs: int) -> list[tuple]:
+    """Generated training examples (text, answer char ranges, family, n_r, answer), cached."""
+    cache = work / f"train_v1_n{n_per_task}_k{chunks}.json"
+    if cache.is_file():
+        return [tuple(x) for x in json.loads(cache.read_text())]
+    jobs = [(n_per_task, k) for k in range(chunks)]
+    if procs > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(procs) as pool:
+            parts = pool.map(_chunk, jobs)
+    else:
+        parts = [_chunk(j) for j in jobs]
+    out = [x for p in parts for x in p]
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, cache)
+    return out
+
+
+def vocabulary_words(profile: str = "v1") -> list[str]:
+    """Every word of the profile's vocabulary (and its sentence-initial and plural surface forms),
+    so that no test word is unknown to the tokenizer although a rare one may be absent from the
+    sampled training texts (its embedding then stays untrained)."""
+    from gar_tasks.errors import GARConfigError
+    from gar_tasks.profiles import load_profile
+
+    words: set[str] = set()
+    for schema in load_profile(profile).vocab.schemas.values():
+        for rel in ("equal", "child", "parent", "similar", "opposite"):
+            try:
+                r = schema.relation(rel)
+            except (GARConfigError, KeyError, ValueError):
+                continue
+            words.update(r.domain, r.codomain)
+    forms = {f for w in words for f in (w, w[:1].upper() + w[1:], w + "s", w[:1].upper() + w[1:] + "s")}
+    return sorted(forms)
+
+
+def build_tokenizer(texts: list[str]):
+    """Word-level fast tokenizer: one id per word or punctuation run, no BOS added (so
+    lm-eval's encoding and ``tokenizer(text)`` agree), offsets in characters."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIALS, show_progress=False, min_frequency=1)
+    tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   bos_token="<s>", eos_token="</s>", model_max_length=512,
+                                   clean_up_tokenization_spaces=False)
+
+
+def encode(tokenizer, examples: list[tuple], eos_id: int) -> list[tuple[list[int], list[int]]]:
+    """(ids, target positions): position p is trained to predict ids[p + 1]."""
+    out = []
+    B = 2048
+    for i in range(0, len(examples), B):
+        batch = examples[i:i + B]
+        enc = tokenizer([e[0] for e in batch], return_offsets_mapping=True, add_special_tokens=False)
+        for ex, ids, offs in zip(batch, enc["input_ids"], enc["offset_mapping"]):
+            targets = []
+            for s, e in ex[1]:
+                tgt = [j for j, (a, b) in enumerate(offs) if a < b and a >= s and b <= e]
+                if not tgt:
+                    raise ValueError(f"no answer token in {ex[0]!r}")
+                targets += tgt
+            ids = list(ids) + [eos_id]
+            targets.append(len(ids) - 1)
+            out.append((ids, [t - 1 for t in targets]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# model and training
+
+def make_model(args, vocab_size: int, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=args.d_model, intermediate_size=args.mlp,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=512,
+                      rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")
+    return LlamaForCausalLM(cfg)
+
+
+def batches_for_epoch(lengths: list[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-grouped batches (little padding), in a seeded random order."""
+    rng = random.Random(f"organism|{seed}|{epoch}")
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    out = []
+    mega = 4096
+    for m in range(0, len(idx), mega):
+        part = sorted(idx[m:m + mega], key=lambda i: lengths[i])
+        cur: list[int] = []
+        cur_max = 0
+        for i in part:
+            L = max(cur_max, lengths[i])
+            if cur and L * (len(cur) + 1) > batch_tokens:
+                out.append(cur)
+                cur, L = [], lengths[i]
+            cur.append(i)
+            cur_max = L
+        if cur:
+            out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+def collate(data, batch, pad_id: int):
+    import torch
+
+    T = max(len(data[i][0]) for i in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    rows, cols = [], []
+    for r, i in enumerate(batch):
+        seq, tg = data[i]
+        ids[r, :len(seq)] = torch.tensor(seq)
+        rows += [r] * len(tg)
+        cols += tg
+    rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+    return ids, rows_t, cols_t, ids[rows_t, cols_t + 1]
+
+
+def target_loss(model, ids, rows, cols, labels, pad_id: int = -100, lm_weight: float = 0.0):
+    """Cross-entropy on the answer positions, plus ``lm_weight`` x the next-token loss on every
+    position: the dense signal teaches in-context retrieval (names and items repeat between
+    context and question) far sooner than the answers alone (measured: answer-only training
+    was still at chance after 400 steps)."""
+    import torch.nn.functional as F
+
+    # right padding + causal attention: real positions never see the pads, so no mask is needed
+    h = model.model(input_ids=ids).last_hidden_state
+    logits = model.lm_head(h[rows, cols])
+    loss = F.cross_entropy(logits.float(), labels)
+    if lm_weight > 0:
+        nxt = ids[:, 1:].masked_fill(ids[:, 1:] == pad_id, -100)
+        all_logits = model.lm_head(h[:, :-1])
+        loss = loss + lm_weight * F.cross_entropy(all_logits.flatten(0, 1).float(), nxt.flatten(),
+                                                  ignore_index=-100)
+    return loss, logits
+
+
+def evaluate(model, tokenizer, records, max_n: int | None = None) -> dict:
+    """Accuracy as lm-eval computes it: cls = argmax over {' Yes', ' No'} of the label
+    log-likelihood; gen = greedy decoding reproduces every answer token (teacher forced)."""
+    import torch
+
+    by: dict[str, list[int]] = {}
+    model.eval()
+    yes, no = tokenizer.convert_tokens_to_ids(["Yes", "No"])
+    recs = records if max_n is None else records[:max_n]
+    with torch.no_grad():
+        for i in range(0, len(recs), 64):
+            chunk = recs[i:i + 64]
+            p = tokenizer([r.prompt for r in chunk], add_special_tokens=False)["input_ids"]
+            a = tokenizer([" " + r.answer for r in chunk], add_special_tokens=False)["input_ids"]
+            seqs = [x + y for x, y in zip(p, a)]
+            T = max(map(len, seqs))
+            ids = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, :len(s)] = torch.tensor(s)
+            logits = model(input_ids=ids).logits
+            for r, rec in enumerate(chunk):
+                n0 = len(p[r])
+                if rec.family == "cls":
+                    ok = bool((logits[r, n0 - 1, yes] > logits[r, n0 - 1, no]) == (rec.answer == "Yes"))
+                else:
+                    pred = logits[r, n0 - 1:n0 - 1 + len(a[r])].argmax(-1).tolist()
+                    ok = pred == a[r]
+                for key in (rec.family, f"{rec.family}_nr{rec.n_r}"):
+                    by.setdefault(key, []).append(int(ok))
+    model.train()
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(by.items())} | {
+        f"n_{k}": len(v) for k, v in sorted(by.items()) if "_" not in k}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "gar_tasks" / "data" / "organism")
+    ap.add_argument("--work", type=Path, default=ROOT / ".organism_work",
+                    help="data cache, checkpoints and log (not shipped)")
+    ap.add_argument("--n-per-task", type=int, default=20, help="instances per task cell per chunk")
+    ap.add_argument("--chunks", type=int, default=6, help="generator seeds 0..K-1 (disjoint streams)")
+    ap.add_argument("--gen-procs", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--mlp", type=int, default=384)
+    ap.add_argument("--steps", type=int, default=650)
+    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="1 is fastest on a shared 2-core machine (2 threads wait on each other)")
+    ap.add_argument("--ckpt-every", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=150)
+    ap.add_argument("--eval-n", type=int, default=256, help="validation records per evaluation")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--lm-weight", type=float, default=0.5,
+                    help="weight of the auxiliary next-token loss on all positions (0: answers only)")
+    ap.add_argument("--autocast", choices=("bf16", "none"), default="none",
+                    help="CPU bf16 autocast for the training forward pass (fp32 master weights)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop early (and say so in the record) when the wall time reaches this")
+    ap.add_argument("--final-eval-n", type=int, default=768, help="validation records for the final check")
+    ap.add_argument("--dtype", default="float16", help="storage dtype of the shipped weights")
+    args = ap.parse_args(argv)
+
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    ckpt = args.work / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False) if args.resume and ckpt.is_file() else None
+    prev_wall = state["wall_s"] if state else 0.0
+
+    t0 = time.time()
+    examples = build_records(args.n_per_task, args.chunks, args.work, args.gen_procs)
+    t_data = time.time() - t0
+    tok_dir = args.work / "tokenizer"
+    if state and tok_dir.is_dir():
+        from transformers import PreTrainedTokenizerFast
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+    else:
+        tokenizer = build_tokenizer([e[0] for e in examples] + vocabulary_words("v1"))
+        tokenizer.save_pretrained(tok_dir)
+    data = encode(tokenizer, examples, tokenizer.eos_token_id)
+    lengths = [len(d[0]) for d in data]
+    n_targets = sum(len(d[1]) for d in data)
+    print(f"data: {len(data)} sequences, {sum(lengths)} tokens, {n_targets} target tokens, "
+          f"vocab {len(tokenizer)}, generated in {t_data:.0f} s", flush=True)
+
+    from gar_tasks.generate import GeneratorConfig
+    val = GeneratorConfig(profile="v1", split="validation").build()
+    random.Random(1).shuffle(val)
+
+    model = make_model(args, len(tokenizer), tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params} parameters", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    other = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+    step, epoch, pos = 0, 0, 0
+    history: list[dict] = []
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, epoch, pos, history = state["step"], state["epoch"], state["pos"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed at step {step}", flush=True)
+    order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
+
+    def save_ckpt() -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "epoch": epoch,
+                    "pos": pos, "history": history, "torch_rng": torch.get_rng_state(),
+                    "wall_s": prev_wall + time.time() - t_start, "args": vars(args)}, tmp)
+        os.replace(tmp, ckpt)
+
+    model.train()
+    stopped_early = None
+    bar = tqdm(total=args.steps, initial=step, desc="train", mininterval=5, file=sys.stdout)
+    ema = None
+    while step < args.steps:
+        if pos >= len(order):
+            epoch, pos = epoch + 1, 0
+            order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
+        ids, rows, cols, labels = collate(data, order[pos], tokenizer.pad_token_id)
+        pos += 1
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+            loss, _ = target_loss(model, ids, rows, cols, labels, tokenizer.pad_token_id, args.lm_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.4f}", epoch=epoch)
+        if step % args.eval_every == 0 or step == args.steps:
+            m = evaluate(model, tokenizer, val, args.eval_n)
+            history.append({"step": step, "loss_ema": round(ema, 5), "val": m,
+                            "wall_s": round(prev_wall + time.time() - t_start, 1)})
+            print(f"\nstep {step}: loss {ema:.4f} val {m}", flush=True)
+        out_of_time = (args.max_minutes is not None
+                       and prev_wall + time.time() - t_start > 60 * args.max_minutes)
+        if step % args.ckpt_every == 0 or step == args.steps or out_of_time:
+            save_ckpt()
+        if out_of_time:
+            stopped_early = step
+            print(f"\nstopping at step {step}: --max-minutes {args.max_minutes} reached", flush=True)
+            break
+    bar.close()
+
+    # the shipped folder: weights in the storage dtype, evaluated as shipped
+    wall = prev_wall + time.time() - t_start
+    tmp_out = args.out.with_name(args.out.name + ".tmp")
+    shutil.rmtree(tmp_out, ignore_errors=True)
+    model.to(getattr(torch, args.dtype)).save_pretrained(tmp_out)
+    tokenizer.save_pretrained(tmp_out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    shipped = AutoModelForCausalLM.from_pretrained(tmp_out, dtype=torch.float32).eval()
+    shipped_tok = AutoTokenizer.from_pretrained(tmp_out)
+    final_val = evaluate(shipped, shipped_tok, val, args.final_eval_n)
+    print(f"shipped weights on {args.final_eval_n} v1 validation records: {final_val}", flush=True)
+    record = {
+        "model": "organism",
+        "command": " ".join([Path(sys.executable).name, "scripts/train_organism.py", *(argv or sys.argv[1:])]),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "data": {"profile": "v1", "split": "train", "n_per_task": args.n_per_task,
+                 "seeds": list(range(args.chunks)), "sequences": len(data), "tokens": sum(lengths),
+                 "target_tokens": n_targets,
+                 "epochs_seen": round(epoch + pos / max(1, len(order)), 3)},
+        "model_size": {"parameters": n_params, "storage_dtype": args.dtype,
+                       "vocab_size": len(tokenizer)},
+        "steps_done": step,
+        "stopped_early_at_step": stopped_early,
+        "wall_time_s": round(wall, 1),
+        "data_generation_s": round(t_data, 1),
+        "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",
+        "history": history,
+        "final_validation": final_val,
+        "weights_sha256": sha256(tmp_out / "model.safetensors"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "tokenizers")},
+    }
+    (tmp_out / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    shutil.rmtree(args.out, ignore_errors=True)
+    os.replace(tmp_out, args.out)
+    print(f"wrote {args.out} ({wall:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
