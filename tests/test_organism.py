@@ -17,7 +17,8 @@ from gar_tasks.generate import GeneratorConfig
 from gar_tasks.grid import iter_cells
 from gar_tasks.models import PackagedModel, embedded_model_path, packaged_model_path
 from gar_tasks.tokens import end_position, record_token_positions
-\npytestmark = pytest.mark.integration
+
+pytestmark = pytest.mark.integration
 
 ENTRY = models.EMBEDDED_MODELS["organism"]
 
