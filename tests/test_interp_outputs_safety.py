@@ -162,3 +162,18 @@ def test_probe_refuses_foreign_files_heads_of_another_model_and_k_too_large(tmp_
                  "not a gar probe feature cache")
     assert (mine / "features_snli_test.npz").read_bytes() == b"my data" and os.listdir(mine) == [
         "features_snli_test.npz"]
+
+
+@pytest.mark.parametrize("command", ["patch", "heads", "probe"])
+def test_out_under_a_file_is_refused_before_any_work(tmp_path, command, capsys):
+    """A folder with a config but no weights: an error about --out (not about the weights) shows the
+    output path is checked before the model loads."""
+    from tiny_models import BUILDERS
+
+    model = tmp_path / "model"
+    BUILDERS["llama"](seed=0).config.save_pretrained(model)
+    (tmp_path / "afile").write_text("the user's file")
+    extra = {"patch": PATCH, "heads": ["--n", 2, "-q"], "probe": ["--heads", tmp_path / "afile", "-q"]}[command]
+    rc, out, err = run(capsys, command, "--model", model, *extra, "--out", tmp_path / "afile" / "sub")
+    assert_error(rc, out, err, "afile", "is not a folder")
+    assert (tmp_path / "afile").read_text() == "the user's file"

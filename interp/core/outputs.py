@@ -118,7 +118,14 @@ def check_out_dir(out: str | Path) -> Path:
     """``out`` as a Path; refuses an existing non-folder (before any work)."""
     p = Path(out)
     if p.exists() and not p.is_dir():
-        raise GARConfigError(f"--out {p} exists and is not a folder")
+        raise GARConfigError(f"output folder {p} exists and is not a folder")
+    for parent in p.absolute().parents:  # the nearest existing ancestor must be a folder we can write in
+        if parent.exists():
+            if not parent.is_dir():
+                raise GARConfigError(f"output folder {p}: {parent} is not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise GARConfigError(f"output folder {p}: {parent} is not writable")
+            break
     return p
 
 
