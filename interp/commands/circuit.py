@@ -375,28 +375,21 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
             with timings("eap"):
                 scores, half1, half2 = eap_scores(args, task, ckpt, progress)
             n, pct = parse_size(args.size)
+            title = f"{Path(args.model).name} on {args.tasks} ({args.counterfactual}, {len(task.cf)} rows)"
             evaluate = None if args.remote else Evaluator(task, ckpt.path("evals.json"), log)
             extra: dict[str, Any] = {}
-            if evaluate is not None:
-                with timings("faithfulness"):
+            spot = None
+            with timings("faithfulness"):
+                if evaluate is not None:
                     m_full, m_empty = evaluate.full_empty()
                     size_pct = pct if pct is not None else 100.0 * n / max(1, scores.n_edges())
-                    curve = list(args.curve) if args.curve is not None else [size_pct]
-                    extra = dict(evaluate=evaluate, m_full=m_full, m_empty=m_empty, percentages=curve,
-                                 n_random=args.random, seed=args.seed)
-                    spot = None
-                    title = f"{Path(args.model).name} on {args.tasks} ({args.counterfactual}, {len(task.cf)} rows)"
-                    with timings("write"):
-                        res = write_outputs(out, scores, half1, half2, n, pct, args, title, extra, log)
+                    extra = dict(evaluate=evaluate, m_full=m_full, m_empty=m_empty, n_random=args.random,
+                                 seed=args.seed, percentages=list(args.curve) if args.curve is not None else [size_pct])
+                res = write_outputs(out, scores, half1, half2, n, pct, args, title, extra, log)
+            if evaluate is not None and args.spot:
                 with timings("spot"):
-                    if args.spot:
-                        spot = spot_checks(scores, evaluate, m_full, args.spot, args.seed)
-                        write_json(out / "spot.json", spot)
-            else:
-                title = f"{Path(args.model).name} on {args.tasks} ({args.counterfactual}, {len(task.cf)} rows)"
-                with timings("write"):
-                    res = write_outputs(out, scores, half1, half2, n, pct, args, title, extra, log)
-                spot = None
+                    spot = spot_checks(scores, evaluate, extra["m_full"], args.spot, args.seed)
+                    write_json(out / "spot.json", spot)
             files = sorted({Path(p).name for p in res["paths"].values()} | ({"spot.json"} if spot else set())
                            | ({"scores_half1.npz", "scores_half2.npz"} if half1 is not None else set()))
             info = {"model": m.desc, "model_arg": args.model, "model_fingerprint": fingerprint,
@@ -404,7 +397,8 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                     "counts": task.counts, "rejected": task.rejected, "record_ids": task.record_ids,
                     "meta": scores.meta, "n_edges_graph": scores.n_edges(), "circuit": {k: v for k, v in res.items()
                                                                                       if k != "paths"},
-                    "m_full": extra.get("m_full"), "m_empty": extra.get("m_empty"), "faithfulness": _curve(out) if evaluate is not None else None,
+                    "m_full": extra.get("m_full"), "m_empty": extra.get("m_empty"),
+                    "faithfulness": _curve(out) if evaluate is not None else None,
                     "spot": spot["stats"] if spot else None,
                     "faithfulness_skipped": "remote run: exact patching needs the model locally" if args.remote else None,
                     "evaluations": {"computed": evaluate.computed, "loaded": evaluate.loaded} if evaluate else None,
