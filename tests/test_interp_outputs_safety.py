@@ -177,3 +177,14 @@ def test_out_under_a_file_is_refused_before_any_work(tmp_path, command, capsys):
     rc, out, err = run(capsys, command, "--model", model, *extra, "--out", tmp_path / "afile" / "sub")
     assert_error(rc, out, err, "afile", "is not a folder")
     assert (tmp_path / "afile").read_text() == "the user's file"
+
+
+def test_patch_says_when_fewer_pairs_than_asked_exist(tmp_path, model_dir, capsys):
+    args = [a for a in PATCH if a != "-q"]
+    args[args.index("--n") + 1] = 1000000
+    rc, _, err = run(capsys, "patch", "--model", model_dir, *args, "--out", tmp_path / "out")
+    assert rc == 0, err
+    n = json.loads((tmp_path / "out" / "scores.json").read_text())
+    line = next(ln for ln in err.splitlines() if "pairs asked" in ln)
+    assert "1000000 pairs asked" in line and "usable" in line, line
+    assert n["n"] == 1000000

@@ -84,8 +84,10 @@ def check_args(args: PatchArgs) -> list[Slice]:
     return slices
 
 
-def choose_pairs(args: PatchArgs, tokenizer: Any, slices: list[Slice]) -> dict[str, Pairs]:
-    """Per family, ``--n`` pairs drawn with ``--seed`` from the pairs of the selected records."""
+def choose_pairs(args: PatchArgs, tokenizer: Any, slices: list[Slice],
+                 log: Callable[[str], Any] | None = None) -> dict[str, Pairs]:
+    """Per family, ``--n`` pairs drawn with ``--seed`` from the pairs of the selected records; says so
+    (through ``log``) when the selection has fewer usable pairs than asked."""
     import numpy as np
 
     records = filter_records(load_records(args.config), slices)
@@ -97,6 +99,9 @@ def choose_pairs(args: PatchArgs, tokenizer: Any, slices: list[Slice]) -> dict[s
         pairs = make_pairs(recs, tokenizer, families=(fam,))
         if len(pairs) == 0:
             raise GARConfigError(f"no usable {fam} pairs in the selection (rejected: {pairs.rejected})")
+        if len(pairs) < args.n and log is not None:
+            log(f"{fam}: {args.n} pairs asked, the selection has {len(pairs)} usable "
+                f"(rejected: {pairs.rejected}); using {len(pairs)}")
         out[fam] = pairs.subset(sample_indices(np.random.default_rng(args.seed), len(pairs), args.n))
     return out
 
@@ -243,7 +248,7 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
     with locked_dir(out):
         with timings("pairs"):
             resumed = ckpt.open(restart=args.restart)
-            fams = ckpt.value("pairs.json", lambda: choose_pairs(args, m.tokenizer, slices),
+            fams = ckpt.value("pairs.json", lambda: choose_pairs(args, m.tokenizer, slices, log),
                               encode=lambda v: {k: p.to_dict() for k, p in v.items()},
                               decode=lambda v: {k: Pairs.from_dict(p) for k, p in v.items()})
         arrays: dict[str, Any] = {}
