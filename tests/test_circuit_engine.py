@@ -27,7 +27,7 @@ from interp.model import as_nnsight
 from tiny_models import one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from interp.model import as_nnsight
 from tiny_models import one_thread_module  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer, gar_records
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from test_interp_patching import pairs, reference_atp, reference_exact, referenc
 from tiny_models import HEAD_DIM, N_HEADS, N_LAYERS, TINY_WINDOW, one_thread_module, tiny_model  # noqa: F401
 from tiny_tokenizers import bpe_tokenizer
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 NEW_ARCHS = ("qwen3", "gemma3_text", "gemma3", "phi3", "olmo2")
 # what each tiny config sets (tests/tiny_models.py): which layers attend over a local window
