@@ -332,6 +332,15 @@ def test_ig_is_complete_over_input_embeddings():
     assert abs(ig - want) < 0.05 * abs(want)
 
 
+def _unpadded_row(batch, b):
+    """Row ``b`` of a left-padded batch as a batch of one without its padding."""
+    keep = batch.attention_mask[b].bool()
+    return type(batch)(batch.input_ids[b:b + 1, keep], batch.attention_mask[b:b + 1, keep],
+                       batch.position_ids[b:b + 1, keep], batch.role_ids[b:b + 1, keep],
+                       batch.clean_target[b:b + 1], batch.corrupt_target[b:b + 1], N_ROLES, END,
+                       corrupt_ids=batch.corrupt_ids[b:b + 1, keep])
+
+
 def test_padding_and_batch_composition_change_no_score():
     """float32: transformers' own float64 forward is NaN at left-padded positions."""
     import torch
@@ -342,12 +351,7 @@ def test_padding_and_batch_composition_change_no_score():
     r_all, a_all = attribution_batch(nn_model, batch)
     r_sum, a_sum = 0, 0
     for b in range(batch.size):
-        keep = batch.attention_mask[b].bool()
-        one = type(batch)(batch.input_ids[b:b + 1, keep], batch.attention_mask[b:b + 1, keep],
-                          batch.position_ids[b:b + 1, keep], batch.role_ids[b:b + 1, keep],
-                          batch.clean_target[b:b + 1], batch.corrupt_target[b:b + 1], N_ROLES, END,
-                          corrupt_ids=batch.corrupt_ids[b:b + 1, keep])
-        r, a = attribution_batch(nn_model, one)
+        r, a = attribution_batch(nn_model, _unpadded_row(batch, b))
         r_sum, a_sum = r_sum + r, a_sum + a
     scale = np.abs(r_all).max()
     np.testing.assert_allclose(r_all, r_sum, rtol=1e-4, atol=1e-5 * scale)
@@ -357,12 +361,7 @@ def test_padding_and_batch_composition_change_no_score():
     masks = _random_masks(s, N_ROLES, 0.5, 0)
     padded = EdgePatcher(hf, batch).metrics(*masks)
     for b in range(batch.size):
-        keep = batch.attention_mask[b].bool()
-        one = type(batch)(batch.input_ids[b:b + 1, keep], batch.attention_mask[b:b + 1, keep],
-                          batch.position_ids[b:b + 1, keep], batch.role_ids[b:b + 1, keep],
-                          batch.clean_target[b:b + 1], batch.corrupt_target[b:b + 1], N_ROLES, END,
-                          corrupt_ids=batch.corrupt_ids[b:b + 1, keep])
-        assert EdgePatcher(hf, one).metrics(*masks)[0] == pytest.approx(padded[b], rel=1e-4, abs=1e-6)
+        assert EdgePatcher(hf, _unpadded_row(batch, b)).metrics(*masks)[0] == pytest.approx(padded[b], rel=1e-4, abs=1e-6)
     assert torch.isfinite(torch.tensor(r_all)).all()
 
 
