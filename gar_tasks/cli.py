@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import GARConfigError, GARDataError, GARError
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--per-task", type=int, metavar="N",
                    help="instances (classification: pairs) per task, 1..10000 (default 8)")
     g.add_argument("--seed", type=int, metavar="N", help="random seed (default 42)")
-    g.add_argument("--split", metavar="SPLIT", help="test (default) or validation")
+    g.add_argument("--split", metavar="SPLIT", help="test (default), validation, or train (the organism's training data)")
     g.add_argument("--out", required=True, metavar="PATH", help="output file (.jsonl or .parquet)")
     g.add_argument("--format", choices=("jsonl", "parquet"),
                    help="output format (default: from the suffix of --out)")
@@ -113,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="run lm-eval on GAR (every lm_eval argument passes through)",
                        description="Run `lm_eval run` in-process with every argument passed through. Defaults "
                                    "added when absent: --tasks gar, --model hf, --model_args pretrained=<the "
-                                   "embedded SmolLM2 folder>, --include_path <our tasks folder>.")
+                                   "embedded SmolLM2 folder>, --include_path <our tasks folder>. In "
+                                   "--model_args, pretrained=NAME with an embedded model name (smollm2, "
+                                   "organism) is replaced by that model's folder.")
     e.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="arguments for lm_eval run")
     e.set_defaults(func=cmd_eval)
 
@@ -259,13 +262,35 @@ def lm_eval_argv(passed: Sequence[str]) -> list[str]:
         argv += ["--tasks", "gar"]
     if not _has_flag(argv, "--model"):
         argv += ["--model", "hf"]
-    if not _has_flag(argv, "--model_args"):
-        from .models import embedded_model_path
+    from .models import embedded_model_path
 
+    if not _has_flag(argv, "--model_args"):
         argv += ["--model_args", f"pretrained={embedded_model_path()},dtype=float32"]
+    else:
+        argv = [_resolve_embedded(a) if a.startswith("--model_args=") or argv[i - 1:i] == ["--model_args"]
+                else a for i, a in enumerate(argv)]
     if not _has_flag(argv, "--include_path"):
         argv += ["--include_path", str(tasks_dir())]
     return ["run", *argv]
+
+
+def _resolve_embedded(arg: str) -> str:
+    """``pretrained=organism`` (any embedded model name that is not a path here) becomes
+    ``pretrained=<its folder>``, so ``gar eval --model_args pretrained=organism`` works like
+    ``--model organism`` in the interp commands; other arguments pass unchanged."""
+    from .models import EMBEDDED_MODELS, embedded_model_path
+
+    prefix = "--model_args=" if arg.startswith("--model_args=") else ""
+    parts = arg[len(prefix):].split(",")
+    if not any(p.startswith("pretrained=") for p in parts):
+        return arg
+    out = []
+    for p in parts:
+        name = p[len("pretrained="):] if p.startswith("pretrained=") else None
+        if name in EMBEDDED_MODELS and not Path(name).exists():
+            p = f"pretrained={embedded_model_path(name)}"
+        out.append(p)
+    return prefix + ",".join(out)
 
 
 def _flag_values(argv: list[str], flag: str) -> list[str]:

@@ -103,8 +103,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel | PackagedModel] = {
         folder="organism",
         record="training_record.json",
         description="GAR model organism: a small Llama (grouped-query attention) trained from scratch "
-                    "on the v1 train split by scripts/train_organism.py; word-level tokenizer. The shipped "
-                    "checkpoint does not solve GAR yet (docs/results.md)",
+                    "on the v1 train split by scripts/train_organism.py; word-level tokenizer with one "
+                    "token per vocabulary item (accuracy: docs/results.md)",
     ),
 }
 

@@ -72,38 +72,135 @@ def build_records(n_per_task: int, chunks: int, work: Path, procs: int) -> list[
     return out
 
 
-def vocabulary_words(profile: str = "v1") -> list[str]:
-    """Every word of the profile's vocabulary (and its sentence-initial and plural surface forms),
-    so that no test word is unknown to the tokenizer although a rare one may be absent from the
-    sampled training texts (its embedding then stays untrained)."""
+def vocabulary_items(profile: str = "v1") -> list[str]:
+    """Every item of the profile's vocabulary (both ends of every relation) in its plain and its
+    sentence-initial form, so that no test item is unknown to the tokenizer although a rare one
+    may be absent from the sampled training texts."""
     from gar_tasks.errors import GARConfigError
     from gar_tasks.profiles import load_profile
 
-    words: set[str] = set()
+    items: set[str] = set()
     for schema in load_profile(profile).vocab.schemas.values():
         for rel in ("equal", "child", "parent", "similar", "opposite"):
             try:
                 r = schema.relation(rel)
             except (GARConfigError, KeyError, ValueError):
                 continue
-            words.update(r.domain, r.codomain)
-    forms = {f for w in words for f in (w, w[:1].upper() + w[1:], w + "s", w[:1].upper() + w[1:] + "s")}
-    return sorted(forms)
+            items.update(r.domain, r.codomain)
+    return sorted({f for w in items for f in (w, w[:1].upper() + w[1:])})
 
 
-def build_tokenizer(texts: list[str]):
-    """Word-level fast tokenizer: one id per word or punctuation run, no BOS added (so
-    lm-eval's encoding and ``tokenizer(text)`` agree), offsets in characters."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def vocabulary_words(profile: str = "v1") -> list[str]:
+    """The single words of the vocabulary (and their plural surface forms) for the word level."""
+    words = {w for item in vocabulary_items(profile) for w in _pieces(item)}
+    return sorted(words | {w + "s" for w in words if w.isalpha()})
+
+
+def _pieces(text: str) -> list[str]:
+    from tokenizers import pre_tokenizers
+
+    return [p for p, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)]
+
+
+def entity_tokens(profile: str = "v1") -> list[str]:
+    """The vocabulary items that the word level would split ('Dr. Mehmet Oz', 'a place' is not
+    one): each becomes one token, so a GAR item is always exactly one token (key, value, query
+    and answer are single positions, and a generated answer decodes to the item verbatim)."""
+    return [item for item in vocabulary_items(profile) if len(_pieces(item)) > 1]
+
+
+def build_tokenizer(texts: list[str], entities: list[str] = ()):
+    """Word-level fast tokenizer: one id per word or punctuation run, plus one id per multi-word
+    vocabulary item (added tokens matched leftmost-longest on word boundaries); no BOS added
+    (so lm-eval's encoding and ``tokenizer(text)`` agree), offsets in characters."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = trainers.WordLevelTrainer(special_tokens=SPECIALS, show_progress=False, min_frequency=1)
     tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    tok.add_tokens([AddedToken(e, single_word=True, normalized=False) for e in sorted(entities)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                    bos_token="<s>", eos_token="</s>", model_max_length=512,
                                    clean_up_tokenization_spaces=False)
+
+
+def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
+    """One sentence per fact of the vocabulary, phrased as GAR's own knowledge sub-questions
+    (``gar_tasks.subq`` templates: 'Olot is a place in Spain.'), with the character range of the
+    fact's object: the world knowledge a pretrained model brings to GAR (city -> country, thing
+    -> kind, person -> occupation, adjective -> every synonym). Vocabulary facts, no GAR
+    question: no test row is used."""
+    from gar_tasks.profiles import load_profile
+    from gar_tasks.render import capitalize
+    from gar_tasks.subq import fact_templates
+
+    prof = load_profile(profile)
+    templates = fact_templates()
+    out = []
+    for sid, schema in prof.vocab.schemas.items():
+        if hasattr(schema, "category_of"):
+            pairs = list(schema.category_of.items())
+        else:
+            pairs = [(w, x) for w in schema.members for x in schema.relation("similar")(w)]
+        before, after = templates[sid].split("{x}")
+        for subj, obj in pairs:
+            verb = after
+            if prof.fix_grammar and subj in prof.plural_things:
+                verb = verb.replace(" is", " are", 1) if verb.startswith(" is") else verb
+            head = before + (subj if before else capitalize(subj)) + verb + " "
+            out.append((head + obj + ".", len(head), len(head) + len(obj)))
+    return out
+
+
+def association_drills(examples: list[tuple], seed: int, n_items: int = 3) -> list[tuple]:
+    """One drill per GAR training text: its last row's context ``< a. b. c. >.`` followed by every
+    context item asked back in shuffled order (``So b. So a. So c.``), loss on the repeated
+    items. GAR's answers are one position per row, too sparse a signal for the binding of keys
+    to values that every row needs (measured: no retrieval after 500 steps of GAR alone, while
+    a dense copy task forms induction heads in 100 steps); the drills are the in-context
+    association sub-skill (GAR's ``sub_assoc``) asked densely. Examples: (text, ranges,
+    'drill', -1, '')."""
+    rng = random.Random(f"drills|{seed}")
+    out = []
+    for text, *_ in examples:
+        row = text.rstrip("\n").split("\n")[-1]
+        a, b = row.find("< "), row.find(" >.")
+        if a < 0 or b < 0:
+            continue
+        ctx = row[a:b + 3]
+        items = [it.strip() for it in row[a + 2:b].split(". ") if it.strip()]
+        items = [it[:-1] if it.endswith(".") else it for it in items]
+        if len(items) != n_items:  # an item with '. ' inside (Dr. Mehmet Oz): not split safely
+            continue
+        rng.shuffle(items)
+        drill, ranges = ctx, []
+        for it in items:
+            drill += " So "
+            surface = it[:1].lower() + it[1:] if it.startswith("The ") else it
+            ranges.append((len(drill), len(drill) + len(surface)))
+            drill += surface + "."
+        out.append((drill, ranges, "drill", -1, ""))
+    return out
+
+
+def pack_facts(facts: list[tuple[str, int, int]], per_seq: int, repeats: int, seed: int) -> list[tuple]:
+    """Facts in shuffled packs of ``per_seq`` sentences, ``repeats`` shuffles: training examples
+    (text, object char ranges, 'fact', -1, '')."""
+    rng = random.Random(f"facts|{seed}")
+    out = []
+    for _ in range(repeats):
+        order = facts[:]
+        rng.shuffle(order)
+        for i in range(0, len(order), per_seq):
+            text, ranges = "", []
+            for sent, a, b in order[i:i + per_seq]:
+                off = len(text) + (1 if text else 0)
+                text = (text + " " + sent) if text else sent
+                ranges.append((off + a, off + b))
+            out.append((text, ranges, "fact", -1, ""))
+    return out
 
 
 def encode(tokenizer, examples: list[tuple], eos_id: int) -> list[tuple[list[int], list[int]]]:
@@ -218,7 +315,7 @@ def evaluate(model, tokenizer, records, max_n: int | None = None) -> dict:
             ids = torch.full((len(seqs), T), tokenizer.pad_token_id, dtype=torch.long)
             for r, s in enumerate(seqs):
                 ids[r, :len(s)] = torch.tensor(s)
-            logits = model(input_ids=ids).logits
+            logits = model(input_ids=ids.to(model.device)).logits.float().cpu()
             for r, rec in enumerate(chunk):
                 n0 = len(p[r])
                 if rec.family == "cls":
@@ -260,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default) | cuda | cuda:N | auto (cuda when visible); CPU runs are the reproducible recipe")
     ap.add_argument("--threads", type=int, default=1,
                     help="1 is fastest on a shared 2-core machine (2 threads wait on each other)")
     ap.add_argument("--ckpt-every", type=int, default=50)
@@ -274,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="stop early (and say so in the record) when the wall time reaches this")
     ap.add_argument("--final-eval-n", type=int, default=768, help="validation records for the final check")
     ap.add_argument("--dtype", default="float16", help="storage dtype of the shipped weights")
+    ap.add_argument("--no-drills", dest="drills", action="store_false",
+                    help="leave out the association drills (one per GAR training text)")
+    ap.add_argument("--fact-repeats", type=int, default=40,
+                    help="shuffled passes over the vocabulary facts per epoch of GAR data (0: none)")
+    ap.add_argument("--facts-per-seq", type=int, default=8)
     args = ap.parse_args(argv)
 
     import torch
@@ -285,30 +389,37 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     ckpt = args.work / "checkpoint.pt"
-    state = torch.load(ckpt, weights_only=False) if args.resume and ckpt.is_file() else None
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    state = torch.load(ckpt, weights_only=False, map_location="cpu") if args.resume and ckpt.is_file() else None
     prev_wall = state["wall_s"] if state else 0.0
 
     t0 = time.time()
     examples = build_records(args.n_per_task, args.chunks, args.work, args.gen_procs)
     t_data = time.time() - t0
+    facts = fact_sentences("v1")
+    fact_examples = pack_facts(facts, args.facts_per_seq, args.fact_repeats, args.seed)
+    drills = association_drills(examples, args.seed) if args.drills else []
+    examples = examples + fact_examples + drills
     tok_dir = args.work / "tokenizer"
     if state and tok_dir.is_dir():
         from transformers import PreTrainedTokenizerFast
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     else:
-        tokenizer = build_tokenizer([e[0] for e in examples] + vocabulary_words("v1"))
+        tokenizer = build_tokenizer([e[0] for e in examples] + vocabulary_words("v1"), entity_tokens("v1"))
         tokenizer.save_pretrained(tok_dir)
     data = encode(tokenizer, examples, tokenizer.eos_token_id)
     lengths = [len(d[0]) for d in data]
     n_targets = sum(len(d[1]) for d in data)
     print(f"data: {len(data)} sequences, {sum(lengths)} tokens, {n_targets} target tokens, "
-          f"vocab {len(tokenizer)}, generated in {t_data:.0f} s", flush=True)
+          f"vocab {len(tokenizer)}, generated in {t_data:.0f} s; of these {len(fact_examples)} "
+          f"sequences of {len(facts)} vocabulary facts x {args.fact_repeats} and {len(drills)} "
+          f"association drills", flush=True)
 
     from gar_tasks.generate import GeneratorConfig
     val = GeneratorConfig(profile="v1", split="validation").build()
     random.Random(1).shuffle(val)
 
-    model = make_model(args, len(tokenizer), tokenizer)
+    model = make_model(args, len(tokenizer), tokenizer).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params} parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -347,11 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         if pos >= len(order):
             epoch, pos = epoch + 1, 0
             order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
-        ids, rows, cols, labels = collate(data, order[pos], tokenizer.pad_token_id)
+        ids, rows, cols, labels = (t.to(device) for t in collate(data, order[pos], tokenizer.pad_token_id))
         pos += 1
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
             loss, _ = target_loss(model, ids, rows, cols, labels, tokenizer.pad_token_id, args.lm_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -380,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = prev_wall + time.time() - t_start
     tmp_out = args.out.with_name(args.out.name + ".tmp")
     shutil.rmtree(tmp_out, ignore_errors=True)
-    model.to(getattr(torch, args.dtype)).save_pretrained(tmp_out)
+    model.to("cpu").to(getattr(torch, args.dtype)).save_pretrained(tmp_out)
     tokenizer.save_pretrained(tmp_out)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     shipped = AutoModelForCausalLM.from_pretrained(tmp_out, dtype=torch.float32).eval()
@@ -393,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "data": {"profile": "v1", "split": "train", "n_per_task": args.n_per_task,
                  "seeds": list(range(args.chunks)), "sequences": len(data), "tokens": sum(lengths),
-                 "target_tokens": n_targets,
+                 "target_tokens": n_targets, "facts": len(facts),
+                 "fact_sequences": len(fact_examples), "association_drills": len(drills),
                  "epochs_seen": round(epoch + pos / max(1, len(order)), 3)},
         "model_size": {"parameters": n_params, "storage_dtype": args.dtype,
                        "vocab_size": len(tokenizer)},
@@ -401,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         "stopped_early_at_step": stopped_early,
         "wall_time_s": round(wall, 1),
         "data_generation_s": round(t_data, 1),
-        "machine": f"{os.cpu_count()} cores, torch threads {args.threads}",
+        "machine": (f"{os.cpu_count()} cores, torch threads {args.threads}" if device.type == "cpu"
+                    else torch.cuda.get_device_name(device)),
         "history": history,
         "final_validation": final_val,
         "weights_sha256": sha256(tmp_out / "model.safetensors"),

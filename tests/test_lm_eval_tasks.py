@@ -262,6 +262,22 @@ def test_gar_eval_adds_defaults_and_passes_everything_through(monkeypatch):
 
 
 @pytest.mark.integration
+def test_gar_eval_resolves_embedded_model_names_in_model_args(monkeypatch, tmp_path):
+    """pretrained=organism names the packaged folder; a real path or Hub id passes unchanged."""
+    from gar_tasks import cli
+
+    monkeypatch.setattr("gar_tasks.models.embedded_model_path", lambda name="smollm2", **k: Path(f"/m/{name}"))
+    argv = cli.lm_eval_argv(["--model_args", "pretrained=organism,dtype=float32"])
+    assert argv[argv.index("--model_args") + 1] == "pretrained=/m/organism,dtype=float32"
+    assert "--model_args=pretrained=/m/smollm2" in cli.lm_eval_argv(["--model_args=pretrained=smollm2"])
+    kept = ["--model_args", "pretrained=HuggingFaceTB/SmolLM2-135M,dtype=bfloat16", "--tasks", "organism"]
+    assert cli.lm_eval_argv(kept)[1:5] == kept
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "organism").mkdir()  # a local folder of that name wins, as lm-eval would load it
+    assert cli.lm_eval_argv(["--model_args", "pretrained=organism"])[2] == "pretrained=organism"
+
+
+@pytest.mark.integration
 def test_gar_eval_runs_lm_eval_in_process(tmp_path, capsys):
     from gar_tasks.cli import main
 

@@ -1,7 +1,9 @@
 """The GAR model organism shipped in the package: it loads offline, its weights are the ones
 the training record describes, its tokenizer agrees with the record spans and with lm-eval's
-encoding, and lm-eval scores it doc by doc as plain torch does (CI never retrains). The shipped
-checkpoint does not solve GAR yet (docs/results.md), so there is no accuracy floor test."""
+encoding, lm-eval scores it doc by doc as plain torch does, and its generation accuracy is far
+above what a broken loader, tokenizer or scoring path gives (CI never retrains). The shipped
+checkpoint does not solve GAR (docs/results.md: gen 0.43, cls at chance), so the floor is on
+generation only and loose, not the issue's 0.8."""
 
 from __future__ import annotations
 
@@ -155,3 +157,19 @@ def test_train_split_never_asks_a_test_question():
         assert train and not test & {key(r) for r in train}, cell.code
         assert {r.text for r in train} != {r.text for r in val}
         assert all(r.split == "train" and "/train/" in r.id for r in train)
+
+
+def test_lm_eval_generation_accuracy_is_far_above_a_broken_path(folder):
+    """Exact-match generation scores ~0 when the loader, the tokenizer (one token per item,
+    verbatim decoding) or the answer extraction is broken, and 0.01-0.2 for the previous
+    checkpoint; the shipped one scores 0.33 / 0.55 / 0.88 on these leaves over all 64 docs
+    (docs/results.md), so 0.25 over the first 16 docs of each is a loose floor."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    leaves = ["gar_v1_gen_nr0_gender_city", "gar_v1_gen_nr1_gender_landmark", "gar_v1_gen_nr2_gender_landmark"]
+    res = simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=leaves,
+                          limit=16, batch_size=16, task_manager=TaskManager(), bootstrap_iters=0, device="cpu")
+    accs = {leaf: res["results"][leaf]["acc,none"] for leaf in leaves}
+    assert sum(accs.values()) / len(accs) >= 0.25, accs
+    assert all(a > 0 for a in accs.values()), accs
