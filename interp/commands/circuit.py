@@ -47,7 +47,7 @@ OVERLAP_MAIN = "overlap.json"
 OVERLAP_OUTPUTS = ("core_graph.json", "overlap_edges.png", "overlap_nodes.png", "overlap_heads.png", "transfer.png")
 COUNTERFACTUALS = ("pair", "context", "mean")
 METHODS = ("topn", "greedy")
-# keep every batch's corrupted senders in memory up to this many bytes (else rebuild per evaluation)
+# keep every batch's corrupted patcher state in memory up to this many bytes (else rebuild per evaluation)
 PATCHER_CACHE_BYTES = 2 * 1024 ** 3
 Progress = Callable[[str, int, int], Any]
 Log = Callable[[str], Any]
@@ -220,8 +220,9 @@ def masks_key(resid_mask: Any, attn_mask: Any) -> str:
 class Evaluator:
     """The faithfulness callable: exact edge patching batch by batch, mean metric over every row.
 
-    Each batch's :class:`~interp.circuit.patch.EdgePatcher` is kept while their corrupted senders fit
-    :data:`PATCHER_CACHE_BYTES`, else rebuilt per call. Results are memoised (and, with ``store``,
+    Each batch's :class:`~interp.circuit.patch.EdgePatcher` is kept while their corrupted states
+    (``nbytes``) fit :data:`PATCHER_CACHE_BYTES`, else rebuilt per call; the patchers share one
+    unrolled model (its per-head weights) and one evaluation workspace. Results are memoised (and, with ``store``,
     written to the checkpoint after each new one, so an interrupted run does not redo them).
     """
 
@@ -237,17 +238,19 @@ class Evaluator:
         self.computed = 0
         self._patchers: dict[int, Any] = {}
         self._keep: bool | None = None
+        self._shared: tuple[Any, Any] | None = None  # (UnrolledModel, Workspace) of every batch
 
     def _patcher(self, i: int) -> Any:
-        from ..circuit.patch import EdgePatcher
+        from ..circuit.patch import EdgePatcher, UnrolledModel, Workspace
 
         if i in self._patchers:
             return self._patchers[i]
+        if self._shared is None:
+            self._shared = (UnrolledModel(self.task.m.hf), Workspace())
         batch = self.task.batch(i)
-        p = EdgePatcher(self.task.m.hf, batch)
+        p = EdgePatcher(self._shared[0], batch, self._shared[1])
         if self._keep is None:
-            per = p.corrupt.element_size() * p.corrupt.nelement()
-            self._keep = per * len(self.task.batches) <= PATCHER_CACHE_BYTES
+            self._keep = p.nbytes * len(self.task.batches) <= PATCHER_CACHE_BYTES
         if self._keep:
             self._patchers[i] = p
         return p
