@@ -62,6 +62,8 @@ def test_outputs_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     spot = json.loads((out / "spot.json").read_text())
     assert len(spot["exact"]) == 4 and np.isfinite(spot["stats"]["all"]["pearson"])
     assert "unreachable_roles" in (out / "summary.md").read_text()
+    # the query swap keeps affirmative rows only: the loop verdict is for that polarity
+    assert json.loads((out / "loop.json").read_text())["polarity"] == "affirmative"
     z = np.load(out / "scores.npz")
     resid, attn = z["resid"], z["attn"]
     h1, h2 = np.load(out / "scores_half1.npz"), np.load(out / "scores_half2.npz")

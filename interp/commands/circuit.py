@@ -185,6 +185,10 @@ class Task:
             idx = sorted(sample_indices(np.random.default_rng(args.seed), len(full), args.n))
         self.cf = dataclasses.replace(full, items=[full.items[i] for i in idx])
         self.record_ids = [it.record_id for it in self.cf.items]
+        negated = {r.id: r.negate for r in records}
+        flags = {negated[rid] for rid in self.record_ids}
+        # the rows' polarity picks the reported loop template (None: mixed)
+        self.polarity = None if len(flags) != 1 else "negated" if flags.pop() else "affirmative"
         self.batches = self.cf.batch_indices(args.batch_size)
         self.means = None
         if args.counterfactual == "mean":  # means over every item of the chosen rows' tasks (leave-one-out later)
@@ -388,7 +392,8 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                     size_pct = pct if pct is not None else 100.0 * n / max(1, scores.n_edges())
                     extra = dict(evaluate=evaluate, m_full=m_full, m_empty=m_empty, n_random=args.random,
                                  seed=args.seed, percentages=list(args.curve) if args.curve is not None else [size_pct])
-                res = write_outputs(out, scores, half1, half2, n, pct, args, title, extra, log)
+                res = write_outputs(out, scores, half1, half2, n, pct, args, title,
+                                    {**extra, "polarity": task.polarity}, log)
             if evaluate is not None and args.spot:
                 with timings("spot"):
                     spot = spot_checks(scores, evaluate, extra["m_full"], args.spot, args.seed)
