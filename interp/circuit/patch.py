@@ -193,10 +193,30 @@ class CorruptState:
                  total: "torch.Tensor", qkv: list | None):
         self.senders, self.before, self.delta = senders, before, delta
         self.heads, self.total, self.qkv = heads, total, qkv
+        self.means: "tuple[torch.Tensor, Layout] | None" = None
+
+    @property
+    def zero(self) -> bool:
+        """No corrupted senders (the corrupted run itself)."""
+        return self.senders is None and self.means is None
+
+    def keep_means_only(self, means: "torch.Tensor", lay: Layout) -> None:
+        """Role-mean ablation: drop the per-token senders, keep the means ``[S, R, d]`` /
+        ``[B, S, R, d]`` (a fraction of the size) and gather from them per layer."""
+        self.senders, self.means = None, (means, lay)
+
+    def slice(self, lo: int, hi: int) -> "torch.Tensor":
+        """Corrupted outputs ``[hi - lo, N, d]`` of senders lo..hi-1."""
+        if self.means is None:
+            assert self.senders is not None
+            return self.senders[lo:hi]
+        return _token_means(self.means[0][..., lo:hi, :, :], self.means[1])
 
     def nbytes(self) -> int:
         ts = [self.senders, self.total, *self.before, *self.delta, *self.heads]
         ts += [t for trio in self.qkv or [] for t in trio]
+        if self.means is not None:
+            ts.append(self.means[0])
         return sum(t.element_size() * t.nelement() for t in ts if t is not None)
 
 
@@ -420,7 +440,7 @@ class UnrolledModel:
             am_all = amask.permute(0, 4, 1, 2, 3).reshape(L, 3, H, R1 * R1).index_select(3, pair)
             am_some, am_every = am_all.any(3).any(2).tolist(), am_all.all(3).all(2).tolist()
             am_all = am_all.view(L, 3, H, B, T, T)
-        C = state.senders
+        zero = state.zero
         W = buf[1:]
         ppl, n_attn = s.ports_per_layer, H + 2 * G
         block_shape = (min(self.block, L) * ppl, lay.N, d)
@@ -428,10 +448,10 @@ class UnrolledModel:
              else torch.empty(block_shape, dtype=dtype, device=device))
 
         def put(idx: slice, value: "torch.Tensor") -> None:
-            if C is None:
+            if zero:
                 W[idx] = value
             else:
-                torch.sub(value, C[idx], out=W[idx])
+                torch.sub(value, state.slice(idx.start, idx.stop), out=W[idx])
 
         put(slice(0, 1), embeds[None])
         run = W[0].clone()  # sum of the differences so far
@@ -507,8 +527,8 @@ class UnrolledModel:
             first = s.sender_head(layer, 0)
             wo = self._weights(layer, dtype)["o"]
             torch.bmm(lay.from_attn(z), wo, out=W[first:first + H])
-            if C is not None:  # this run's head outputs minus the corrupted ones (exactly 0 where equal)
-                W[first:first + H].sub_(C[first:first + H])
+            if not zero:  # this run's head outputs minus the corrupted ones (exactly 0 where equal)
+                W[first:first + H].sub_(state.slice(first, first + H))
             # the mlp port: its part from earlier senders, the corrupted heads, the kept heads' differences
             # (kept heads: + their differences; else + all the heads' differences - the dropped ones')
             pm = s.port_mlp(layer)
@@ -614,9 +634,9 @@ class EdgePatcher:
     ``model``: a Hugging Face model (or an nnsight wrapper; its module is used), frozen by the
     caller or not (no gradients are taken), or an :class:`UnrolledModel` shared by the patchers
     of several batches (it keeps per-head copies of the projections). The corrupted senders
-    (``corrupt``, ``[S, N, d]`` in role order) and everything derived from them are computed
-    once here; ``workspace`` (shared by the patchers of several batches, or private) holds the
-    per-evaluation buffers.
+    (``corrupt``, ``[S, N, d]`` in role order; under role means only the means are kept) and
+    everything derived from them are computed once here; ``workspace`` (shared by the patchers
+    of several batches, or private) holds the per-evaluation buffers.
     """
 
     def __init__(self, model: Any, batch: CircuitBatch, workspace: Workspace | None = None):
@@ -631,8 +651,10 @@ class EdgePatcher:
             self.clean_embeds = self.unrolled.embed(batch.input_ids)
             like = self.clean_embeds
             self.layout = lay = Layout(batch, like.device)
+            means = None
             if batch.role_means is not None:
-                corrupt = _token_means(batch.role_means.to(like), lay)
+                means = batch.role_means.to(like)
+                corrupt = _token_means(means, lay)
             else:
                 emb = (self.unrolled.embed(batch.corrupt_ids) if batch.corrupt_ids is not None
                        else batch.corrupt_embeds.to(like))
@@ -640,8 +662,15 @@ class EdgePatcher:
                 zero = self.unrolled.corrupt_state(batch, lay, None, like)
                 self.unrolled.run(batch, lay, lay.tokens(emb), zero, buf, work=self.workspace)
                 corrupt = buf[1:]
-            self.corrupt = corrupt
             self.state = self.unrolled.corrupt_state(batch, lay, corrupt, like)
+            if means is not None:
+                self.state.keep_means_only(means, lay)
+                del corrupt
+
+    @property
+    def corrupt(self) -> "torch.Tensor":
+        """The corrupted sender outputs ``[S, N, d]`` (role order; gathered again under role means)."""
+        return self.state.slice(0, self.shape.n_senders)
 
     @property
     def nbytes(self) -> int:
