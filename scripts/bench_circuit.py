@@ -9,7 +9,8 @@ One batch of ``--n`` gen n_r = 0 query-swap pairs (paper profile, default role s
 * edge counts at role level (existing in the data) and at token level;
 * optionally (``--spot K``) exact single-edge patching of the top-K residual edges by |EAP| and
   K random ones: Pearson / Spearman of EAP vs exact;
-* peak resident memory of the process (ru_maxrss) after each stage.
+* peak resident memory of the process (ru_maxrss) after each stage, and (Linux) the peak of each
+  stage alone (the high-water mark reset before it: ``stage_peak_mb``).
 
 Prints one JSON object. Usage: ``.venv/bin/python scripts/bench_circuit.py --n 8 --repeats 3``.
 """
@@ -26,6 +27,28 @@ import time
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_stage_peak() -> bool:
+    """Reset the kernel's resident high-water mark (Linux ``clear_refs`` 5), so the next
+    :func:`_stage_peak_mb` is the peak of one stage; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _stage_peak_mb() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -80,11 +103,15 @@ def main() -> None:
         with torch.no_grad():
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
 
+    out["stage_peak_mb"] = {}
+    _reset_stage_peak()
     fwd_bwd()
     out["forward_backward_s"] = _median_time(fwd_bwd, args.repeats)
     out["forward_s"] = _median_time(fwd, args.repeats)
     out["peak_mb_plain"] = _peak_mb()
+    out["stage_peak_mb"]["plain"] = _stage_peak_mb()
     result = {}
+    _reset_stage_peak()
 
     def eap():
         result["scores"] = attribution_batch(nn_model, batch)
@@ -94,6 +121,8 @@ def main() -> None:
     # AtP's own cost: a graph-free corrupted forward + a clean forward and backward
     out["eap_over_atp_estimate"] = out["eap_s"] / (out["forward_s"] + out["forward_backward_s"])
     out["peak_mb_after_eap"] = _peak_mb()
+    out["stage_peak_mb"]["eap"] = _stage_peak_mb()
+    _reset_stage_peak()
     t = time.perf_counter()
     patcher = EdgePatcher(model, batch)
     out["patcher_setup_s"] = time.perf_counter() - t
@@ -106,6 +135,7 @@ def main() -> None:
         out["evaluate_s"][str(frac)] = _median_time(lambda: patcher.evaluate(*masks), args.repeats)
     out["evaluate_over_forward"] = {k: v / out["forward_s"] for k, v in out["evaluate_s"].items()}
     out["peak_mb_after_patcher"] = _peak_mb()
+    out["stage_peak_mb"]["patcher"] = _stage_peak_mb()
     shape = patcher.shape
     has_r, has_a = edge_presence(shape, [batch], batch.n_roles, batch.end_role)
     T = batch.width

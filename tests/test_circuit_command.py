@@ -62,6 +62,8 @@ def test_outputs_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     spot = json.loads((out / "spot.json").read_text())
     assert len(spot["exact"]) == 4 and np.isfinite(spot["stats"]["all"]["pearson"])
     assert "unreachable_roles" in (out / "summary.md").read_text()
+    # the query swap keeps affirmative rows only: the loop verdict is for that polarity
+    assert json.loads((out / "loop.json").read_text())["polarity"] == "affirmative"
     z = np.load(out / "scores.npz")
     resid, attn = z["resid"], z["attn"]
     h1, h2 = np.load(out / "scores_half1.npz"), np.load(out / "scores_half2.npz")
@@ -159,3 +161,30 @@ def test_bad_input(tmp_path, tiny_dir, capsys, monkeypatch):
     assert not out.exists()
     assert_error(*run(capsys, "circuit-overlap", tmp_path, tmp_path, "--out", out), "no scores.npz")
     assert not out.exists()
+
+
+def test_context_counterfactual_end_to_end(tmp_path, tiny_dir, capsys):
+    """``--counterfactual context`` (the test row's true value swapped with another column's):
+    every output written, the rejected candidates counted in circuit.json, the first differing
+    role a value (in summary.md too), and edges at the query (after it) scored."""
+    out = tmp_path / "context"
+    rc, o, e = circuit(capsys, tiny_dir, out, "--counterfactual", "context", "--curve", "1", "100")
+    assert rc == 0, e
+    assert outputs(out) == FILES
+    info = json.loads((out / "circuit.json").read_text())
+    counts, rejected = info["counts"], info["rejected"]
+    assert counts["kept"] >= info["rows"] == 6
+    assert rejected and all(v > 0 for v in rejected.values())
+    assert counts["candidates"] == counts["kept"] + sum(rejected.values())
+    assert info["args"]["counterfactual"] == "context"
+    assert info["meta"]["first_differing_role"] in ("V", "V'")
+    unreachable = [r.strip() for r in info["meta"]["unreachable_roles"].split(",")]
+    # unlike the query swap (K, V, K', V' unreachable), the value swap reaches the context roles
+    assert not {"Q", "K", "V", "K'", "V'"} & set(unreachable)
+    z = np.load(out / "scores.npz")
+    q = list(z["roles"]).index("Q")
+    assert np.nanmax(np.abs(z["resid"][:, :, q])) > 0
+    faith = json.loads((out / "faithfulness.json").read_text())
+    assert faith["f"][-1] == pytest.approx(1.0, abs=1e-6) and info["m_full"] != info["m_empty"]
+    summary = (out / "summary.md").read_text()
+    assert f"- first_differing_role: {info['meta']['first_differing_role']}" in summary

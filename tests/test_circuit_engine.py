@@ -486,3 +486,92 @@ def test_per_row_role_means_equal_shared_ones():
     changed = EdgePatcher(hf, dataclasses.replace(per_row, role_means=other)).metrics(*masks)
     base = EdgePatcher(hf, shared).metrics(*masks)
     assert changed[0] == pytest.approx(base[0], rel=1e-12) and changed[1] != pytest.approx(base[1])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("block,gather,mode", [(1, 0.0, "block"), (1, 1.0, "block"), (1, 1.0, "layer"),
+                                               (1, 0.34, "auto"), (2, 1.0, "block"), (3, 0.0, "layer")])
+def test_patcher_paths_equal_the_reference(arch, block, gather, mode, monkeypatch):
+    """Every way the patcher sums senders (blocks of layers or one layer at a time, dense products
+    or only the senders with a minority edge, kept or dropped form) gives the reference."""
+    import interp.circuit.patch as patch
+
+    monkeypatch.setattr(patch, "BLOCK_LAYERS", block)
+    monkeypatch.setattr(patch, "GATHER_SHARE", gather)
+    monkeypatch.setattr(patch, "PREFIX_MODE", mode)
+    monkeypatch.setattr(patch, "CHUNK_ELEMENTS", 64)  # several token chunks per role
+    hf = model(arch)
+    batch = random_batch(hf, rows=2, width=6, seed=4)
+    patcher = EdgePatcher(hf, batch)
+    s = circuit_shape(hf)
+    for seed, p in ((0, 0.03), (1, 0.5), (2, 0.97)):
+        masks = _random_masks(s, N_ROLES, p, seed)
+        np.testing.assert_allclose(patcher.metrics(*masks), reference_metrics(hf, batch, *masks), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(patcher.metrics(*full_masks(s, N_ROLES)), hf_metric(hf, batch), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_float32_folded_norm_path_matches_the_float64_reference(arch):
+    """In float32 the attention norm is folded into the q/k/v projections (its own code path):
+    it agrees with the float64 reference to float32 precision, padding included."""
+    hf64, hf32 = model(arch), model(arch, "float32")
+    batch = random_batch(hf64, rows=3, width=7, pad=(0, 2, 1), seed=5)
+    patcher = EdgePatcher(hf32, batch)
+    s = circuit_shape(hf32)
+    assert patcher.unrolled._weights(0, patcher.clean_embeds.dtype)["fold"]
+    for seed, p in ((0, 0.1), (1, 0.5), (2, 0.9)):
+        masks = _random_masks(s, N_ROLES, p, seed)
+        want = np.concatenate([reference_metrics(hf64, _unpadded_row(batch, b), *masks) for b in range(3)])
+        np.testing.assert_allclose(patcher.metrics(*masks), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("block", [1, 4])
+def test_edges_before_the_first_difference_have_exactly_zero_effect_in_float32(arch, block, monkeypatch):
+    """Under pair patching the senders before the first differing token are the same in both runs:
+    dropping their edges changes nothing, bit for bit, even in float32 (the patched run takes
+    every sum in the corrupted run's order), so spot checks of tiny effects are not rounding noise."""
+    import dataclasses
+
+    import torch
+
+    import interp.circuit.patch as patch
+
+    monkeypatch.setattr(patch, "BLOCK_LAYERS", block)
+    hf = model(arch, "float32")
+    batch = random_batch(hf, rows=2, width=7, seed=7)  # the last 3 tokens resampled
+    roles = torch.tensor([[0, 0, 1, 1, 2, 2, END]] * 2)
+    batch = dataclasses.replace(batch, role_ids=roles)
+    assert batch.first_difference() == 4
+    patcher = EdgePatcher(hf, batch)
+    s = circuit_shape(hf)
+    full_r, full_a = full_masks(s, N_ROLES)
+    # every sender of the patched run equals the corrupted one before the first difference
+    unrolled = patcher.unrolled
+    with torch.no_grad():
+        corrupt = unrolled.forward(unrolled.embed(batch.corrupt_ids), batch, capture=True)[1]
+        for masks in ((full_r, full_a), _random_masks(s, N_ROLES, 0.5, 1), _random_masks(s, N_ROLES, 0.1, 2)):
+            got = unrolled.forward(patcher.clean_embeds, batch, corrupt, *masks, capture=True)[1]
+            assert torch.equal(got[:, :4], corrupt[:, :4]) and not torch.equal(got[:, 4:], corrupt[:, 4:])
+    base = patcher.metrics(full_r, full_a)
+    exists = s.edge_exists()
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        sender, port = np.argwhere(exists)[rng.integers(exists.sum())]
+        for role in (0, 1):
+            m = full_r.copy()
+            m[sender, port, role] = False
+            np.testing.assert_array_equal(patcher.metrics(m, full_a), base)
+    for role in (0, 1):  # every edge of those roles at once: residual, attention into them, and
+        # the keys and values they give to later queries
+        m_r, m_a = full_r.copy(), full_a.copy()
+        m_r[:, :, role] = False
+        m_a[:, :, :, role] = False
+        m_a[:, :, role, :, 1:] = False
+        np.testing.assert_array_equal(patcher.metrics(m_r, m_a), base)
+        m_a = full_a.copy()
+        m_a[:, :, role, 2:, 2] = False  # the values only, for queries at later roles: other code
+        np.testing.assert_array_equal(patcher.metrics(full_r, m_a), base)
+    m_r = full_r.copy()
+    m_r[:, s.port_logits, END] = False  # the logits at END: a real effect
+    assert np.all(patcher.metrics(m_r, full_a) != base)

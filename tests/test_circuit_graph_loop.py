@@ -116,3 +116,60 @@ def test_templates_are_data():
     custom = {"templates": {"needs_r": {"closing": None, "required": [["R"]], "closed": True}}, "task_kinds": {}}
     scores, planted = planted_scores()
     assert not find_loops(planted, scores, table=custom).found
+
+
+def _gen_loops_of_both_polarities():
+    """A circuit with an affirmative generation loop (V; V->Q->END; closed by 2.2 V->END) whose
+    V->Q edge is weak, and a negated open one (K'->V'; Q->END; closed by 2.3 V'->END) with strong
+    edges, of the same length: by length and weakest edge alone the negated one is reported."""
+    scores = blank_scores()
+    s = SHAPE
+    c = Circuit.empty_like(scores)
+    edges_r = [(s.sender("emb"), s.port("k", 0, 0), r("V")), (s.sender("emb"), s.port("v", 0, 0), r("V")),
+               (s.sender("emb"), s.port("q", 0, 0), r("Q")),
+               (s.sender("head", 0, 0), s.port("k", 1, 0), r("Q")), (s.sender("head", 0, 0), s.port("v", 1, 0), r("Q")),
+               (s.sender("emb"), s.port("q", 1, 1), r("END")),
+               (s.sender("head", 1, 1), s.port("q", 2, 2), r("END")), (s.sender("emb"), s.port("v", 2, 1), r("V")),
+               (s.sender("head", 2, 2), s.port("logits"), r("END")),
+               # the negated loop: 0.1 K'->V' from the embedding, its output at V' read by 2.3's value
+               (s.sender("emb"), s.port("k", 0, 0), r("K'")), (s.sender("emb"), s.port("v", 0, 0), r("K'")),
+               (s.sender("emb"), s.port("q", 0, 1), r("V'")),
+               (s.sender("head", 0, 1), s.port("v", 2, 1), r("V'")),
+               (s.sender("head", 1, 1), s.port("q", 2, 3), r("END")),
+               (s.sender("head", 2, 3), s.port("logits"), r("END"))]
+    weak, strong = 0.1, 5.0
+    edges_a = ([((0, 0, r("V"), r("Q"), c_), weak) for c_ in (Q, K, V)]
+               + [((1, 1, r("Q"), r("END"), c_), 2 * strong) for c_ in (Q, K, V)]
+               + [((2, 2, r("V"), r("END"), c_), strong) for c_ in (Q, V)]
+               + [((0, 1, r("K'"), r("V'"), c_), strong) for c_ in (Q, K, V)]
+               + [((2, 3, r("V'"), r("END"), c_), strong) for c_ in (Q, V)])
+    for i in edges_r:
+        c.resid_mask[i] = True
+        scores.resid[i] = 1.0
+    for i, w in edges_a:
+        c.attn_mask[i] = True
+        scores.attn[i] = w
+    return c, scores
+
+
+def test_reported_loop_follows_the_rows_polarity():
+    c, scores = _gen_loops_of_both_polarities()
+    plain = find_loops(c, scores, templates_for("gen"))
+    assert {lp.template for lp in plain.loops} == {"gen_affirmative", "gen_negated"}
+    a, n = (next(lp for lp in plain.loops if lp.template == t) for t in ("gen_affirmative", "gen_negated"))
+    assert a.length == n.length == 3 and a.weakest_edge()["weight"] < n.weakest_edge()["weight"]
+    assert plain.shortest.template == "gen_negated"  # polarity unknown: by length, then weakest edge
+    # affirmative rows (the gen query swap keeps only those): the affirmative template is reported
+    aff = find_loops(c, scores, templates_for("gen"), polarity="affirmative")
+    assert aff.shortest.template == "gen_affirmative" and aff.loops[0].template == "gen_affirmative"
+    assert aff.to_json()["polarity"] == "affirmative"
+    assert aff.to_json()["shortest"]["polarity"] == "affirmative"
+    assert find_loops(c, scores, templates_for("gen"), polarity="negated").shortest.template == "gen_negated"
+    # with no template of the rows' polarity, a polarity-neutral one beats the other polarity
+    table = load_templates()
+    custom = {"templates": {"either": {**table["templates"]["gen_affirmative"], "polarity": None},
+                            "gen_negated": table["templates"]["gen_negated"]}, "task_kinds": {}}
+    assert find_loops(c, scores, table=custom).shortest.template == "gen_negated"
+    assert find_loops(c, scores, table=custom, polarity="affirmative").shortest.template == "either"
+    with pytest.raises(ValueError, match="unknown polarity"):
+        find_loops(c, scores, polarity="maybe")

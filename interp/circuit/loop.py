@@ -16,9 +16,12 @@ source role is t) or its query (a head whose destination role is t). So a loop i
 Together the chains and X's edge a -> b form a cycle of the undirected role graph when o1 = o2
 (a *closed* loop, e.g. K->V->A and K->Q closed by Q->A); the roles of the two chains must not
 overlap elsewhere. Templates (``tables/loop_templates.json``, data) say which closing role pairs,
-which roles the loop must pass through, and whether closure is required. The shortest loop has
-the fewest role edges (ties: the strongest weakest edge). A role edge's weight is the sum of
-|score| of the in-circuit attention edges of its witness heads.
+which roles the loop must pass through, whether closure is required, and which rows they describe
+(``polarity``: affirmative, negated or either). The reported loop (:attr:`LoopResult.shortest`)
+is, when the rows' polarity is given, one of a template of that polarity if any, else of a
+polarity-neutral one, else any; among those the one with the fewest role edges (ties: the
+strongest weakest edge). A role edge's weight is the sum of |score| of the in-circuit attention
+edges of its witness heads.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Loop:
     key_chain: list[str]  # roles o1 .. a  ([a] when empty)
     query_chain: list[str]  # roles o2 .. b
     closed: bool
+    polarity: str | None = None  # the template's: "affirmative", "negated" or None (either)
     edges: list[dict] = field(default_factory=list)  # {src, dst, heads, weight, part}
 
     @property
@@ -85,12 +89,23 @@ class Loop:
         return d
 
 
+POLARITIES = ("affirmative", "negated")
+
+
+def _polarity_rank(loop: Loop, polarity: str | None) -> int:
+    """0: the loop's template describes rows of ``polarity`` (or none is given), 1: either, 2: the other."""
+    if polarity is None or loop.polarity == polarity:
+        return 0
+    return 1 if loop.polarity is None else 2
+
+
 @dataclass
 class LoopResult:
-    """Every loop found in one circuit, and the verdict."""
+    """Every loop found in one circuit, and the verdict (``polarity``: the rows', if known)."""
 
     templates: list[str]
     loops: list[Loop]
+    polarity: str | None = None
 
     @property
     def found(self) -> bool:
@@ -98,17 +113,21 @@ class LoopResult:
 
     @property
     def shortest(self) -> Loop | None:
+        """The reported loop: of the rows' polarity first (then neutral, then the other), then
+        the fewest role edges, then the strongest weakest edge."""
         if not self.loops:
             return None
-        return min(self.loops, key=lambda lp: (lp.length, -lp.weakest_edge()["weight"], lp.describe()))
+        return min(self.loops, key=lambda lp: (_polarity_rank(lp, self.polarity), lp.length,
+                                               -lp.weakest_edge()["weight"], lp.describe()))
 
     def closing_heads(self, closing: tuple[str, str] | None = None) -> set[tuple[int, int]]:
         return {hd for lp in self.loops if closing is None or lp.closing == tuple(closing) for hd in lp.closing_heads}
 
     def to_json(self) -> dict:
         s = self.shortest
-        return {"found": self.found, "templates": self.templates, "n_loops": len(self.loops),
-                "shortest": s.to_json() if s else None, "loops": [lp.to_json() for lp in self.loops]}
+        return {"found": self.found, "templates": self.templates, "polarity": self.polarity,
+                "n_loops": len(self.loops), "shortest": s.to_json() if s else None,
+                "loops": [lp.to_json() for lp in self.loops]}
 
 
 def _role_paths(by_pair: Mapping[tuple[str, str], list[str]], end: str, max_len: int) -> list[list[str]]:
@@ -149,9 +168,13 @@ def _chain_witnesses(path: list[str], by_pair: Mapping[tuple[str, str], list[str
 
 
 def find_loops(circuit: Circuit, scores: EdgeScores, templates: Iterable[str] | None = None,
-               table: dict | None = None, max_chain: int = 3, prune: bool = True) -> LoopResult:
+               table: dict | None = None, max_chain: int = 3, prune: bool = True,
+               polarity: str | None = None) -> LoopResult:
     """Every relational loop of the (pruned) circuit that matches one of ``templates`` (names in
-    the table; default: all). Chains have at most ``max_chain`` role edges."""
+    the table; default: all). Chains have at most ``max_chain`` role edges. ``polarity`` (the
+    rows': "affirmative", "negated", or None when mixed or unknown) picks the reported loop."""
+    if polarity is not None and polarity not in POLARITIES:
+        raise ValueError(f"unknown polarity {polarity!r}; known: {', '.join(POLARITIES)} or None")
     table = table or load_templates()
     names = list(templates) if templates is not None else list(table["templates"])
     unknown = [n for n in names if n not in table["templates"]]
@@ -207,7 +230,8 @@ def find_loops(circuit: Circuit, scores: EdgeScores, templates: Iterable[str] | 
                         key = (name, a, b, tuple(kp), tuple(qp))
                         loop = found.get(key)
                         if loop is None:
-                            loop = found[key] = Loop(name, (a, b), [], list(kp), list(qp), closed)
+                            loop = found[key] = Loop(name, (a, b), [], list(kp), list(qp), closed,
+                                                     t.get("polarity"))
                             loop.edges = ([_edge(kp[i], kp[i + 1], "key") for i in range(len(kp) - 1)]
                                           + [_edge(qp[i], qp[i + 1], "query") for i in range(len(qp) - 1)]
                                           + [_edge(a, b, "closing")])
@@ -226,7 +250,8 @@ def find_loops(circuit: Circuit, scores: EdgeScores, templates: Iterable[str] | 
         lp.closing_heads.sort()
         for e in lp.edges:
             e["heads"].sort()
-    return LoopResult(names, sorted(loops, key=lambda lp: (lp.length, lp.describe())))
+    return LoopResult(names, sorted(loops, key=lambda lp: (_polarity_rank(lp, polarity), lp.length, lp.describe())),
+                      polarity)
 
 
 def _edge(src: str, dst: str, part: str) -> dict:
@@ -293,5 +318,5 @@ def closing_head_check(result: LoopResult, true_heads: Sequence[Sequence[int]] =
             "true_close": sum(r["closes_loop"] for r in t), "false_close": sum(r["closes_loop"] for r in f)}
 
 
-__all__ = ["Loop", "LoopResult", "closing_head_check", "find_loops", "load_templates", "loop_faithfulness",
+__all__ = ["POLARITIES", "Loop", "LoopResult", "closing_head_check", "find_loops", "load_templates", "loop_faithfulness",
            "loop_share", "loop_subcircuit", "templates_for"]

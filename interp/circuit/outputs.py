@@ -48,16 +48,18 @@ def write_circuit_outputs(out_dir: str | Path, scores: EdgeScores, *, n: int | N
                           n_random: int = 5, seed: int = 0, random_kind: str = "connected",
                           task_kind: str = "any", true_heads: Sequence[Sequence[int]] = (),
                           false_heads: Sequence[Sequence[int]] = (), title: str = "Circuit",
-                          max_heads_drawn: int = 40, progress: Callable[[str], None] | None = None) -> dict:
+                          max_heads_drawn: int = 40, progress: Callable[[str], None] | None = None,
+                          polarity: str | None = None) -> dict:
     """Extract the circuit (pruned), classify its heads, find its loops, and (with ``evaluate``,
     ``m_full``, ``m_empty``) measure the faithfulness curve and the loop sub-circuit against
-    random ones; write every file. Returns the paths and the headline numbers."""
+    random ones; write every file. ``polarity``: the rows' ("affirmative" / "negated" / None),
+    which picks the reported loop. Returns the paths and the headline numbers."""
     if evaluate is not None and (m_full is None or m_empty is None):
         raise ValueError("faithfulness needs m(full) and m(empty) with the evaluate callable")
     size = circuit_size(scores, n, percent)
     circuit = extract(scores, size, method, absolute, prune=True)
     labels = classify_heads(circuit, scores)
-    loops = find_loops(circuit, scores, templates_for(task_kind))
+    loops = find_loops(circuit, scores, templates_for(task_kind), polarity=polarity)
     heads_check = closing_head_check(loops, true_heads, false_heads) if (true_heads or false_heads) else None
     faith = loop_f = None
     if evaluate is not None:

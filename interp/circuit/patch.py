@@ -18,6 +18,15 @@ So every edge kept gives the clean forward, none kept the corrupted one (identit
 Senders' corrupted outputs come from a forward of the corrupted prompt (pair patching), of the
 corrupted embeddings, or from role means. Norms, MLPs, rotary tables and the unembedding are the
 model's own modules; the attention is recomputed (eager: softmax in float32, as transformers).
+
+How it stays cheap (one evaluation costs a small multiple of a plain forward): the residual
+stream lives in *role order* (the batch's real tokens sorted by role, padding dropped), sender
+major, ``[S, N, d]``. The masks depend on the role only, so a layer's port inputs at one role are
+one matrix product ``mask[S_l, ports]^T @ diff[S_l, tokens of the role]`` over the senders, with
+``diff`` = this run's output - the corrupted one; when few senders have a kept (or few a dropped)
+edge at a role, only those are read. Everything that depends on the corruption alone (the
+corrupted partial sums of the residual stream, the corrupted q/k/v) is computed once per batch,
+and the ``diff`` buffer is reused across evaluations (:class:`Workspace`, shareable by patchers).
 """
 
 from __future__ import annotations
@@ -32,6 +41,20 @@ from .ports import CircuitShape, circuit_shape
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
+
+# read only the senders with an edge of the minority kind when they are at most this share of
+# the earlier senders (else one dense product over all of them: reading is the cost either way)
+GATHER_SHARE = 0.34
+# the inputs of this many layers' ports are built from the senders before the first of them in
+# one pass over those senders (reading them is what costs: one read serves BLOCK_LAYERS layers;
+# taken when an UnrolledModel is built)
+BLOCK_LAYERS = 4
+# elements of the sender differences read per matrix product (keeps each product in cache)
+CHUNK_ELEMENTS = 1 << 19
+# "auto": per block, one pass over the earlier senders for the whole block, or one per layer
+# when the layers' own reads (only senders with a minority edge) are fewer; "block" / "layer"
+# force one way (tests cover both)
+PREFIX_MODE = "auto"
 
 
 def full_masks(shape: CircuitShape, n_roles: int) -> tuple["np.ndarray", "np.ndarray"]:
@@ -55,16 +78,16 @@ def _hf(model: Any) -> Any:
 
 
 def _rope(x: "torch.Tensor", cos: "torch.Tensor", sin: "torch.Tensor") -> "torch.Tensor":
-    """Rotary embedding of ``x[B, T, N, hd]`` with ``cos``/``sin`` ``[B, T, hd]`` (HF's rotate_half)."""
+    """Rotary embedding of ``x[..., N, hd]`` with ``cos``/``sin`` ``[N, hd]`` (HF's rotate_half)."""
     import torch
 
     half = x.shape[-1] // 2
     rot = torch.cat((-x[..., half:], x[..., :half]), -1)
-    return x * cos[:, :, None] + rot * sin[:, :, None]
+    return x * cos + rot * sin
 
 
 def _extend(mask: "torch.Tensor", dims: tuple[int, ...]) -> "torch.Tensor":
-    """Append one all-True index along each of ``dims`` (the padding role, id -1)."""
+    """Append one all-True index along each of ``dims`` (the padding role)."""
     import torch
 
     for d in dims:
@@ -74,6 +97,129 @@ def _extend(mask: "torch.Tensor", dims: tuple[int, ...]) -> "torch.Tensor":
     return mask
 
 
+class Workspace:
+    """A reusable buffer for the per-evaluation sender differences ``[S, N, d]``.
+
+    Allocating (and first touching) hundreds of MB per evaluation costs time; patchers of
+    several batches can share one workspace, so only the largest batch's buffer is held.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, "torch.Tensor"] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: "torch.dtype", device: "torch.device") -> "torch.Tensor":
+        import math
+
+        import torch
+
+        n = math.prod(shape)
+        flat = self._flat.get(name)
+        if flat is None or flat.numel() < n or flat.dtype != dtype or flat.device != device:
+            self._flat.pop(name, None)
+            flat = self._flat[name] = torch.empty(n, dtype=dtype, device=device)
+        return flat[:n].view(shape)
+
+    def release(self) -> None:
+        self._flat.clear()
+
+
+class Layout:
+    """The batch's real tokens in role order (padding dropped): the patcher's token axis ``N``.
+
+    ``order[n]`` is the flat position ``b * T + t`` of token ``n``; ``groups`` lists
+    ``(role, start, stop)`` slices of the token axis; ``to_bt`` maps every flat position back to
+    its token (padding to ``N``, a zero row) for the attention, which works on ``[B, T]``.
+    """
+
+    def __init__(self, batch: CircuitBatch, device: "torch.device"):
+        import torch
+
+        B, T, R = batch.size, batch.width, batch.n_roles
+        roles = batch.role_ids.reshape(-1).to(device)
+        real = batch.attention_mask.reshape(-1).bool().to(device)
+        key = torch.where(real, roles, R)
+        order = torch.argsort(key, stable=True)[: int(real.sum())]
+        self.B, self.T, self.N = B, T, int(order.numel())
+        self.order = order
+        self.batch_of = torch.div(order, T, rounding_mode="floor")
+        self.role_of = roles[order]
+        counts = torch.bincount(self.role_of, minlength=R).tolist()
+        self.groups: list[tuple[int, int, int]] = []
+        start = 0
+        for r, c in enumerate(counts):
+            if c:
+                self.groups.append((r, start, start + c))
+            start += c
+        to_bt = torch.full((B * T,), self.N, dtype=torch.long, device=device)
+        to_bt[order] = torch.arange(self.N, device=device)
+        self.to_bt = to_bt
+        self.gather_bt = to_bt.clamp(max=self.N - 1)
+        self.last = to_bt.view(B, T)[:, -1]  # the metric's tokens (left padding: last column real)
+        self.role_last = batch.role_ids[:, -1].to(device)
+        self.roles_bt = torch.where(batch.role_ids < 0, R, batch.role_ids).to(device)  # padding -> R
+
+    def tokens(self, x: "torch.Tensor") -> "torch.Tensor":
+        """``[B, T, ...]`` -> ``[N, ...]`` (real tokens in role order)."""
+        return x.reshape(self.B * self.T, *x.shape[2:])[self.order]
+
+    def to_attn(self, x: "torch.Tensor") -> "torch.Tensor":
+        """``[n, N, e]`` -> ``[n, B, T, e]``; padding gets some real token's values (finite, and
+        never read: padded keys are masked out, padded queries' outputs dropped)."""
+        return x.index_select(1, self.gather_bt).view(x.shape[0], self.B, self.T, x.shape[2])
+
+    def from_attn(self, x: "torch.Tensor") -> "torch.Tensor":
+        """``[n, B, T, e]`` -> ``[n, N, e]``."""
+        return x.reshape(x.shape[0], self.B * self.T, x.shape[3]).index_select(1, self.order)
+
+    def to_bt_senders(self, x: "torch.Tensor") -> "torch.Tensor":
+        """``[S, N, d]`` -> ``[B, T, S, d]`` (zeros at padding)."""
+        import torch
+
+        S, _, d = x.shape
+        out = torch.zeros(self.B * self.T, S, d, dtype=x.dtype, device=x.device)
+        out[self.order] = x.transpose(0, 1)
+        return out.view(self.B, self.T, S, d)
+
+
+class CorruptState:
+    """What depends on the corruption alone, per batch: the corrupted sender outputs
+    ``senders[S, N, d]`` (``None``: zeros), the corrupted residual stream before the first layer of
+    each block of :data:`BLOCK_LAYERS` layers (``before[l]``, set at block starts) and the corrupted
+    senders from there to layer ``l`` (``delta[l]``, ``None`` at block starts), the sum of each
+    layer's corrupted heads (``heads[l]``), the final sum (``total``), and the corrupted q / k / v
+    of each layer in attention layout ``[n, B, T, hd]``."""
+
+    def __init__(self, senders: "torch.Tensor | None", before: list, delta: list, heads: list,
+                 total: "torch.Tensor", qkv: list | None):
+        self.senders, self.before, self.delta = senders, before, delta
+        self.heads, self.total, self.qkv = heads, total, qkv
+        self.means: "tuple[torch.Tensor, Layout] | None" = None
+
+    @property
+    def zero(self) -> bool:
+        """No corrupted senders (the corrupted run itself)."""
+        return self.senders is None and self.means is None
+
+    def keep_means_only(self, means: "torch.Tensor", lay: Layout) -> None:
+        """Role-mean ablation: drop the per-token senders, keep the means ``[S, R, d]`` /
+        ``[B, S, R, d]`` (a fraction of the size) and gather from them per layer."""
+        self.senders, self.means = None, (means, lay)
+
+    def slice(self, lo: int, hi: int) -> "torch.Tensor":
+        """Corrupted outputs ``[hi - lo, N, d]`` of senders lo..hi-1."""
+        if self.means is None:
+            assert self.senders is not None
+            return self.senders[lo:hi]
+        return _token_means(self.means[0][..., lo:hi, :, :], self.means[1])
+
+    def nbytes(self) -> int:
+        ts = [self.senders, self.total, *self.before, *self.delta, *self.heads]
+        ts += [t for trio in self.qkv or [] for t in trio]
+        if self.means is not None:
+            ts.append(self.means[0])
+        return sum(t.element_size() * t.nelement() for t in ts if t is not None)
+
+
 class UnrolledModel:
     """The model's forward as senders and ports (plain torch on the HF modules' weights)."""
 
@@ -81,6 +227,8 @@ class UnrolledModel:
         hf = _hf(model)
         self.model = hf
         self.shape = circuit_shape(hf)
+        self.block = BLOCK_LAYERS  # fixed here: the corrupted states built with this model follow it
+        self._cache: dict[tuple, dict[str, Any]] = {}
         s = self.shape
         for layer in range(s.n_layers):
             if getattr(hf.get_submodule(s.path("o", layer)), "bias", None) is not None:
@@ -90,135 +238,367 @@ class UnrolledModel:
         module = self.model.get_submodule(self.shape.path("embed"))
         return module(ids.to(module.weight.device))
 
+    # ---- pieces
+    def block_start(self, layer: int) -> int:
+        return layer - layer % self.block
+
+    def _rotary(self, batch: CircuitBatch, lay: Layout, like: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        cos, sin = self.model.get_submodule(self.shape.path("rotary"))(like, batch.position_ids.to(like.device))
+        return lay.tokens(cos.to(like.dtype)), lay.tokens(sin.to(like.dtype))
+
+    def _weights(self, layer: int, dtype: "torch.dtype") -> dict[str, Any]:
+        """Layer ``layer``'s projections per head, contiguous, read once (the model is frozen).
+
+        In float32 the attention norm's weight is folded into the q/k/v projections, so a port's
+        normalised input is never formed: ``W diag(w) x / rms(x)`` is the projection of the
+        scaled input; other dtypes keep the model's norm module (its float32 internals exactly).
+        """
+        import torch
+
+        key = (layer, dtype)
+        if key not in self._cache:
+            s, hf = self.shape, self.model
+            fold = dtype == torch.float32
+            norm = hf.get_submodule(s.path("attn_norm", layer))
+            out: dict[str, Any] = {"fold": fold, "norm": norm,
+                                   "eps": float(getattr(norm, "variance_epsilon", s.eps))}
+            for name, n in (("q", s.n_heads), ("k", s.n_kv), ("v", s.n_kv)):
+                mod = hf.get_submodule(s.path(name, layer))
+                w = mod.weight.detach().view(n, s.head_dim, s.d_model)
+                if fold:
+                    w = w * norm.weight.detach()
+                out[name] = w.transpose(1, 2).contiguous()  # [n, d, hd]
+                bias = getattr(mod, "bias", None)
+                out[name + "_bias"] = None if bias is None else bias.detach().view(n, 1, s.head_dim)
+            wo = hf.get_submodule(s.path("o", layer)).weight.detach()
+            out["o"] = wo.view(s.d_model, s.n_heads, s.head_dim).permute(1, 2, 0).contiguous()  # [H, hd, d]
+            self._cache[key] = out
+        return self._cache[key]
+
+    def _qkv(self, layer: int, x: "torch.Tensor") -> "torch.Tensor":
+        """q (``H`` heads), k and v (``G`` groups each) ``[H + 2G, N, hd]``, no rotary yet, of the
+        port inputs ``x[H + 2G, N, d]``."""
+        import torch
+
+        s = self.shape
+        H, G = s.n_heads, s.n_kv
+        w = self._weights(layer, x.dtype)
+        if w["fold"]:
+            r = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(s.d_model).add_(w["eps"]))
+        else:
+            x = w["norm"](x)
+        out = torch.empty(H + 2 * G, x.shape[1], s.head_dim, dtype=x.dtype, device=x.device)
+        for name, lo, hi in (("q", 0, H), ("k", H, H + G), ("v", H + G, H + 2 * G)):
+            y = torch.bmm(x[lo:hi], w[name], out=out[lo:hi])
+            if w["fold"]:
+                y.mul_(r[lo:hi])
+            if w[name + "_bias"] is not None:
+                y.add_(w[name + "_bias"])
+        return out
+
+    def corrupt_state(self, batch: CircuitBatch, lay: Layout, senders: "torch.Tensor | None",
+                      like: "torch.Tensor") -> CorruptState:
+        """The partial sums and corrupted q/k/v of ``senders`` (``None``: all zero, no q/k/v).
+
+        Every sum is taken in the order :meth:`run` takes it, and the q/k/v by the same code, so
+        where this run's senders equal the corrupted ones (pair patching, before the first
+        differing token) the patched run reproduces the corrupted run bit for bit: the edges
+        there have exactly zero effect, as in float64.
+        """
+        s = self.shape
+        H, G, L = s.n_heads, s.n_kv, s.n_layers
+        if senders is None:
+            zero = like.new_zeros(lay.N, s.d_model)
+            return CorruptState(None, [zero] * L, [zero] * L, [zero] * L, zero, None)
+        cos, sin = self._rotary(batch, lay, like)
+        running = senders[0].clone()
+        before: list = []
+        delta: list = []
+        heads, qkv = [], []
+        block = None
+        for layer in range(L):
+            if layer == self.block_start(layer):
+                before.append(running)
+                delta.append(None)
+                block, x = None, running
+            else:
+                before.append(None)
+                delta.append(block)
+                x = before[self.block_start(layer)] + block
+            t = self._qkv(layer, x[None].expand(H + 2 * G, *x.shape).contiguous())
+            t[:H + G] = _rope(t[:H + G], cos, sin)
+            t = lay.to_attn(t)
+            qkv.append((t[:H], t[H:H + G], t[H + G:]))
+            first = s.sender_head(layer, 0)
+            heads.append(senders[first:first + H].sum(0))
+            new = heads[-1] + senders[s.sender_mlp(layer)]
+            running = running + new
+            block = new if block is None else block + new
+        return CorruptState(senders, before, delta, heads, running, qkv)
+
+    @staticmethod
+    def _forms(rm: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor", list[int], list[int]]:
+        """Per role, the senders with a kept edge and those with a dropped edge among ``rm[R, S', P']``."""
+        kept_rows, dropped_rows = rm.any(2), ~rm.all(2)  # [R, S']
+        return kept_rows, dropped_rows, kept_rows.sum(1).tolist(), dropped_rows.sum(1).tolist()
+
+    @staticmethod
+    def _reads(n_kept: list[int], n_dropped: list[int], n_senders: int, lay: Layout) -> int:
+        """Sender rows x tokens that :meth:`_sender_sum` reads for these counts."""
+        total = 0
+        for r, a, b in lay.groups:
+            k = min(n_kept[r], n_dropped[r])
+            total += (b - a) * (k if k <= GATHER_SHARE * n_senders else n_senders)
+        return total
+
+    def _sender_sum(self, lay: Layout, buf: "torch.Tensor", lo: int, hi: int, run: "torch.Tensor",
+                    rm: "torch.Tensor", out: "torch.Tensor", base: "torch.Tensor | None" = None,
+                    extra: "torch.Tensor | None" = None) -> None:
+        """``out[P', N, d] (+)= extra + sum over senders lo..hi-1 kept at their port and the token's role``
+        (``buf[1:]``: the senders' differences, ``buf[0]`` scratch; ``rm[R, hi - lo, P']``: the
+        mask; ``run``: those senders' summed differences; with ``base`` the result is
+        ``base + ...``, else it is added to ``out``; ``extra[N, d]`` is added at every port).
+
+        Per role: ``sum_kept diff`` or, when fewer senders have a dropped edge than a kept one,
+        ``run - sum_dropped diff``; only the senders with such an edge are read when they are
+        few, in chunks of tokens (one matrix product each). With ``base`` and ``lo == 0`` the
+        starting value goes into the scratch row next to the senders, so the product writes
+        ``out`` directly.
+        """
+        import torch
+
+        W = buf[1:]
+        n_ports, n_senders, d = rm.shape[2], hi - lo, W.shape[2]
+        kept_rows, dropped_rows, n_kept, n_dropped = self._forms(rm)
+        slot = base is not None and lo == 0
+        for r, a, b in lay.groups:
+            if n_kept[r] <= n_dropped[r]:
+                k, rows, w, sign, dropped = n_kept[r], kept_rows[r], rm[r], 1.0, False
+            else:
+                k, rows, w, sign, dropped = n_dropped[r], dropped_rows[r], ~rm[r], -1.0, True
+            terms = [t[a:b] for t in (base, extra, run if dropped else None) if t is not None]
+            start = None if not terms else terms[0] if len(terms) == 1 else sum(terms[1:], terms[0])
+            if k == 0:
+                if base is not None:
+                    out[:, a:b] = start
+                elif start is not None:
+                    out[:, a:b] += start
+                continue
+            idx = rows.nonzero()[:, 0] + lo if k <= GATHER_SHARE * n_senders else None
+            if idx is None:
+                k = n_senders
+            else:
+                w = w[idx - lo]
+            wT = w.T.to(W.dtype)  # [P', k]
+            if slot:  # buf rows 0 (the start) and 1 + sender
+                buf[0, a:b] = start
+                wT = torch.cat([torch.ones(n_ports, 1, dtype=W.dtype, device=W.device), sign * wT], 1)
+                rows_buf = None if idx is None else torch.cat([idx.new_zeros(1), idx + 1])
+                k += 1
+            wT = wT.contiguous()
+            step = max(1, CHUNK_ELEMENTS // (k * d))
+            for c0 in range(a, b, step):
+                c1 = min(b, c0 + step)
+                o = out[:, c0:c1]
+                if slot:
+                    D = buf[:hi + 1, c0:c1] if rows_buf is None else buf[:, c0:c1].index_select(0, rows_buf)
+                    torch.mm(wT, D.reshape(k, -1), out=o.reshape(n_ports, -1))
+                    continue
+                D = W[lo:hi, c0:c1] if idx is None else W[:, c0:c1].index_select(0, idx)
+                prod = torch.mm(wT, D.reshape(k, -1)).view(n_ports, c1 - c0, d)
+                if base is not None:
+                    torch.add(start[c0 - a:c1 - a], prod, alpha=sign, out=o)
+                elif start is None:
+                    o.add_(prod, alpha=sign)
+                else:
+                    o.add_(torch.add(start[c0 - a:c1 - a], prod, alpha=sign))
+
+    def run(self, batch: CircuitBatch, lay: Layout, embeds: "torch.Tensor", state: CorruptState,
+            buf: "torch.Tensor", resid_mask: "torch.Tensor | None" = None,
+            attn_mask: "torch.Tensor | None" = None, work: "Workspace | None" = None) -> "torch.Tensor":
+        """Last-position logits ``[B, V]`` of the patched forward; ``buf[1 + S, N, d]``: ``buf[1:]``
+        gets every sender's output in this run minus its corrupted output (``buf[0]``: scratch).
+
+        ``embeds``: this run's input embeddings ``[N, d]`` (role order); masks: bool tensors
+        ``[S, P, R]`` and ``[L, H, R, R, 3]`` (``None``: every edge kept).
+        """
+        import torch
+
+        s, hf = self.shape, self.model
+        L, H, G, d = s.n_layers, s.n_heads, s.n_kv, s.d_model
+        B, T, R = batch.size, batch.width, batch.n_roles
+        dtype, device = embeds.dtype, embeds.device
+        if resid_mask is None:
+            resid_mask = torch.ones(s.n_senders, s.n_ports, R, dtype=torch.bool, device=device)
+        rmT = resid_mask.permute(2, 0, 1)  # [R, S, P]
+        amask = None if attn_mask is None else _extend(attn_mask, (2, 3))
+        if amask is not None and state.qkv is None:
+            raise GARConfigError("attention masks need corrupted senders")
+        if amask is not None:  # per layer and q/k/v, the mask of every (query i, key j) pair
+            R1 = R + 1
+            pair = (lay.roles_bt[:, None, :] * R1 + lay.roles_bt[:, :, None]).reshape(-1)  # (role j, role i)
+            am_all = amask.permute(0, 4, 1, 2, 3).reshape(L, 3, H, R1 * R1).index_select(3, pair)
+            am_some, am_every = am_all.any(3).any(2).tolist(), am_all.all(3).all(2).tolist()
+            am_all = am_all.view(L, 3, H, B, T, T)
+        zero = state.zero
+        W = buf[1:]
+        ppl, n_attn = s.ports_per_layer, H + 2 * G
+        block_shape = (min(self.block, L) * ppl, lay.N, d)
+        A = (work.get("block", block_shape, dtype, device) if work is not None
+             else torch.empty(block_shape, dtype=dtype, device=device))
+
+        def put(idx: slice, value: "torch.Tensor") -> None:
+            if zero:
+                W[idx] = value
+            else:
+                torch.sub(value, state.slice(idx.start, idx.stop), out=W[idx])
+
+        put(slice(0, 1), embeds[None])
+        run = W[0].clone()  # sum of the differences so far
+        cos, sin = self._rotary(batch, lay, embeds)
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        allowed = causal[None] & batch.attention_mask.bool().to(device)[:, None, :]  # [B, T(i), T(j)]
+        neg = torch.finfo(dtype).min
+        # transformers' eager attention takes the softmax in float32; a float64 model keeps float64
+        soft_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        groups = torch.arange(H, device=device) // s.group_size
+        for layer in range(L):
+            l0 = self.block_start(layer)
+            n0, nb = s.senders_before(l0), s.senders_before(layer)
+            p0 = s.port_q(layer, 0)
+            if layer == l0:  # this block's ports (q/k/v and mlp) from the senders before the block
+                l1 = min(L, l0 + self.block)
+                rm_block = rmT[:, :n0, p0:s.port_q(l1 - 1, 0) + ppl]
+                _, _, kb, db = self._forms(rm_block)
+                per_layer = [self._forms(rm_block[:, :, j * ppl:(j + 1) * ppl])[2:] for j in range(l1 - l0)]
+                # one pass for the block, unless the layers' own (sparser) reads are fewer
+                by_layer = PREFIX_MODE == "layer" or (PREFIX_MODE == "auto" and (
+                    sum(self._reads(kl, dl, n0, lay) for kl, dl in per_layer) < self._reads(kb, db, n0, lay)))
+                if not by_layer:
+                    self._sender_sum(lay, buf, 0, n0, run, rm_block, A[:(l1 - l0) * ppl], state.before[layer])
+                run_block = torch.zeros_like(run)
+            X = A[(layer - l0) * ppl:(layer - l0 + 1) * ppl]  # [ppl, N, d]: q/k/v ports, then mlp
+            if by_layer:
+                self._sender_sum(lay, buf, 0, n0, run - run_block, rmT[:, :n0, p0:p0 + ppl], X, state.before[l0])
+            if nb > n0:  # the senders of the block's earlier layers (their corrupted sum: delta)
+                self._sender_sum(lay, buf, n0, nb, run_block, rmT[:, n0:nb, p0:p0 + ppl], X, extra=state.delta[layer])
+            qkv = self._qkv(layer, X[:n_attn])
+            qkv[:H + G] = _rope(qkv[:H + G], cos, sin)
+            qkv = lay.to_attn(qkv)
+            # [H, B, T, hd] each (k, v: the group's projection for each of its query heads)
+            q, k, v = qkv[:H], qkv[H:H + G].index_select(0, groups), qkv[H + G:].index_select(0, groups)
+            if amask is None:
+                scores, mv, vx = torch.matmul(q, k.transpose(-1, -2)), None, None
+            else:
+                qx, kx, vx = state.qkv[layer]
+                kx, vx = kx.index_select(0, groups), vx.index_select(0, groups)
+                mq, mk, mv = am_all[layer]  # [H, B, T(i), T(j)] each
+                some, every = am_some[layer], am_every[layer]
+                qs = [t for use, t in ((some[0], q), (not every[0], qx)) if use]
+                ks = [t for use, t in ((some[1], k), (not every[1], kx)) if use]
+
+                def with_key(qq: "torch.Tensor") -> "torch.Tensor":
+                    sc = [torch.matmul(qq, kk.transpose(-1, -2)) for kk in ks]
+                    return sc[0] if len(sc) == 1 else torch.where(mk, sc[0], sc[1])
+
+                sq = [with_key(qq) for qq in qs]
+                scores = sq[0] if len(sq) == 1 else torch.where(mq, sq[0], sq[1])
+                if every[2]:
+                    mv = None
+            scores = scores * s.scaling
+            scores = torch.where(allowed, scores, torch.full_like(scores, neg))
+            probs = torch.softmax(scores, -1, dtype=soft_dtype).to(dtype)
+            if mv is None:
+                z = torch.matmul(probs, v)
+            elif not some[2]:
+                z = torch.matmul(probs, vx)
+            else:  # per query: this run's values minus the dropped pairs' change, or the corrupted
+                # values plus the kept pairs' change, whichever pairs are fewer (a change that is
+                # exactly 0 changes nothing, so edges between identical tokens have no effect)
+                real = allowed.to(dtype)
+                kept_form = (mv * real).sum(-1, keepdim=True) * 2 >= real.sum(-1, keepdim=True)  # [H, B, T, 1]
+                corr = torch.matmul(probs * torch.where(kept_form, ~mv, mv), v - vx)
+                if bool(kept_form.all()):
+                    z = torch.matmul(probs, v) - corr
+                elif not bool(kept_form.any()):
+                    z = torch.matmul(probs, vx) + corr
+                else:
+                    z = torch.where(kept_form, torch.matmul(probs, v) - corr, torch.matmul(probs, vx) + corr)
+            first = s.sender_head(layer, 0)
+            wo = self._weights(layer, dtype)["o"]
+            torch.bmm(lay.from_attn(z), wo, out=W[first:first + H])
+            if not zero:  # this run's head outputs minus the corrupted ones (exactly 0 where equal)
+                W[first:first + H].sub_(state.slice(first, first + H))
+            # the mlp port: its part from earlier senders, the corrupted heads, the kept heads' differences
+            # (kept heads: + their differences; else + all the heads' differences - the dropped ones')
+            pm = s.port_mlp(layer)
+            hm = rmT[:, first:first + H, pm]  # [R, H]
+            n_kept = hm.sum(1).tolist()
+            heads_sum = W[first:first + H].sum(0)
+            xm = torch.empty_like(X[n_attn])
+            for r, a, b in lay.groups:
+                k, xr, hc = n_kept[r], X[n_attn, a:b], state.heads[layer][a:b]
+                if 2 * k > H:  # all heads' differences, minus the dropped ones'
+                    xr = xr + (hc + heads_sum[a:b])
+                    w, sign = ~hm[r], -1.0
+                else:
+                    xr = xr + hc
+                    w, sign = hm[r], 1.0
+                if 0 < k < H:
+                    xr = xr + sign * torch.mm(w[None].to(dtype), W[first:first + H, a:b].reshape(H, -1)).view(b - a, d)
+                xm[a:b] = xr
+            mlp = hf.get_submodule(s.path("mlp", layer))
+            out = mlp(hf.get_submodule(s.path("mlp_norm", layer))(xm))
+            put(slice(s.sender_mlp(layer), s.sender_mlp(layer) + 1), out[None])
+            new = heads_sum + W[s.sender_mlp(layer)]
+            run += new
+            run_block += new
+        m = resid_mask[:, s.port_logits, lay.role_last].to(dtype)  # [S, B]
+        last = state.total[lay.last] + torch.einsum("sb,sbd->bd", m, W[:, lay.last])
+        return hf.get_submodule(s.path("lm_head"))(hf.get_submodule(s.path("final_norm"))(last))
+
     def forward(self, embeds: "torch.Tensor", batch: CircuitBatch, corrupt: "torch.Tensor | None" = None,
                 resid_mask: "np.ndarray | None" = None, attn_mask: "np.ndarray | None" = None,
                 capture: bool = False) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         """Last-position logits ``[B, V]`` (and, if ``capture``, every sender's output ``[B, T, S, d]``).
 
-        ``corrupt``: corrupted sender outputs ``[B, T, S, d]`` (``None``: zeros, only valid with
-        full masks). Masks default to every edge kept.
+        ``embeds``: ``[B, T, d]``; ``corrupt``: corrupted sender outputs ``[B, T, S, d]`` (``None``:
+        zeros, only valid with full masks). Masks default to every edge kept. (One-off use: the
+        :class:`EdgePatcher` keeps the per-batch state instead of rebuilding it per call.)
         """
-        import numpy as np
         import torch
 
-        s, hf = self.shape, self.model
-        B, T = batch.size, batch.width
-        L, H, G, hd, d = s.n_layers, s.n_heads, s.n_kv, s.head_dim, s.d_model
-        dtype, device = embeds.dtype, embeds.device
-        R = batch.n_roles
-        if resid_mask is None:
-            resid_mask = np.ones((s.n_senders, s.n_ports, R), dtype=bool)
-        if attn_mask is None:
-            attn_mask = np.ones((L, H, R, R, 3), dtype=bool)
-        if resid_mask.shape != (s.n_senders, s.n_ports, R) or attn_mask.shape != (L, H, R, R, 3):
-            raise GARConfigError(f"masks must be [{s.n_senders}, {s.n_ports}, {R}] and [{L}, {H}, {R}, {R}, 3], "
-                                 f"got {list(resid_mask.shape)} and {list(attn_mask.shape)}")
-        rmask = _extend(torch.from_numpy(np.asarray(resid_mask, dtype=bool)), (2,)).to(device)  # [S, P, R+1]
-        amask = _extend(torch.from_numpy(np.asarray(attn_mask, dtype=bool)), (2, 3)).to(device)  # [L, H, R+1, R+1, 3]
-        roles = torch.where(batch.role_ids < 0, R, batch.role_ids).to(device)  # pad -> R
-        if corrupt is None:
-            corrupt = torch.zeros(B, T, s.n_senders, d, dtype=dtype, device=device)
-        diff = torch.zeros(B, T, s.n_senders, d, dtype=dtype, device=device)  # this run - corrupted
-        captured = torch.zeros_like(diff) if capture else None
-        # sums of the first n corrupted senders, only where a port reads them (not [B, T, S, d])
-        needed = sorted({s.senders_before(lyr) for lyr in range(L)}
-                        | {s.senders_before(lyr) + H for lyr in range(L)} | {s.n_senders})
-        corrupt_sum, running, done = {}, torch.zeros(B, T, d, dtype=dtype, device=device), 0
-        for n in needed:
-            running = running + corrupt[:, :, done:n].sum(2)
-            corrupt_sum[n], done = running, n
+        lay = Layout(batch, embeds.device)
+        senders = None if corrupt is None else lay.tokens(corrupt.to(embeds)).transpose(0, 1).contiguous()
+        state = self.corrupt_state(batch, lay, senders, embeds)
+        rm, am = check_masks(self.shape, batch.n_roles, resid_mask, attn_mask, embeds.device)
+        if am is not None and senders is None:
+            am = None if bool(am.all()) else am
+        buf = torch.empty(1 + self.shape.n_senders, lay.N, self.shape.d_model, dtype=embeds.dtype,
+                          device=embeds.device)
+        W = buf[1:]
+        logits = self.run(batch, lay, lay.tokens(embeds), state, buf, rm, am)
+        if not capture:
+            return logits, None
+        return logits, lay.to_bt_senders(W if senders is None else W + senders)
 
-        def put(idx: slice, value: "torch.Tensor") -> None:
-            diff[:, :, idx] = value - corrupt[:, :, idx]
-            if captured is not None:
-                captured[:, :, idx] = value
 
-        present = torch.unique(roles[roles < R])
-        diff_sum = {"upto": 0, "sum": torch.zeros(B, T, d, dtype=dtype, device=device)}
+def check_masks(shape: CircuitShape, n_roles: int, resid_mask: "np.ndarray | None", attn_mask: "np.ndarray | None",
+                device: "torch.device") -> tuple["torch.Tensor | None", "torch.Tensor | None"]:
+    """The masks as bool tensors (``None`` stays ``None``: every edge kept), shapes checked."""
+    import numpy as np
+    import torch
 
-        def port_inputs(n_senders: int, ports: list[int]) -> "torch.Tensor":
-            # input = corrupted sum + sum over kept senders of (this run - corrupted), or, when
-            # fewer senders have a dropped edge than a kept one, this run's sum - the dropped;
-            # only senders with an edge of the minority kind at a present role are read
-            sub = rmask[:n_senders][:, ports]  # [S_l, P_l, R+1]
-            real = sub[:, :, present]
-            kept_any, dropped_any = real.flatten(1).any(1), (~real).flatten(1).any(1)
-            if int(kept_any.sum()) <= int(dropped_any.sum()):
-                idx, sign, use = kept_any.nonzero()[:, 0], 1.0, sub
-                base = corrupt_sum[n_senders]
-            else:
-                if diff_sum["upto"] > n_senders:  # pragma: no cover - ports are read in sender order
-                    raise RuntimeError("ports read out of order")
-                diff_sum["sum"] = diff_sum["sum"] + diff[:, :, diff_sum["upto"]:n_senders].sum(2)
-                diff_sum["upto"] = n_senders
-                idx, sign, use = dropped_any.nonzero()[:, 0], -1.0, ~sub
-                base = corrupt_sum[n_senders] + diff_sum["sum"]
-            out = base[:, :, None].expand(B, T, len(ports), d)
-            if len(idx) == 0:
-                return out.clone()
-            if 2 * len(idx) > n_senders:  # most senders: read the prefix in place, mask the rest
-                active = torch.zeros(n_senders, dtype=torch.bool, device=device)
-                active[idx] = True
-                m = (use[:, :, roles] & active[:, None, None, None]).permute(2, 3, 0, 1).to(dtype)
-                return out + sign * torch.einsum("btsp,btsd->btpd", m, diff[:, :, :n_senders])
-            m = use[idx][:, :, roles].permute(2, 3, 0, 1).to(dtype)  # [B, T, k, P_l]
-            return out + sign * torch.einsum("btsp,btsd->btpd", m, diff[:, :, idx])
-
-        put(slice(0, 1), embeds[:, :, None])
-        cos, sin = hf.get_submodule(s.path("rotary"))(embeds, batch.position_ids.to(device))
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        allowed = causal[None, None] & batch.attention_mask.bool().to(device)[:, None, None, :]
-        neg = torch.finfo(dtype).min
-        # transformers' eager attention takes the softmax in float32; a float64 model keeps float64
-        soft_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        for layer in range(L):
-            n_before = s.senders_before(layer)
-            ports = ([s.port_q(layer, h) for h in range(H)] + [s.port_k(layer, g) for g in range(G)]
-                     + [s.port_v(layer, g) for g in range(G)])
-            x = port_inputs(n_before, ports)  # [B, T, H + 2G, d]
-            norm = hf.get_submodule(s.path("attn_norm", layer))
-            qm, km, vm = (hf.get_submodule(s.path(k, layer)) for k in ("q", "k", "v"))
-            nx = norm(x)
-            xc = norm(corrupt_sum[n_before])  # the all-corrupted port input
-
-            def proj(mod: Any, inp: "torch.Tensor", n: int) -> "torch.Tensor":
-                w = mod.weight.view(n, hd, d)
-                out = torch.einsum("btnd,ned->btne", inp, w)
-                return out + mod.bias.view(n, hd) if getattr(mod, "bias", None) is not None else out
-
-            q = _rope(proj(qm, nx[:, :, :H], H), cos, sin)
-            k = _rope(proj(km, nx[:, :, H:H + G], G), cos, sin)
-            v = proj(vm, nx[:, :, H + G:], G)
-            qx = _rope(qm(xc).view(B, T, H, hd), cos, sin)
-            kx = _rope(km(xc).view(B, T, G, hd), cos, sin)
-            vx = vm(xc).view(B, T, G, hd)
-            rep = s.group_size
-            k, kx, v, vx = (t.repeat_interleave(rep, 2) for t in (k, kx, v, vx))
-            am = amask[layer][:, roles[:, None, :], roles[:, :, None]]  # [H, B, T(i), T(j), 3]
-            am = am.permute(1, 0, 2, 3, 4)
-            mq, mk, mv = am[..., 0], am[..., 1], am[..., 2]
-            sc = {}
-            for a, qq in (("c", q), ("x", qx)):
-                for b, kk in (("c", k), ("x", kx)):
-                    sc[a + b] = torch.einsum("bihe,bjhe->bhij", qq, kk)
-            scores = torch.where(mq, torch.where(mk, sc["cc"], sc["cx"]), torch.where(mk, sc["xc"], sc["xx"]))
-            scores = scores * s.scaling
-            scores = torch.where(allowed, scores, torch.full_like(scores, neg))
-            probs = torch.softmax(scores, -1, dtype=soft_dtype).to(dtype)
-            z = (torch.einsum("bhij,bjhe->bihe", probs * mv, v)
-                 + torch.einsum("bhij,bjhe->bihe", probs * ~mv, vx))
-            wo = hf.get_submodule(s.path("o", layer)).weight.view(d, H, hd)
-            heads = torch.einsum("bihe,dhe->bihd", z, wo)  # [B, T, H, d]
-            first = s.sender_head(layer, 0)
-            put(slice(first, first + H), heads)
-            n_mlp = n_before + H
-            xm = port_inputs(n_mlp, [s.port_mlp(layer)])[:, :, 0]
-            out = hf.get_submodule(s.path("mlp", layer))(hf.get_submodule(s.path("mlp_norm", layer))(xm))
-            put(slice(s.sender_mlp(layer), s.sender_mlp(layer) + 1), out[:, :, None])
-        m = rmask[:, s.port_logits][:, roles[:, -1]].T.to(dtype)  # [B, S]
-        last = corrupt_sum[s.n_senders][:, -1] + torch.einsum("bs,bsd->bd", m, diff[:, -1])
-        logits = hf.get_submodule(s.path("lm_head"))(hf.get_submodule(s.path("final_norm"))(last))
-        return logits, captured
+    s, R = shape, n_roles
+    want_r, want_a = (s.n_senders, s.n_ports, R), (s.n_layers, s.n_heads, R, R, 3)
+    if (resid_mask is not None and tuple(resid_mask.shape) != want_r) or (
+            attn_mask is not None and tuple(attn_mask.shape) != want_a):
+        got = [list(m.shape) if m is not None else None for m in (resid_mask, attn_mask)]
+        raise GARConfigError(f"masks must be {list(want_r)} and {list(want_a)}, got {got[0]} and {got[1]}")
+    out = []
+    for m in (resid_mask, attn_mask):
+        out.append(None if m is None else torch.from_numpy(np.ascontiguousarray(m, dtype=bool)).to(device))
+    return out[0], out[1]
 
 
 def _metric(logits: "torch.Tensor", batch: CircuitBatch) -> "torch.Tensor":
@@ -241,35 +621,71 @@ def gather_role_means(means: "torch.Tensor", role_ids: "torch.Tensor") -> "torch
     return out * (role_ids >= 0)[:, :, None, None].to(out)
 
 
+def _token_means(means: "torch.Tensor", lay: Layout) -> "torch.Tensor":
+    """Role means ``[S, R, d]`` or ``[B, S, R, d]`` as sender outputs ``[S, N, d]`` (role order)."""
+    if means.dim() == 3:
+        return means[:, lay.role_of].contiguous()
+    return means[lay.batch_of, :, lay.role_of].transpose(0, 1).contiguous()
+
+
 class EdgePatcher:
     """Exact role-level edge patching of one batch (see the module docstring).
 
     ``model``: a Hugging Face model (or an nnsight wrapper; its module is used), frozen by the
-    caller or not (no gradients are taken). The corrupted senders are computed once here.
+    caller or not (no gradients are taken), or an :class:`UnrolledModel` shared by the patchers
+    of several batches (it keeps per-head copies of the projections). The corrupted senders
+    (``corrupt``, ``[S, N, d]`` in role order; under role means only the means are kept) and
+    everything derived from them are computed once here; ``workspace`` (shared by the patchers
+    of several batches, or private) holds the per-evaluation buffers.
     """
 
-    def __init__(self, model: Any, batch: CircuitBatch):
+    def __init__(self, model: Any, batch: CircuitBatch, workspace: Workspace | None = None):
         import torch
 
-        self.unrolled = UnrolledModel(model)
-        self.shape = self.unrolled.shape
+        self.unrolled = model if isinstance(model, UnrolledModel) else UnrolledModel(model)
+        self.shape = s = self.unrolled.shape
         self.batch = batch
         self.shape.check_width(batch.width)
+        self.workspace = workspace if workspace is not None else Workspace()
         with torch.no_grad():
             self.clean_embeds = self.unrolled.embed(batch.input_ids)
+            like = self.clean_embeds
+            self.layout = lay = Layout(batch, like.device)
+            means = None
             if batch.role_means is not None:
-                self.corrupt = gather_role_means(batch.role_means.to(self.clean_embeds), batch.role_ids)
+                means = batch.role_means.to(like)
+                corrupt = _token_means(means, lay)
             else:
                 emb = (self.unrolled.embed(batch.corrupt_ids) if batch.corrupt_ids is not None
-                       else batch.corrupt_embeds.to(self.clean_embeds))
-                _, self.corrupt = self.unrolled.forward(emb, batch, capture=True)
+                       else batch.corrupt_embeds.to(like))
+                buf = torch.empty(1 + s.n_senders, lay.N, s.d_model, dtype=like.dtype, device=like.device)
+                zero = self.unrolled.corrupt_state(batch, lay, None, like)
+                self.unrolled.run(batch, lay, lay.tokens(emb), zero, buf, work=self.workspace)
+                corrupt = buf[1:]
+            self.state = self.unrolled.corrupt_state(batch, lay, corrupt, like)
+            if means is not None:
+                self.state.keep_means_only(means, lay)
+                del corrupt
+
+    @property
+    def corrupt(self) -> "torch.Tensor":
+        """The corrupted sender outputs ``[S, N, d]`` (role order; gathered again under role means)."""
+        return self.state.slice(0, self.shape.n_senders)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by this patcher's per-batch state (not the shared workspace)."""
+        return self.state.nbytes()
 
     def metrics(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> "np.ndarray":
         """Per-row metric ``[B]`` with the circuit's edges clean and the rest corrupted."""
         import torch
 
+        s, lay, like = self.shape, self.layout, self.clean_embeds
+        rm, am = check_masks(s, self.batch.n_roles, resid_mask, attn_mask, like.device)
         with torch.no_grad():
-            logits, _ = self.unrolled.forward(self.clean_embeds, self.batch, self.corrupt, resid_mask, attn_mask)
+            buf = self.workspace.get("diff", (1 + s.n_senders, lay.N, s.d_model), like.dtype, like.device)
+            logits = self.unrolled.run(self.batch, lay, lay.tokens(like), self.state, buf, rm, am, self.workspace)
             return _metric(logits, self.batch).double().cpu().numpy()
 
     def evaluate(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> float:
@@ -286,14 +702,15 @@ class EdgePatcher:
 class PatchSet:
     """Exact edge patching over several batches: ``evaluate`` is the mean metric over all rows.
 
-    Each batch's corrupted senders (``[B, T, S, d]``) are kept in memory: for long runs, build
-    one :class:`EdgePatcher` per batch as needed instead.
+    Each batch's corrupted state (``EdgePatcher.nbytes``) is kept in memory, the evaluation buffer
+    is shared: for long runs, build one :class:`EdgePatcher` per batch as needed instead.
     """
 
     def __init__(self, model: Any, batches: "list[CircuitBatch]"):
         if not batches:
             raise GARConfigError("no batches to patch")
-        self.patchers = [EdgePatcher(model, b) for b in batches]
+        work, unrolled = Workspace(), UnrolledModel(model)
+        self.patchers = [EdgePatcher(unrolled, b, work) for b in batches]
         self.shape = self.patchers[0].shape
         self.n_roles = batches[0].n_roles
 
@@ -312,4 +729,5 @@ class PatchSet:
         return self.evaluate(*empty_masks(self.shape, self.n_roles))
 
 
-__all__ = ["EdgePatcher", "PatchSet", "UnrolledModel", "empty_masks", "full_masks", "gather_role_means"]
+__all__ = ["EdgePatcher", "Layout", "PatchSet", "UnrolledModel", "Workspace", "check_masks", "empty_masks",
+           "full_masks", "gather_role_means"]

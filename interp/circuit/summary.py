@@ -65,7 +65,8 @@ def summary_md(scores: EdgeScores, circuit: Circuit, labels: Sequence[HeadLabel]
         lp = loops.shortest
         assert lp is not None
         w = lp.weakest_edge()
-        lines += [f"Loop found: {len(loops.loops)} loop(s); shortest: {lp.describe()}.", "",
+        which = f"reported (rows: {loops.polarity})" if loops.polarity else "shortest"
+        lines += [f"Loop found: {len(loops.loops)} loop(s); {which}: {lp.describe()}.", "",
                   "| role edge | part | heads | weight |", "|---|---|---|---|"]
         lines += [f"| {e['src']}->{e['dst']} | {e['part']} | {' '.join(f'{a}.{b}' for a, b in e['heads'])} | "
                   f"{e['weight']:.4g} |" for e in lp.edges]

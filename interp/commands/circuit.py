@@ -47,7 +47,7 @@ OVERLAP_MAIN = "overlap.json"
 OVERLAP_OUTPUTS = ("core_graph.json", "overlap_edges.png", "overlap_nodes.png", "overlap_heads.png", "transfer.png")
 COUNTERFACTUALS = ("pair", "context", "mean")
 METHODS = ("topn", "greedy")
-# keep every batch's corrupted senders in memory up to this many bytes (else rebuild per evaluation)
+# keep every batch's corrupted patcher state in memory up to this many bytes (else rebuild per evaluation)
 PATCHER_CACHE_BYTES = 2 * 1024 ** 3
 Progress = Callable[[str, int, int], Any]
 Log = Callable[[str], Any]
@@ -185,6 +185,10 @@ class Task:
             idx = sorted(sample_indices(np.random.default_rng(args.seed), len(full), args.n))
         self.cf = dataclasses.replace(full, items=[full.items[i] for i in idx])
         self.record_ids = [it.record_id for it in self.cf.items]
+        negated = {r.id: r.negate for r in records}
+        flags = {negated[rid] for rid in self.record_ids}
+        # the rows' polarity picks the reported loop template (None: mixed)
+        self.polarity = None if len(flags) != 1 else "negated" if flags.pop() else "affirmative"
         self.batches = self.cf.batch_indices(args.batch_size)
         self.means = None
         if args.counterfactual == "mean":  # means over every item of the chosen rows' tasks (leave-one-out later)
@@ -220,8 +224,9 @@ def masks_key(resid_mask: Any, attn_mask: Any) -> str:
 class Evaluator:
     """The faithfulness callable: exact edge patching batch by batch, mean metric over every row.
 
-    Each batch's :class:`~interp.circuit.patch.EdgePatcher` is kept while their corrupted senders fit
-    :data:`PATCHER_CACHE_BYTES`, else rebuilt per call. Results are memoised (and, with ``store``,
+    Each batch's :class:`~interp.circuit.patch.EdgePatcher` is kept while their corrupted states
+    (``nbytes``) fit :data:`PATCHER_CACHE_BYTES`, else rebuilt per call; the patchers share one
+    unrolled model (its per-head weights) and one evaluation workspace. Results are memoised (and, with ``store``,
     written to the checkpoint after each new one, so an interrupted run does not redo them).
     """
 
@@ -237,17 +242,19 @@ class Evaluator:
         self.computed = 0
         self._patchers: dict[int, Any] = {}
         self._keep: bool | None = None
+        self._shared: tuple[Any, Any] | None = None  # (UnrolledModel, Workspace) of every batch
 
     def _patcher(self, i: int) -> Any:
-        from ..circuit.patch import EdgePatcher
+        from ..circuit.patch import EdgePatcher, UnrolledModel, Workspace
 
         if i in self._patchers:
             return self._patchers[i]
+        if self._shared is None:
+            self._shared = (UnrolledModel(self.task.m.hf), Workspace())
         batch = self.task.batch(i)
-        p = EdgePatcher(self.task.m.hf, batch)
+        p = EdgePatcher(self._shared[0], batch, self._shared[1])
         if self._keep is None:
-            per = p.corrupt.element_size() * p.corrupt.nelement()
-            self._keep = per * len(self.task.batches) <= PATCHER_CACHE_BYTES
+            self._keep = p.nbytes * len(self.task.batches) <= PATCHER_CACHE_BYTES
         if self._keep:
             self._patchers[i] = p
         return p
@@ -385,7 +392,8 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                     size_pct = pct if pct is not None else 100.0 * n / max(1, scores.n_edges())
                     extra = dict(evaluate=evaluate, m_full=m_full, m_empty=m_empty, n_random=args.random,
                                  seed=args.seed, percentages=list(args.curve) if args.curve is not None else [size_pct])
-                res = write_outputs(out, scores, half1, half2, n, pct, args, title, extra, log)
+                res = write_outputs(out, scores, half1, half2, n, pct, args, title,
+                                    {**extra, "polarity": task.polarity}, log)
             if evaluate is not None and args.spot:
                 with timings("spot"):
                     spot = spot_checks(scores, evaluate, extra["m_full"], args.spot, args.seed)
