@@ -47,16 +47,22 @@ def test_no_loop_when_one_piece_is_missing(drop):
     assert not find_loops(c, scores).found
 
 
+def _affirmative_gen_loop_resid() -> list[tuple]:
+    """Residual edges of a generation loop: V's key/value into 0.0 (attending V -> Q), 0.0's output
+    at Q read by 1.1 (Q -> END), 1.1 feeding 2.2's query at END, which reads V and writes the logits."""
+    s = SHAPE
+    return [(s.sender("emb"), s.port("k", 0, 0), r("V")), (s.sender("emb"), s.port("v", 0, 0), r("V")),
+            (s.sender("emb"), s.port("q", 0, 0), r("Q")),
+            (s.sender("head", 0, 0), s.port("k", 1, 0), r("Q")), (s.sender("head", 0, 0), s.port("v", 1, 0), r("Q")),
+            (s.sender("emb"), s.port("q", 1, 1), r("END")),
+            (s.sender("head", 1, 1), s.port("q", 2, 2), r("END")), (s.sender("emb"), s.port("v", 2, 1), r("V")),
+            (s.sender("head", 2, 2), s.port("logits"), r("END"))]
+
+
 def test_generation_loop_closes_with_an_empty_key_chain():
     scores = blank_scores()
-    s = SHAPE
     c = Circuit.empty_like(scores)
-    edges_r = [(s.sender("emb"), s.port("k", 0, 0), r("V")), (s.sender("emb"), s.port("v", 0, 0), r("V")),
-               (s.sender("emb"), s.port("q", 0, 0), r("Q")),
-               (s.sender("head", 0, 0), s.port("k", 1, 0), r("Q")), (s.sender("head", 0, 0), s.port("v", 1, 0), r("Q")),
-               (s.sender("emb"), s.port("q", 1, 1), r("END")),
-               (s.sender("head", 1, 1), s.port("q", 2, 2), r("END")), (s.sender("emb"), s.port("v", 2, 1), r("V")),
-               (s.sender("head", 2, 2), s.port("logits"), r("END"))]
+    edges_r = _affirmative_gen_loop_resid()
     edges_a = [(0, 0, r("V"), r("Q"), c_) for c_ in (Q, K, V)] + \
               [(1, 1, r("Q"), r("END"), c_) for c_ in (Q, K, V)] + [(2, 2, r("V"), r("END"), Q), (2, 2, r("V"), r("END"), V)]
     for i in edges_r:
@@ -125,12 +131,7 @@ def _gen_loops_of_both_polarities():
     scores = blank_scores()
     s = SHAPE
     c = Circuit.empty_like(scores)
-    edges_r = [(s.sender("emb"), s.port("k", 0, 0), r("V")), (s.sender("emb"), s.port("v", 0, 0), r("V")),
-               (s.sender("emb"), s.port("q", 0, 0), r("Q")),
-               (s.sender("head", 0, 0), s.port("k", 1, 0), r("Q")), (s.sender("head", 0, 0), s.port("v", 1, 0), r("Q")),
-               (s.sender("emb"), s.port("q", 1, 1), r("END")),
-               (s.sender("head", 1, 1), s.port("q", 2, 2), r("END")), (s.sender("emb"), s.port("v", 2, 1), r("V")),
-               (s.sender("head", 2, 2), s.port("logits"), r("END")),
+    edges_r = _affirmative_gen_loop_resid() + [
                # the negated loop: 0.1 K'->V' from the embedding, its output at V' read by 2.3's value
                (s.sender("emb"), s.port("k", 0, 0), r("K'")), (s.sender("emb"), s.port("v", 0, 0), r("K'")),
                (s.sender("emb"), s.port("q", 0, 1), r("V'")),
