@@ -52,24 +52,102 @@ def _chunk(args_tuple):
              r.answer) for r in recs]
 
 
-def build_records(n_per_task: int, chunks: int, work: Path, procs: int) -> list[tuple]:
-    """Generated training examples (text, answer char ranges, family, n_r, answer), cached."""
-    cache = work / f"train_v1_n{n_per_task}_k{chunks}.json"
+def _selects_only(row, j: int, rel0) -> bool:
+    """Column j's query selects column j's key and no other (so the variant has one answer)."""
+    return [i for i, k in enumerate(row.keys) if k in rel0(row.queries[j])] == [j]
+
+
+def contrast_instance(rng: random.Random, cell, profile, n_ctx: int, n_q: int,
+                      excluded: set[tuple]) -> tuple[str, list[tuple[int, int]], list] | None:
+    """One training text whose rows ask ``n_q`` questions of each of ``n_ctx`` sampled contexts,
+    the asked column drawn with replacement (classification: Yes and No statements at random).
+
+    Why: a GAR row asks one column of its context, so 'answer any context item of the right type'
+    already earns a third of the reward and nothing in a row rewards reading the query (measured
+    on the second run: the same answer whatever the query). Rows that share a context and differ
+    only in the query make the query the only thing that tells the answers apart. Each row is a
+    well-formed GAR row of the cell, rendered by the package's own renderer; a row whose (context,
+    query) is a test row's is never asked. Returns (text, answer char ranges, the rows)."""
+    from dataclasses import replace
+
+    from gar_tasks.generate import sample_row
+    from gar_tasks.render import render_instance
+
+    rel0 = profile.vocab[cell.hop0[0]].relation(cell.hop0[1])
+    n_col = 3
+    rows = []
+    for _ in range(n_ctx):
+        base = sample_row(rng, cell, profile, n_col)
+        ok = [j for j in range(n_col) if _selects_only(base, j, rel0)
+              and (base.keys, base.values, base.queries[j]) not in excluded]
+        if not ok:
+            return None
+        for _ in range(n_q):
+            j = rng.choice(ok)
+            if cell.family == "gen":
+                rows.append(replace(base, true_index=j, shown_index=j))
+                continue
+            wrong = [w for w in range(n_col)
+                     if base.queries[w] != base.queries[j] and base.answers[w] != base.answers[j]]
+            if wrong and rng.random() < 0.5:
+                rows.append(replace(base, true_index=j, shown_index=rng.choice(wrong), label="No"))
+            else:
+                rows.append(replace(base, true_index=j, shown_index=j, label="Yes"))
+    text, spans, _, _ = render_instance(rng, cell, profile, rows)
+    return text, [(sp["END"][0][1], sp["row"][0][1]) for sp in spans], rows
+
+
+def _contrast_chunk(args_tuple):
+    n_per_cell, seed, n_ctx, n_q = args_tuple
+    from gar_tasks.generate import GeneratorConfig
+    from gar_tasks.profiles import load_profile
+
+    profile = load_profile("v1")
+    test = GeneratorConfig(profile="v1", split="test")
+    out = []
+    for cell in test.cells():
+        excluded = {(r.rows[-1].keys, r.rows[-1].values, r.rows[-1].query) for r in test.cell_records(cell)}
+        rng = random.Random(f"contrast|{seed}|{cell.code}")
+        made = tries = 0
+        while made < n_per_cell and tries < 5 * n_per_cell:
+            tries += 1
+            inst = contrast_instance(rng, cell, profile, n_ctx, n_q, excluded)
+            if inst is not None:
+                made += 1
+                out.append((inst[0], inst[1], "contrast_" + cell.family, cell.n_r, ""))
+    return out
+
+
+def build_contrast(n_per_cell: int, chunks: int, n_ctx: int, n_q: int, work: Path, procs: int) -> list[tuple]:
+    """Contrast instances (see ``contrast_instance``) for every cell, cached like the records."""
+    if n_per_cell <= 0:
+        return []
+    return _cached_chunks(work / f"contrast_v1_n{n_per_cell}_k{chunks}_c{n_ctx}_q{n_q}.json",
+                          _contrast_chunk, [(n_per_cell, k, n_ctx, n_q) for k in range(chunks)], procs)
+
+
+def _cached_chunks(cache: Path, fn, jobs: list[tuple], procs: int) -> list[tuple]:
+    """``fn`` over ``jobs`` (in ``procs`` forked processes), concatenated, cached as JSON."""
     if cache.is_file():
         return [tuple(x) for x in json.loads(cache.read_text())]
-    jobs = [(n_per_task, k) for k in range(chunks)]
     if procs > 1:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(procs) as pool:
-            parts = pool.map(_chunk, jobs)
+            parts = pool.map(fn, jobs)
     else:
-        parts = [_chunk(j) for j in jobs]
+        parts = [fn(j) for j in jobs]
     out = [x for p in parts for x in p]
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(out))
     os.replace(tmp, cache)
     return out
+
+
+def build_records(n_per_task: int, chunks: int, work: Path, procs: int) -> list[tuple]:
+    """Generated training examples (text, answer char ranges, family, n_r, answer), cached."""
+    return _cached_chunks(work / f"train_v1_n{n_per_task}_k{chunks}.json", _chunk,
+                          [(n_per_task, k) for k in range(chunks)], procs)
 
 
 def vocabulary_items(profile: str = "v1") -> list[str]:
@@ -154,14 +232,15 @@ def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def association_drills(examples: list[tuple], seed: int, n_items: int = 3) -> list[tuple]:
+def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks: int = 0) -> list[tuple]:
     """One drill per GAR training text: its last row's context ``< a. b. c. >.`` followed by every
     context item asked back in shuffled order (``So b. So a. So c.``), loss on the repeated
-    items. GAR's answers are one position per row, too sparse a signal for the binding of keys
-    to values that every row needs (measured: no retrieval after 500 steps of GAR alone, while
-    a dense copy task forms induction heads in 100 steps); the drills are the in-context
-    association sub-skill (GAR's ``sub_assoc``) asked densely. Examples: (text, ranges,
-    'drill', -1, '')."""
+    items: the in-context association sub-skill (GAR's ``sub_assoc``) asked densely, since
+    GAR's answers are one position per row. (Dense asking alone does not make retrieval form
+    within the CPU budget: see ``previous_token_loss``.) ``asks`` > 0: that many items
+    drawn with replacement, so that no item is given away by elimination (measured: with each
+    item asked once the second run answered the last by elimination, 0.65 = 1/3, 1/2, 1 on
+    average, and no better). Examples: (text, ranges, 'drill', -1, '')."""
     rng = random.Random(f"drills|{seed}")
     out = []
     for text, *_ in examples:
@@ -174,7 +253,10 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3) -> li
         items = [it[:-1] if it.endswith(".") else it for it in items]
         if len(items) != n_items:  # an item with '. ' inside (Dr. Mehmet Oz): not split safely
             continue
-        rng.shuffle(items)
+        if asks > 0:
+            items = [rng.choice(items) for _ in range(asks)]
+        else:
+            rng.shuffle(items)
         drill, ranges = ctx, []
         for it in items:
             drill += " So "
@@ -296,6 +378,24 @@ def target_loss(model, ids, rows, cols, labels, pad_id: int = -100, lm_weight: f
     return loss, logits
 
 
+def previous_token_loss(model, n: int, length: int, low: int, high: int, device):
+    """Auxiliary task: on random token ids, output the token *before* the current one.
+
+    Why: selecting a context item by its key needs the value's position to carry its key (a
+    previous-token head) and a later head to match the query against it. Neither is rewarded
+    until the other exists, so both sit on a plateau where the model answers any context item
+    of the right type (1/3). A previous-token head is rewarded by this task at once; with it the
+    matching head forms (scripts/probe_retrieval.py, multi-query recall of 2 pairs: 0.50 for
+    3000 steps without, 0.96 from step 2400 with; docs/results.md). The global torch RNG draws
+    the ids, so a resumed run continues the same stream."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.randint(low, high, (n, length + 1)).to(device)
+    h = model.model(input_ids=ids).last_hidden_state[:, 1:]
+    return F.cross_entropy(model.lm_head(h).flatten(0, 1).float(), ids[:, :-1].flatten())
+
+
 def evaluate(model, tokenizer, records, max_n: int | None = None) -> dict:
     """Accuracy as lm-eval computes it: cls = argmax over {' Yes', ' No'} of the label
     log-likelihood; gen = greedy decoding reproduces every answer token (teacher forced)."""
@@ -378,6 +478,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fact-repeats", type=int, default=40,
                     help="shuffled passes over the vocabulary facts per epoch of GAR data (0: none)")
     ap.add_argument("--facts-per-seq", type=int, default=8)
+    ap.add_argument("--drill-asks", type=int, default=0,
+                    help="items asked per drill, drawn with replacement (0: each item once, shuffled)")
+    ap.add_argument("--contrast-per-cell", type=int, default=0,
+                    help="contrast instances per task cell and chunk: rows sharing a context, asking "
+                         "different columns (0: none)")
+    ap.add_argument("--prev-aux", type=int, default=0,
+                    help="random-token sequences per step whose labels are the previous token (0: none)")
+    ap.add_argument("--prev-aux-len", type=int, default=32)
+    ap.add_argument("--contrast-chunks", type=int, default=1)
+    ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
+    ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
 
     import torch
@@ -398,8 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     t_data = time.time() - t0
     facts = fact_sentences("v1")
     fact_examples = pack_facts(facts, args.facts_per_seq, args.fact_repeats, args.seed)
-    drills = association_drills(examples, args.seed) if args.drills else []
-    examples = examples + fact_examples + drills
+    drills = association_drills(examples, args.seed, asks=args.drill_asks) if args.drills else []
+    contrast = build_contrast(args.contrast_per_cell, args.contrast_chunks, args.contrast_ctx,
+                              args.contrast_q, args.work, args.gen_procs)
+    examples = examples + fact_examples + drills + contrast
     tok_dir = args.work / "tokenizer"
     if state and tok_dir.is_dir():
         from transformers import PreTrainedTokenizerFast
@@ -413,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(data)} sequences, {sum(lengths)} tokens, {n_targets} target tokens, "
           f"vocab {len(tokenizer)}, generated in {t_data:.0f} s; of these {len(fact_examples)} "
           f"sequences of {len(facts)} vocabulary facts x {args.fact_repeats} and {len(drills)} "
-          f"association drills", flush=True)
+          f"association drills, {len(contrast)} contrast instances", flush=True)
 
     from gar_tasks.generate import GeneratorConfig
     val = GeneratorConfig(profile="v1", split="validation").build()
@@ -464,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
             g["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
             loss, _ = target_loss(model, ids, rows, cols, labels, tokenizer.pad_token_id, args.lm_weight)
+            if args.prev_aux > 0:
+                loss = loss + previous_token_loss(model, args.prev_aux, args.prev_aux_len,
+                                                  len(SPECIALS), len(tokenizer), device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -506,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                  "seeds": list(range(args.chunks)), "sequences": len(data), "tokens": sum(lengths),
                  "target_tokens": n_targets, "facts": len(facts),
                  "fact_sequences": len(fact_examples), "association_drills": len(drills),
+                 "contrast_instances": len(contrast),
                  "epochs_seen": round(epoch + pos / max(1, len(order)), 3)},
         "model_size": {"parameters": n_params, "storage_dtype": args.dtype,
                        "vocab_size": len(tokenizer)},

@@ -75,3 +75,126 @@ def test_association_drills_ask_back_exactly_the_context_items(recipe, train_tex
         assert family == "drill" and len(ranges) == 3
         assert {g[:1].upper() + g[1:] if g.startswith("the ") else g for g in got} == items
         assert asked.count(" So ") + asked.startswith("So ") == 3
+
+
+def test_drills_with_replacement_ask_only_context_items(recipe, train_texts):
+    sample = random.Random(1).sample(train_texts, 60)
+    drills = recipe.association_drills(sample, seed=0, asks=6)
+    repeated = 0
+    for text, ranges, *_ in drills:
+        ctx = text.split(" >. ", 1)[0]
+        items = {i.strip().rstrip(".") for i in ctx[2:].split(". ")}
+        got = [text[a:b] for a, b in ranges]
+        assert len(got) == 6
+        assert {g[:1].upper() + g[1:] if g.startswith("the ") else g for g in got} <= items
+        repeated += len(set(got)) < len(got)
+    assert repeated == len(drills)  # 6 asks of 3 items always repeat one: nothing to eliminate
+
+
+@pytest.fixture(scope="module")
+def contrast_cells():
+    cfg = GeneratorConfig(profile="v1", split="test")
+    cells = cfg.cells()
+    pick = [c for c in cells if c.family == "gen" and c.n_r == 0][:2] + \
+        [c for c in cells if c.family == "cls"][:2] + [c for c in cells if c.n_r == 2][:2]
+    return [(c, {(r.rows[-1].keys, r.rows[-1].values, r.rows[-1].query) for r in cfg.cell_records(c)})
+            for c in pick]
+
+
+def test_contrast_instances_ask_one_context_several_ways_with_the_right_answers(recipe, contrast_cells):
+    """Rows sharing a context differ only in the asked column; each answer is that column's
+    answer (gen) or Yes exactly when the shown answer is the asked column's (cls); no (context,
+    query) of the test split is asked."""
+    from gar_tasks.records import DELIMITER
+
+    profile = load_profile("v1")
+    rng = random.Random(0)
+    varied = 0
+    for cell, excluded in contrast_cells:
+        for _ in range(10):
+            inst = recipe.contrast_instance(rng, cell, profile, 2, 3, excluded)
+            assert inst is not None
+            text, ranges, _ = inst
+            assert len(ranges) == 6
+            rows = [r for r in text.split("\n") if "<" in r]
+            assert len(rows) == 6
+            for c in range(2):
+                group = rows[3 * c:3 * c + 3]
+                ctxs = {r[r.index("<"):r.index(">")] for r in group}
+                assert len(ctxs) == 1
+                varied += len({r[r.index(">"):] for r in group}) > 1
+            answers = [text[a:b] for a, b in ranges]
+            assert all(a.startswith(DELIMITER) or a.startswith(" ") for a in answers)
+            if cell.family == "cls":
+                assert {a.strip() for a in answers} <= {"Yes", "No"}
+    assert varied > 0
+
+
+def test_contrast_rows_answer_the_asked_column(recipe, contrast_cells):
+    """Each rendered answer is the asked column's answer (gen; the query selects that column
+    alone) or the label, Yes exactly when the statement shows the asked column's answer (cls);
+    both labels occur."""
+    profile = load_profile("v1")
+    rng = random.Random(5)
+    labels = set()
+    for cell, _ in contrast_cells:
+        rel0 = profile.vocab[cell.hop0[0]].relation(cell.hop0[1])
+        for _ in range(10):
+            text, ranges, rows = recipe.contrast_instance(rng, cell, profile, 2, 3, set())
+            assert len(rows) == len(ranges) == 6
+            for row, (a, b) in zip(rows, ranges):
+                got = text[a:b].strip()
+                assert recipe._selects_only(row, row.true_index, rel0)
+                if cell.family == "gen":
+                    assert got == row.true_answer
+                else:
+                    assert got == row.label == ("Yes" if row.shown_answer == row.true_answer else "No")
+                    labels.add(got)
+    assert labels == {"Yes", "No"}
+
+
+def test_previous_token_task_teaches_the_model_to_output_the_token_before(recipe):
+    """A tiny Llama trained on the auxiliary task alone outputs, on fresh random ids, the token
+    one position back (not the current one, not the next): the labels are aligned as the
+    docstring says, and the task is learnable by one attention layer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = recipe.previous_token_loss(model, 16, 16, 4, 40, torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ids = torch.randint(4, 40, (8, 17))
+    with torch.no_grad():
+        pred = model(input_ids=ids).logits[:, 1:].argmax(-1)
+    assert (pred == ids[:, :-1]).float().mean() > 0.9
+    assert (pred == ids[:, 1:]).float().mean() < 0.2
+
+
+def test_retrieval_probe_runs_and_reports_each_evaluation():
+    """scripts/probe_retrieval.py (the recipe's minute-scale check) runs every task mode it
+    documents for synthetic data, with the auxiliary task at two offsets, and prints one JSON
+    line per evaluation with an accuracy in [0, 1]."""
+    import json
+    import subprocess
+    import sys
+
+    script = SCRIPT.parent / "probe_retrieval.py"
+    for extra in (["--task", "copy", "--vocab", "50", "--length", "6"],
+                  ["--task", "mqar", "--vocab", "50", "--pairs", "2", "--mix-prev", "0.5",
+                   "--prev-offsets", "1", "2"]):
+        out = subprocess.run([sys.executable, str(script), *extra, "--steps", "20", "--eval-every", "10",
+                              "--batch", "8", "--d-model", "32", "--mlp", "64"],
+                             capture_output=True, text=True, timeout=300, check=True).stdout
+        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        assert [x["step"] for x in lines] == [10, 20]
+        assert all(0.0 <= x["acc"] <= 1.0 and x["loss"] > 0 for x in lines)
+    bad = subprocess.run([sys.executable, str(script), "--task", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -1,0 +1,221 @@
+#!/usr/bin/env python
+"""How fast does a small Llama learn in-context retrieval from scratch? The organism's bottleneck.
+
+Why this script: the organism (scripts/train_organism.py) learns the vocabulary facts and the
+answer type but not to select a context item by the query. This probe isolates that one skill on
+three tasks, with the organism's architecture, so a recipe change can be judged in minutes:
+
+* ``copy``  — a random sequence, a separator, the same sequence again (loss on the copy): solvable
+  by attending a fixed distance back, no content matching needed;
+* ``mqar``  — multi-query associative recall on synthetic ids: ``k1 v1 ; k2 v2 ; ... | kj vj ...``
+  (loss on each asked value): the value must be found by matching the key's content;
+* ``drill`` — the same on GAR's own contexts with the organism's tokenizer: ``< Mary likes Berlin.
+  ... >. So Kimberly likes Tokyo ...`` (keys asked with replacement, loss and accuracy on the
+  value, chance 1/3); ``--adjacent`` drops the verbs so keys and values touch.
+
+``--mix-prev`` adds the organism's previous-token auxiliary task (``train_organism.py
+--prev-aux``) to each batch.
+
+Prints one JSON line per evaluation: step, loss, accuracy of the asked values, seconds.
+
+    .venv/bin/python scripts/probe_retrieval.py --task mqar --vocab 64 --pairs 2 --steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def copy_example(rng: random.Random, vocab: int, length: int) -> tuple[list[int], list[int]]:
+    xs = [rng.randrange(4, vocab) for _ in range(length)]
+    ids = [1] + xs + [2] + xs
+    return ids, list(range(length + 2, 2 * length + 1))
+
+
+def mqar_example(rng: random.Random, vocab: int, pairs: int, asks: int) -> tuple[list[int], list[int]]:
+    keys = rng.sample(range(4, vocab // 2), pairs)
+    vals = [rng.randrange(vocab // 2, vocab) for _ in keys]
+    ids = [1]
+    for k, v in zip(keys, vals):
+        ids += [k, v, 2]
+    ids.append(3)
+    targets = []
+    for _ in range(asks):
+        j = rng.randrange(pairs)
+        ids.append(keys[j])
+        targets.append(len(ids) - 1)
+        ids.append(vals[j])
+    return ids, targets
+
+
+def drill_examples(tokenizer, n_per_task: int, asks: int, adjacent: bool, seed: int) -> list[tuple[list[int], list[int]]]:
+    """GAR train contexts asked back with replacement; targets predict the item's value: its
+    tokens after the first (key) token ('The duck' counts as the key 'the duck'), template
+    words ('likes', "'s") left out, so accuracy is on the retrieved item (chance 1/3)."""
+    from gar_tasks.generate import GeneratorConfig
+
+    rng = random.Random(seed)
+    recs = GeneratorConfig(profile="v1", split="train", n_per_task=n_per_task, seed=seed).build()
+    drop = set(tokenizer.convert_tokens_to_ids(["likes", "attracts", "is", "are", "'s", "The", "the", "So"]))
+    so = tokenizer(" So", add_special_tokens=False)["input_ids"]
+    out = []
+    for r in recs:
+        row = r.text.rstrip("\n").split("\n")[-1]
+        a, b = row.find("< "), row.find(" >.")
+        items = [it.strip().rstrip(".") for it in row[a + 2:b].split(". ") if it.strip()]
+        if a < 0 or b < 0 or len(items) != 3:
+            continue
+        ids = tokenizer(row[a:b + 3], add_special_tokens=False)["input_ids"]
+        toks = [tokenizer(" " + (it[:1].lower() + it[1:] if it.startswith("The ") else it),
+                          add_special_tokens=False)["input_ids"] for it in items]
+        targets = []
+        for _ in range(asks):
+            t = toks[rng.randrange(3)]
+            ids = ids + so
+            start = len(ids)
+            ids = ids + t
+            skip = 2 if tokenizer.convert_ids_to_tokens(t[0]).lower() == "the" else 1
+            targets += [p - 1 for p in range(start + skip, start + len(t)) if t[p - start] not in drop]
+        if adjacent:
+            keep = [i for i, t in enumerate(ids) if t not in drop]
+            new = {o: n for n, o in enumerate(keep)}
+            targets = [new[p + 1] - 1 for p in targets if p + 1 in new]
+            ids = [ids[i] for i in keep]
+        out.append((ids, targets))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", choices=("copy", "mqar", "drill"), required=True)
+    ap.add_argument("--vocab", type=int, default=64, help="copy/mqar: token ids")
+    ap.add_argument("--pairs", type=int, default=2, help="mqar: key-value pairs per context")
+    ap.add_argument("--length", type=int, default=24, help="copy: sequence length")
+    ap.add_argument("--asks", type=int, default=6, help="mqar/drill: keys asked, with replacement")
+    ap.add_argument("--adjacent", action="store_true", help="drill: drop the verbs")
+    ap.add_argument("--mix-prev", type=float, default=0.0,
+                    help="share of each batch that is 'repeat the previous token' on random ids: "
+                         "trains a previous-token head, the first half of an induction circuit")
+    ap.add_argument("--prev-offsets", type=int, nargs="+", default=[1],
+                    help="--mix-prev: label = the token this far back; with several, the first id "
+                         "of each sequence (0, 1, ...) says which")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--mlp", type=int, default=384)
+    ap.add_argument("--qk-scale", type=float, default=1.0, help="multiply the q/k projections' init")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=32, help="sequences per step")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    vocab = args.vocab
+    pool: list[tuple[list[int], list[int]]] = []
+    if args.task == "drill":
+        tok = AutoTokenizer.from_pretrained(ROOT / "gar_tasks" / "data" / "organism")
+        vocab = len(tok)
+        pool = drill_examples(tok, 30, args.asks, args.adjacent, args.seed)
+        held, pool = pool[:500], pool[500:]
+
+    def sample() -> tuple[list[int], list[int]]:
+        if args.task == "copy":
+            return copy_example(rng, vocab, args.length)
+        if args.task == "mqar":
+            return mqar_example(rng, vocab, args.pairs, args.asks)
+        return pool[rng.randrange(len(pool))]
+
+    if args.task != "drill":
+        held = [sample() for _ in range(500)]
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=args.d_model, intermediate_size=args.mlp,
+                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                      num_key_value_heads=args.kv_heads, max_position_embeddings=512,
+                      tie_word_embeddings=True, attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(args.qk_scale)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+
+    def collate(batch):
+        T = max(len(ids) for ids, _ in batch)
+        ids = torch.zeros((len(batch), T), dtype=torch.long)
+        rows, cols = [], []
+        for r, (seq, tg) in enumerate(batch):
+            ids[r, :len(seq)] = torch.tensor(seq)
+            rows += [r] * len(tg)
+            cols += tg
+        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
+        return ids, rows_t, cols_t, ids[rows_t, cols_t + 1]
+
+    def accuracy() -> float:
+        model.eval()
+        ok = n = 0
+        with torch.no_grad():
+            for i in range(0, len(held), 100):
+                ids, rows, cols, lab = collate(held[i:i + 100])
+                h = model.model(input_ids=ids).last_hidden_state
+                ok += int((model.lm_head(h[rows, cols]).argmax(-1) == lab).sum())
+                n += len(lab)
+        model.train()
+        return ok / n
+
+    def prev_example() -> tuple[list[int], list[int], int]:
+        k = rng.randrange(len(args.prev_offsets))
+        off = args.prev_offsets[k]
+        xs = [rng.randrange(4, vocab) for _ in range(24)]
+        return [k] + xs, list(range(off, 24)), off  # positions labelled with the token off back
+
+    def shifted(batch):
+        """Sequences whose label at p is the token ``off`` positions back (not the next one)."""
+        ids, rows, cols, _ = collate([(i, t) for i, t, _ in batch])
+        offs = torch.tensor([o for _, t, o in batch for _ in t])
+        return ids, rows, cols, ids[rows, cols - offs]
+
+    t0 = time.time()
+    n_prev = int(round(args.batch * args.mix_prev))
+    for step in range(1, args.steps + 1):
+        ids, rows, cols, lab = collate([sample() for _ in range(args.batch - n_prev)])
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, step / 50)
+        h = model.model(input_ids=ids).last_hidden_state
+        loss = F.cross_entropy(model.lm_head(h[rows, cols]), lab)
+        if n_prev:
+            pids, prows, pcols, plab = shifted([prev_example() for _ in range(n_prev)])
+            ph = model.model(input_ids=pids).last_hidden_state
+            loss = loss + F.cross_entropy(model.lm_head(ph[prows, pcols]), plab)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        last = step == args.steps or time.time() - t0 > 60 * args.minutes
+        if step % args.eval_every == 0 or last:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "acc": round(accuracy(), 4),
+                              "s": round(time.time() - t0, 1)}), flush=True)
+        if last:
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
