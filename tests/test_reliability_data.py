@@ -501,6 +501,13 @@ def _signal_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 240) 
     proc.send_signal(sig)
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT as a terminal delivers it. A test run started in the background of a
+    non-interactive shell (``cmd &``) ignores SIGINT, and children inherit that, so the push
+    would finish with 0 and the test would check the shell instead of the product."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 needs_gar = pytest.mark.skipif(not GAR.exists(), reason="needs the installed gar console script")
 
 
@@ -526,7 +533,8 @@ def test_signal_in_push_leaves_no_temp_folder(tmp_path, sig, rc):
     env = dict(os.environ, TMPDIR=str(tmp))
     for extra in (["--out", str(tmp_path / "out")], []):
         proc = subprocess.Popen([str(GAR), "push", "--repo", "me/gar", "--dry-run", *extra], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
         _signal_when(proc, lambda: any(p.name.startswith(".") or p.name.startswith("gar-hub-")
                                        for d in (tmp_path, tmp) for p in d.iterdir()), sig)
         _, err = proc.communicate(timeout=120)
