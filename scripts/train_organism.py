@@ -52,7 +52,7 @@ def _chunk(args_tuple):
              r.answer) for r in recs]
 
 
-def _selects_only(row, j: int, rel0) -> bool:
+def selects_only(row, j: int, rel0) -> bool:
     """Column j's query selects column j's key and no other (so the variant has one answer)."""
     return [i for i, k in enumerate(row.keys) if k in rel0(row.queries[j])] == [j]
 
@@ -78,7 +78,7 @@ def contrast_instance(rng: random.Random, cell, profile, n_ctx: int, n_q: int,
     rows = []
     for _ in range(n_ctx):
         base = sample_row(rng, cell, profile, n_col)
-        ok = [j for j in range(n_col) if _selects_only(base, j, rel0)
+        ok = [j for j in range(n_col) if selects_only(base, j, rel0)
               and (base.keys, base.values, base.queries[j]) not in excluded]
         if not ok:
             return None

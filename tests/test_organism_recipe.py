@@ -144,7 +144,7 @@ def test_contrast_rows_answer_the_asked_column(recipe, contrast_cells):
             assert len(rows) == len(ranges) == 6
             for row, (a, b) in zip(rows, ranges):
                 got = text[a:b].strip()
-                assert recipe._selects_only(row, row.true_index, rel0)
+                assert recipe.selects_only(row, row.true_index, rel0)
                 if cell.family == "gen":
                     assert got == row.true_answer
                 else:
