@@ -11,7 +11,9 @@ three tasks, with the organism's architecture, so a recipe change can be judged 
   (loss on each asked value): the value must be found by matching the key's content;
 * ``drill`` — the same on GAR's own contexts with the organism's tokenizer: ``< Mary likes Berlin.
   ... >. So Kimberly likes Tokyo ...`` (keys asked with replacement, loss and accuracy on the
-  value, chance 1/3); ``--adjacent`` drops the verbs so keys and values touch.
+  value, chance 1/3); ``--adjacent`` drops the verbs so keys and values touch; ``--at-key`` drops
+  them from the question only (``So Kimberly Tokyo``: the value is predicted at its key);
+  ``--mix-adjacent F`` trains on a share F of adjacent drills and measures the drills as asked.
 
 ``--mix-prev`` adds the organism's previous-token auxiliary task (``train_organism.py
 --prev-aux``) to each batch.
@@ -56,7 +58,8 @@ def mqar_example(rng: random.Random, vocab: int, pairs: int, asks: int) -> tuple
     return ids, targets
 
 
-def drill_examples(tokenizer, n_per_task: int, asks: int, adjacent: bool, seed: int) -> list[tuple[list[int], list[int]]]:
+def drill_examples(tokenizer, n_per_task: int, asks: int, adjacent: bool, seed: int,
+                   at_key: bool = False) -> list[tuple[list[int], list[int]]]:
     """GAR train contexts asked back with replacement; targets predict the item's value: its
     tokens after the first (key) token ('The duck' counts as the key 'the duck'), template
     words ('likes', "'s") left out, so accuracy is on the retrieved item (chance 1/3)."""
@@ -64,7 +67,8 @@ def drill_examples(tokenizer, n_per_task: int, asks: int, adjacent: bool, seed: 
 
     rng = random.Random(seed)
     recs = GeneratorConfig(profile="v1", split="train", n_per_task=n_per_task, seed=seed).build()
-    drop = set(tokenizer.convert_tokens_to_ids(["likes", "attracts", "is", "are", "'s", "The", "the", "So"]))
+    drop = set(tokenizer.convert_tokens_to_ids(["likes", "attracts", "is", "are", "has", "'", "s", "The", "the",
+                                                "So"]))  # "'s" is two tokens
     so = tokenizer(" So", add_special_tokens=False)["input_ids"]
     out = []
     for r in recs:
@@ -81,8 +85,13 @@ def drill_examples(tokenizer, n_per_task: int, asks: int, adjacent: bool, seed: 
             t = toks[rng.randrange(3)]
             ids = ids + so
             start = len(ids)
-            ids = ids + t
             skip = 2 if tokenizer.convert_ids_to_tokens(t[0]).lower() == "the" else 1
+            if at_key:  # 'So Kimberly Tokyo': the value follows its key at once, template words dropped
+                value = [x for x in t[skip:] if x not in drop]
+                ids = ids + t[:skip] + value
+                targets += [p - 1 for p in range(start + skip, start + skip + len(value))]
+                continue
+            ids = ids + t
             targets += [p - 1 for p in range(start + skip, start + len(t)) if t[p - start] not in drop]
         if adjacent:
             keep = [i for i, t in enumerate(ids) if t not in drop]
@@ -101,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length", type=int, default=24, help="copy: sequence length")
     ap.add_argument("--asks", type=int, default=6, help="mqar/drill: keys asked, with replacement")
     ap.add_argument("--adjacent", action="store_true", help="drill: drop the verbs")
+    ap.add_argument("--at-key", action="store_true",
+                    help="drill: ask 'So <key> <value>' (the value predicted at the key), verbs kept "
+                         "in the context")
+    ap.add_argument("--mix-adjacent", type=float, default=0.0,
+                    help="drill: share of training drills without verbs (accuracy stays on the "
+                         "drills as asked)")
     ap.add_argument("--mix-prev", type=float, default=0.0,
                     help="share of each batch that is 'repeat the previous token' on random ids: "
                          "trains a previous-token head, the first half of an induction circuit")
@@ -131,17 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     vocab = args.vocab
     pool: list[tuple[list[int], list[int]]] = []
+    adj_pool: list[tuple[list[int], list[int]]] = []
     if args.task == "drill":
         tok = AutoTokenizer.from_pretrained(ROOT / "gar_tasks" / "data" / "organism")
         vocab = len(tok)
-        pool = drill_examples(tok, 30, args.asks, args.adjacent, args.seed)
+        pool = drill_examples(tok, 30, args.asks, args.adjacent, args.seed, args.at_key)
         held, pool = pool[:500], pool[500:]
+        adj_pool = drill_examples(tok, 30, args.asks, True, args.seed + 1) if args.mix_adjacent else []
 
     def sample() -> tuple[list[int], list[int]]:
         if args.task == "copy":
             return copy_example(rng, vocab, args.length)
         if args.task == "mqar":
             return mqar_example(rng, vocab, args.pairs, args.asks)
+        if adj_pool and rng.random() < args.mix_adjacent:
+            return adj_pool[rng.randrange(len(adj_pool))]
         return pool[rng.randrange(len(pool))]
 
     if args.task != "drill":

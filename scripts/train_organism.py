@@ -16,8 +16,9 @@ final answer; for classification the Yes/No label) plus an EOS after the final a
 Seeded and reproducible (same arguments, same machine -> same weights), tqdm progress bar,
 checkpoints every ``--ckpt-every`` steps in ``--work``, ``--resume`` continues from the last one.
 
-    .venv/bin/python scripts/train_organism.py            # the defaults = the shipped run (29 min)
-    .venv/bin/python scripts/train_organism.py --resume   # after an interruption
+    .venv/bin/python scripts/train_organism.py ARGS           # the shipped run's ARGS: its
+                                                              # training_record.json "command"
+    .venv/bin/python scripts/train_organism.py ARGS --resume  # after an interruption
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -232,7 +234,18 @@ def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks: int = 0) -> list[tuple]:
+DRILL_FORMS = ("verb", "at-key", "adjacent")
+_TEMPLATE_WORDS = re.compile(r" (?:likes|attracts|is|has)\b|'s\b")
+
+
+def without_template_words(item: str) -> str:
+    """'Kimberly likes Tokyo' -> 'Kimberly Tokyo', "The horse is Kimberly's" -> 'The horse Kimberly':
+    the key followed at once by its value."""
+    return _TEMPLATE_WORDS.sub("", item)
+
+
+def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks: int = 0,
+                       forms: tuple[str, ...] = ("verb",)) -> list[tuple]:
     """One drill per GAR training text: its last row's context ``< a. b. c. >.`` followed by every
     context item asked back in shuffled order (``So b. So a. So c.``), loss on the repeated
     items: the in-context association sub-skill (GAR's ``sub_assoc``) asked densely, since
@@ -240,7 +253,17 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
     within the CPU budget: see ``previous_token_loss``.) ``asks`` > 0: that many items
     drawn with replacement, so that no item is given away by elimination (measured: with each
     item asked once the second run answered the last by elimination, 0.65 = 1/3, 1/2, 1 on
-    average, and no better). Examples: (text, ranges, 'drill', -1, '')."""
+    average, and no better). ``forms``: one drill per form and text. ``verb`` asks the item as
+    written (``So Kimberly likes Tokyo.``); ``at-key`` asks it without template words
+    (``So Kimberly Tokyo.``: the value is predicted at its key, the step where an induction
+    head acts); ``adjacent`` drops them from the context too (``< Kimberly Tokyo. ...``), the
+    form in which matching by content forms within the CPU budget, and from which it carries
+    over to the other two (scripts/probe_retrieval.py: verb contexts alone stay at chance for
+    3000 steps, half adjacent reach 0.90 by step 1200; docs/results.md). Examples:
+    (text, ranges, 'drill', -1, '')."""
+    bad = set(forms) - set(DRILL_FORMS)
+    if bad:
+        raise ValueError(f"unknown drill form(s) {sorted(bad)}; known: {', '.join(DRILL_FORMS)}")
     rng = random.Random(f"drills|{seed}")
     out = []
     for text, *_ in examples:
@@ -257,14 +280,27 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
             items = [rng.choice(items) for _ in range(asks)]
         else:
             rng.shuffle(items)
-        drill, ranges = ctx, []
-        for it in items:
-            drill += " So "
-            surface = it[:1].lower() + it[1:] if it.startswith("The ") else it
-            ranges.append((len(drill), len(drill) + len(surface)))
-            drill += surface + "."
-        out.append((drill, ranges, "drill", -1, ""))
+        for form in forms:
+            drill, ranges = ctx, []
+            if form == "adjacent":
+                drill = "< " + ". ".join(without_template_words(it) for it in
+                                         (x.strip().rstrip(".") for x in row[a + 2:b].split(". ") if x.strip())) + ". >."
+            for it in items:
+                drill += " So "
+                surface = it[:1].lower() + it[1:] if it.startswith("The ") else it
+                if form != "verb":
+                    surface = without_template_words(surface)
+                ranges.append((len(drill), len(drill) + len(surface)))
+                drill += surface + "."
+            out.append((drill, ranges, "drill", -1, ""))
     return out
+
+
+def drills_first_indices(offset: int, n_drills: int, forms: tuple[str, ...] | list[str]) -> list[int]:
+    """Positions of the at-key and adjacent drills among the training examples, when the drills
+    (``association_drills(..., forms=forms)``, one per form and text, in that order) start at
+    ``offset``: what ``--drill-first`` trains on before anything else."""
+    return [offset + i for i in range(n_drills) if forms[i % len(forms)] != "verb"]
 
 
 def pack_facts(facts: list[tuple[str, int, int]], per_seq: int, repeats: int, seed: int) -> list[tuple]:
@@ -478,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fact-repeats", type=int, default=40,
                     help="shuffled passes over the vocabulary facts per epoch of GAR data (0: none)")
     ap.add_argument("--facts-per-seq", type=int, default=8)
+    ap.add_argument("--drill-forms", nargs="+", choices=DRILL_FORMS, default=["verb"],
+                    help="one drill per form and GAR text: verb (as written), at-key (template "
+                         "words dropped from the question), adjacent (and from the context)")
+    ap.add_argument("--drill-first", type=int, default=0,
+                    help="steps at the start that train on the at-key and adjacent drills only "
+                         "(with --prev-aux): retrieval by content forms there first")
     ap.add_argument("--drill-asks", type=int, default=0,
                     help="items asked per drill, drawn with replacement (0: each item once, shuffled)")
     ap.add_argument("--contrast-per-cell", type=int, default=0,
@@ -490,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
+    if args.drill_first and (not args.drills or set(args.drill_forms) <= {"verb"}):
+        ap.error("--drill-first needs drills of the at-key or adjacent form (--drill-forms)")
 
     import torch
     from tqdm import tqdm
@@ -509,9 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     t_data = time.time() - t0
     facts = fact_sentences("v1")
     fact_examples = pack_facts(facts, args.facts_per_seq, args.fact_repeats, args.seed)
-    drills = association_drills(examples, args.seed, asks=args.drill_asks) if args.drills else []
+    drills = (association_drills(examples, args.seed, asks=args.drill_asks, forms=tuple(args.drill_forms))
+              if args.drills else [])
     contrast = build_contrast(args.contrast_per_cell, args.contrast_chunks, args.contrast_ctx,
                               args.contrast_q, args.work, args.gen_procs)
+    warm_idx = drills_first_indices(len(examples) + len(fact_examples), len(drills), args.drill_forms)
     examples = examples + fact_examples + drills + contrast
     tok_dir = args.work / "tokenizer"
     if state and tok_dir.is_dir():
@@ -555,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
     order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
+    # the drills-first phase: its batch depends on the step alone, so a resumed run continues it
+    warm_order = ([[warm_idx[j] for j in b] for b in
+                   batches_for_epoch([lengths[i] for i in warm_idx], args.batch_tokens, args.seed, -1)]
+                  if args.drill_first else [])
 
     def save_ckpt() -> None:
         tmp = ckpt.with_suffix(".tmp")
@@ -568,11 +618,15 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=args.steps, initial=step, desc="train", mininterval=5, file=sys.stdout)
     ema = None
     while step < args.steps:
-        if pos >= len(order):
-            epoch, pos = epoch + 1, 0
-            order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
-        ids, rows, cols, labels = (t.to(device) for t in collate(data, order[pos], tokenizer.pad_token_id))
-        pos += 1
+        if step < args.drill_first:
+            batch = warm_order[step % len(warm_order)]
+        else:
+            if pos >= len(order):
+                epoch, pos = epoch + 1, 0
+                order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
+            batch = order[pos]
+            pos += 1
+        ids, rows, cols, labels = (t.to(device) for t in collate(data, batch, tokenizer.pad_token_id))
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"):

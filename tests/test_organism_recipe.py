@@ -91,6 +91,50 @@ def test_drills_with_replacement_ask_only_context_items(recipe, train_texts):
     assert repeated == len(drills)  # 6 asks of 3 items always repeat one: nothing to eliminate
 
 
+def test_drill_forms_keep_the_asks_and_drop_only_template_words(recipe, train_texts):
+    sample = random.Random(2).sample(train_texts, 60)
+    forms = ("verb", "at-key", "adjacent")
+    drills = recipe.association_drills(sample, seed=0, asks=4, forms=forms)
+    assert len(drills) % 3 == 0 and len(drills) >= 150
+    template = {"likes", "attracts", "is", "has"}
+    for verb, at_key, adjacent in zip(drills[0::3], drills[1::3], drills[2::3]):
+        asked = [[verb[0][a:b] for a, b in verb[1]], [at_key[0][a:b] for a, b in at_key[1]],
+                 [adjacent[0][a:b] for a, b in adjacent[1]]]
+        # the same items, in the same order; at-key and adjacent ask the key then its value
+        assert [recipe.without_template_words(v) for v in asked[0]] == asked[1] == asked[2]
+        for a in asked[1]:
+            assert not set(a.split()) & template and "'s" not in a
+        # at-key keeps the context as written; adjacent drops the template words there too
+        ctx_verb, ctx_key, ctx_adj = (d[0].split(" >. ", 1)[0] for d in (verb, at_key, adjacent))
+        assert ctx_key == ctx_verb
+        assert ctx_adj == recipe.without_template_words(ctx_verb)
+    assert recipe.without_template_words("The horse is Kimberly's") == "The horse Kimberly"
+    assert recipe.without_template_words("Tokyo attracts Carl Sagan") == "Tokyo Carl Sagan"
+    with pytest.raises(ValueError, match="unknown drill form"):
+        recipe.association_drills(sample, seed=0, forms=("sideways",))
+
+
+def test_drills_first_phase_takes_only_the_at_key_and_adjacent_drills(recipe, train_texts):
+    sample = random.Random(3).sample(train_texts, 40)
+    forms = ["adjacent", "verb", "at-key"]
+    drills = recipe.association_drills(sample, seed=0, asks=3, forms=tuple(forms))
+    examples = [("gar",)] * 5 + drills
+    idx = recipe.drills_first_indices(5, len(drills), forms)
+    by_form = {f: [d[0] for d in recipe.association_drills(sample, seed=0, asks=3, forms=(f,))] for f in forms}
+    assert sorted(examples[i][0] for i in idx) == sorted(by_form["adjacent"] + by_form["at-key"])
+    rest = sorted(set(range(5, 5 + len(drills))) - set(idx))
+    assert [examples[i][0] for i in rest] == by_form["verb"]
+
+
+def test_drills_first_without_such_drills_is_a_usage_error():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(SCRIPT), "--drill-first", "10"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "--drill-first needs drills of the at-key or adjacent form" in r.stderr.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def contrast_cells():
     cfg = GeneratorConfig(profile="v1", split="test")
@@ -198,3 +242,51 @@ def test_retrieval_probe_runs_and_reports_each_evaluation():
         assert all(0.0 <= x["acc"] <= 1.0 and x["loss"] > 0 for x in lines)
     bad = subprocess.run([sys.executable, str(script), "--task", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_probe_at_key_drills_put_the_value_right_after_its_key():
+    """``probe_retrieval.py --at-key``: the context keeps its template words, the questions have
+    none, and every target position predicts a value token that follows the key at once."""
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("probe_retrieval", SCRIPT.parent / "probe_retrieval.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    tok = AutoTokenizer.from_pretrained(SCRIPT.parents[1] / "gar_tasks" / "data" / "organism")
+    template = set(tok.convert_tokens_to_ids(["likes", "attracts", "is", "has", "'"]))
+    assert tok.unk_token_id not in template
+    so = tok.convert_tokens_to_ids("So")
+    verb = probe.drill_examples(tok, 1, 4, False, 0)
+    at_key = probe.drill_examples(tok, 1, 4, False, 0, at_key=True)
+    assert len(verb) == len(at_key) > 50
+    with_verbs = 0
+    for (v_ids, _), (ids, targets) in zip(verb, at_key):
+        end = ids.index(so)  # the first question
+        assert ids[:end] == v_ids[:end]  # the context as GAR writes it
+        with_verbs += bool(template & set(ids[:end]))
+        assert not template & set(ids[end:])
+        assert targets and all(t >= end for t in targets)
+        for t in targets:  # the key (or 'the X') sits at t, its 'So' one or two before
+            assert so in ids[t - 2:t] and ids[t] != so
+    assert with_verbs > len(at_key) // 2  # most GAR contexts put a template word between key and value
+
+
+def test_drill_evaluation_scores_only_retrieved_values(capsys, monkeypatch):
+    """scripts/eval_drills.py on the shipped organism: it picks a context item of the right type
+    but not by the key (docs/results.md: 0.37 on verb drills), and has never seen the at-key
+    form (0.0). Reading the prediction one position late, or counting template words, moves
+    these far off; a bad source is a usage error."""
+    import json
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports train_organism beside it
+    spec = importlib.util.spec_from_file_location("eval_drills", SCRIPT.parent / "eval_drills.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    folder = SCRIPT.parents[1] / "gar_tasks" / "data" / "organism"
+    assert mod.main([str(folder), "--n", "60", "--contexts", "120", "--forms", "verb", "at-key"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["verb"]["tokens"] >= 300 and 0.25 <= out["verb"]["acc"] <= 0.5, out
+    assert out["at-key"]["acc"] < 0.1, out
+    with pytest.raises(SystemExit) as e:
+        mod.main([str(folder.parent), "--n", "1"])
+    assert e.value.code == 2
