@@ -281,10 +281,7 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
         else:
             rng.shuffle(items)
         for form in forms:
-            drill, ranges = ctx, []
-            if form == "adjacent":
-                drill = "< " + ". ".join(without_template_words(it) for it in
-                                         (x.strip().rstrip(".") for x in row[a + 2:b].split(". ") if x.strip())) + ". >."
+            drill, ranges = (without_template_words(ctx) if form == "adjacent" else ctx), []
             for it in items:
                 drill += " So "
                 surface = it[:1].lower() + it[1:] if it.startswith("The ") else it
