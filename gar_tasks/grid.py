@@ -123,8 +123,14 @@ class Cell:
     @property
     def code(self) -> str:
         """Short readable code of the cell, used in record ids: ``r0.01.SN-.gen``."""
-        flags = ("S" if self.swap_qa else "-") + ("N" if self.negate else "-") + ("R" if self.rev_item2str else "-")
+        flags = form_code(self.swap_qa, self.negate, self.rev_item2str)
         return f"r{self.task_row.row}.{self.rel0_i}{self.rel1_i}.{flags}.{self.family}"
+
+
+def form_code(swap_qa: bool, negate: bool, rev_item2str: bool) -> str:
+    """The question form of a cell in three letters, as in record ids: ``S`` asks the key side
+    (``swap_qa``), ``N`` negates, ``R`` writes context items reversed; ``-`` where not."""
+    return ("S" if swap_qa else "-") + ("N" if negate else "-") + ("R" if rev_item2str else "-")
 
 
 def iter_cells(rows: Sequence[TaskRow] | None = None, *, valid_only: bool = True) -> Iterator[Cell]:

@@ -12,6 +12,9 @@ Output (``report.json``, ``report.md``, ``acc_vs_nr.png``), one section per metr
 
 * ``cells``: accuracy by family x n_r x schema pair (``lm_eval_glue.pair_name`` of the task row),
   with counts; ``by_family`` and ``by_family_n_r``: the totals;
+* ``by_form``: accuracy by family x question form, the three letters of the record ids
+  (``grid.form_code``: ``S`` swap_qa, ``N`` negate, ``R`` rev_item2str): whether a model retrieves
+  both ways and under negation, which the n_r totals hide;
 * ``gap``: the compositionality gap P(composite wrong | all its sub-questions right), overall and
   per n_r, with its numerator (``wrong``) and denominator (``all_subs_right``). Parents (``gen``)
   are joined with their sub-questions (``sub_*`` samples whose ``pair_id`` is the parent's ``id``)
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import GARDataError
+from .grid import form_code
 from .subq import KINDS, sub_kinds
 
 OUTPUTS = ("report.md", "report.json", "acc_vs_nr.png")
@@ -59,6 +63,7 @@ class Sample:
     task: str
     answer: str = ""
     margin: float | None = None  # cls log-likelihood route: logL(" Yes") - logL(" No")
+    form: str | None = None  # question form, grid.form_code (None: the doc does not say)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +122,13 @@ def _parse_line(line: str, where: str, task: str, pairs: list[str]) -> Sample | 
     key = metric if filt in (None, "none") else f"{metric},{filt}"
     return Sample(str(doc["id"]), str(doc["pair_id"]), str(doc["family"]), doc["n_r"], pairs[row],
                   str(doc["rel0"]), str(doc["rel1"]), key, value == 1, task, str(doc.get("answer", "")),
-                  _margin(d, doc, where) if metric == "acc" and doc["family"] == "cls" else None)
+                  _margin(d, doc, where) if metric == "acc" and doc["family"] == "cls" else None,
+                  _form(doc))
+
+
+def _form(doc: dict) -> str | None:
+    flags = [doc.get(k) for k in ("swap_qa", "negate", "rev_item2str")]
+    return form_code(*flags) if all(isinstance(f, bool) for f in flags) else None
 
 
 def _margin(d: dict, doc: dict, where: str) -> float | None:
@@ -286,6 +297,10 @@ def _family_key(f: str) -> tuple:
     return (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f)
 
 
+def _form_key(code: str) -> tuple:
+    return tuple(c != "-" for c in code)  # grid order: plain first, swap_qa outermost
+
+
 def _gap(wrong: int, right: int, joined: int) -> dict[str, Any]:
     return {"wrong": wrong, "all_subs_right": right, "gap": wrong / right if right else None, "joined": joined}
 
@@ -325,9 +340,13 @@ def metric_section(samples: list[Sample]) -> dict[str, Any]:
     cells: dict[tuple, list[int]] = {}
     fams: dict[str, list[int]] = {}
     fam_nr: dict[str, dict[int, list[int]]] = {}
+    fam_form: dict[str, dict[str, list[int]]] = {}
     for s in samples:
-        for counter in (cells.setdefault((s.family, s.n_r, s.pair), [0, 0]), fams.setdefault(s.family, [0, 0]),
-                        fam_nr.setdefault(s.family, {}).setdefault(s.n_r, [0, 0])):
+        counters = [cells.setdefault((s.family, s.n_r, s.pair), [0, 0]), fams.setdefault(s.family, [0, 0]),
+                    fam_nr.setdefault(s.family, {}).setdefault(s.n_r, [0, 0])]
+        if s.form is not None:
+            counters.append(fam_form.setdefault(s.family, {}).setdefault(s.form, [0, 0]))
+        for counter in counters:
             counter[0] += s.correct
             counter[1] += 1
     subs = {(s.pair_id, s.family): s for s in samples if s.family in KINDS}
@@ -350,6 +369,8 @@ def metric_section(samples: list[Sample]) -> dict[str, Any]:
         "by_family": {f: _acc(*fams[f]) for f in sorted(fams, key=_family_key)},
         "by_family_n_r": {f: {str(n): _acc(*fam_nr[f][n]) for n in sorted(fam_nr[f])}
                           for f in sorted(fam_nr, key=_family_key)},
+        "by_form": {f: {c: _acc(*fam_form[f][c]) for c in sorted(fam_form[f], key=_form_key)}
+                    for f in sorted(fam_form, key=_family_key)},
         "gap": {"overall": _gap(*overall), "parents": len(parents),
                 "by_n_r": {str(n): _gap(*gap[n]) for n in sorted(k for k in gap if k != "all")}},
         "pair_score": pair_score(samples),
@@ -403,6 +424,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += _table(["family", "n_r", "correct", "n", metric],
                       ([f, n, t["correct"], t["n"], _pct(t["acc"])]
                        for f, by in sec["by_family_n_r"].items() for n, t in by.items()))
+        if sec["by_form"]:
+            forms = sorted({c for by in sec["by_form"].values() for c in by}, key=_form_key)
+            out += ["", "### Accuracy by family and question form", "",
+                    "S: asks the key side (swap_qa), N: negated, R: context items reversed "
+                    "(rev_item2str); acc (correct/n).", ""]
+            out += _table(["family", *forms], ([f, *[_cell(by.get(c)) for c in forms]]
+                                               for f, by in sec["by_form"].items()))
         g = sec["gap"]
         out += ["", "### Compositionality gap", "",
                 "P(composite wrong | all its sub-questions right), over the generation records whose "

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", type=Path, help="model folder or training work dir")
     ap.add_argument("--n", type=int, default=150, help="drills per form")
     ap.add_argument("--contexts", type=int, default=400, help="validation records drawn from")
-    ap.add_argument("--forms", nargs="+", default=["verb", "at-key", "adjacent"])
+    ap.add_argument("--forms", nargs="+", default=["verb", "at-key", "adjacent", "backward", "two-row"])
     args = ap.parse_args(argv)
     import torch
     import train_organism

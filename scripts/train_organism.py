@@ -234,14 +234,27 @@ def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
     return out
 
 
-DRILL_FORMS = ("verb", "at-key", "adjacent")
-_TEMPLATE_WORDS = re.compile(r" (?:likes|attracts|is|has)\b|'s\b")
+DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row")
+#: forms trained by ``--drill-first``: matching by content forms on them (probe_retrieval.py)
+FIRST_FORMS = ("at-key", "adjacent", "backward")
+_TEMPLATE_WORDS = re.compile(r" (?:likes|attracts|is|are|has)\b|'s\b")
 
 
 def without_template_words(item: str) -> str:
     """'Kimberly likes Tokyo' -> 'Kimberly Tokyo', "The horse is Kimberly's" -> 'The horse Kimberly':
     the key followed at once by its value."""
     return _TEMPLATE_WORDS.sub("", item)
+
+
+def item_entities(item: str) -> list[str]:
+    """The two entities of a context item in written order: 'Tokyo attracts Carl Sagan' ->
+    ['Tokyo', 'Carl Sagan'] (any other count: the item is not split safely)."""
+    return [p.strip() for p in _TEMPLATE_WORDS.split(item) if p.strip()]
+
+
+def _mid_sentence(text: str) -> str:
+    """'The horse ...' -> 'the horse ...' (how GAR writes a thing after the start of a sentence)."""
+    return text[:1].lower() + text[1:] if text.startswith("The ") else text
 
 
 def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks: int = 0,
@@ -253,21 +266,31 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
     within the CPU budget: see ``previous_token_loss``.) ``asks`` > 0: that many items
     drawn with replacement, so that no item is given away by elimination (measured: with each
     item asked once the second run answered the last by elimination, 0.65 = 1/3, 1/2, 1 on
-    average, and no better). ``forms``: one drill per form and text. ``verb`` asks the item as
-    written (``So Kimberly likes Tokyo.``); ``at-key`` asks it without template words
-    (``So Kimberly Tokyo.``: the value is predicted at its key, the step where an induction
-    head acts); ``adjacent`` drops them from the context too (``< Kimberly Tokyo. ...``), the
-    form in which matching by content forms within the CPU budget, and from which it carries
-    over to the other two (scripts/probe_retrieval.py: verb contexts alone stay at chance for
-    3000 steps, half adjacent reach 0.90 by step 1200; docs/results.md). Examples:
-    (text, ranges, 'drill', -1, '')."""
+    average, and no better). ``forms``: one drill per form and text, in ``forms`` order.
+
+    - ``verb`` asks the item as written (``So Kimberly likes Tokyo.``);
+    - ``at-key`` asks it without template words (``So Kimberly Tokyo.``: the value is predicted
+      at its key, the step where an induction head acts);
+    - ``adjacent`` drops them from the context too (``< Kimberly Tokyo. ...``), the form in which
+      matching by content forms within the CPU budget, and from which it carries over to the
+      other two (scripts/probe_retrieval.py: verb contexts alone stay at chance for 3000 steps,
+      half adjacent reach 0.90 by step 1200; docs/results.md);
+    - ``backward`` asks the second entity, then the first (``So Tokyo Kimberly.``): GAR asks both
+      ways (``swap_qa``, ``rev_item2str``), and retrieval learned one way scored 1.0 on the
+      n_r = 0 cells asked in written order and chance on those asked against it (eighth run);
+    - ``two-row`` asks as ``verb`` but keeps the text's demonstration row first: GAR's own
+      shape, where that row's items compete with the asked context's (``sub_assoc``).
+
+    ``backward`` skips a text whose items do not split into two entities each ("Energetic
+    Donna"). Examples: (text, ranges, 'drill', -1, form)."""
     bad = set(forms) - set(DRILL_FORMS)
     if bad:
         raise ValueError(f"unknown drill form(s) {sorted(bad)}; known: {', '.join(DRILL_FORMS)}")
     rng = random.Random(f"drills|{seed}")
     out = []
     for text, *_ in examples:
-        row = text.rstrip("\n").split("\n")[-1]
+        body = text.rstrip("\n")
+        row = body.split("\n")[-1]
         a, b = row.find("< "), row.find(" >.")
         if a < 0 or b < 0:
             continue
@@ -276,28 +299,35 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
         items = [it[:-1] if it.endswith(".") else it for it in items]
         if len(items) != n_items:  # an item with '. ' inside (Dr. Mehmet Oz): not split safely
             continue
+        splits = all(len(item_entities(it)) == 2 for it in items)
         if asks > 0:
             items = [rng.choice(items) for _ in range(asks)]
         else:
             rng.shuffle(items)
+        demo = body[:len(body) - len(row) + a]  # the rows before the asked context
         for form in forms:
-            drill, ranges = (without_template_words(ctx) if form == "adjacent" else ctx), []
+            if form == "backward" and not splits:
+                continue
+            drill = {"adjacent": without_template_words(ctx), "two-row": demo + ctx}.get(form, ctx)
+            ranges = []
             for it in items:
                 drill += " So "
-                surface = it[:1].lower() + it[1:] if it.startswith("The ") else it
-                if form != "verb":
+                surface = _mid_sentence(it)
+                if form == "backward":
+                    first, second = item_entities(it)
+                    surface = f"{_mid_sentence(second)} {_mid_sentence(first)}"
+                elif form in ("at-key", "adjacent"):
                     surface = without_template_words(surface)
                 ranges.append((len(drill), len(drill) + len(surface)))
                 drill += surface + "."
-            out.append((drill, ranges, "drill", -1, ""))
+            out.append((drill, ranges, "drill", -1, form))
     return out
 
 
-def drills_first_indices(offset: int, n_drills: int, forms: tuple[str, ...] | list[str]) -> list[int]:
-    """Positions of the at-key and adjacent drills among the training examples, when the drills
-    (``association_drills(..., forms=forms)``, one per form and text, in that order) start at
-    ``offset``: what ``--drill-first`` trains on before anything else."""
-    return [offset + i for i in range(n_drills) if forms[i % len(forms)] != "verb"]
+def drills_first_indices(offset: int, drills: list[tuple]) -> list[int]:
+    """Positions of the drills of ``FIRST_FORMS`` among the training examples, when ``drills``
+    (``association_drills``) start at ``offset``: what ``--drill-first`` trains on first."""
+    return [offset + i for i, d in enumerate(drills) if d[4] in FIRST_FORMS]
 
 
 def pack_facts(facts: list[tuple[str, int, int]], per_seq: int, repeats: int, seed: int) -> list[tuple]:
@@ -513,9 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--facts-per-seq", type=int, default=8)
     ap.add_argument("--drill-forms", nargs="+", choices=DRILL_FORMS, default=["verb"],
                     help="one drill per form and GAR text: verb (as written), at-key (template "
-                         "words dropped from the question), adjacent (and from the context)")
+                         "words dropped from the question), adjacent (and from the context), "
+                         "backward (second entity asked first), two-row (verb after the "
+                         "demonstration row)")
     ap.add_argument("--drill-first", type=int, default=0,
-                    help="steps at the start that train on the at-key and adjacent drills only "
+                    help="steps at the start that train on the at-key, adjacent and backward drills only "
                          "(with --prev-aux): retrieval by content forms there first")
     ap.add_argument("--drill-asks", type=int, default=0,
                     help="items asked per drill, drawn with replacement (0: each item once, shuffled)")
@@ -529,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
-    if args.drill_first and (not args.drills or set(args.drill_forms) <= {"verb"}):
-        ap.error("--drill-first needs drills of the at-key or adjacent form (--drill-forms)")
+    if args.drill_first and (not args.drills or not set(args.drill_forms) & set(FIRST_FORMS)):
+        ap.error("--drill-first needs drills of the at-key, adjacent or backward form (--drill-forms)")
 
     import torch
     from tqdm import tqdm
@@ -554,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
               if args.drills else [])
     contrast = build_contrast(args.contrast_per_cell, args.contrast_chunks, args.contrast_ctx,
                               args.contrast_q, args.work, args.gen_procs)
-    warm_idx = drills_first_indices(len(examples) + len(fact_examples), len(drills), args.drill_forms)
+    warm_idx = drills_first_indices(len(examples) + len(fact_examples), drills)
     examples = examples + fact_examples + drills + contrast
     tok_dir = args.work / "tokenizer"
     if state and tok_dir.is_dir():

@@ -96,8 +96,9 @@ def test_drill_forms_keep_the_asks_and_drop_only_template_words(recipe, train_te
     forms = ("verb", "at-key", "adjacent")
     drills = recipe.association_drills(sample, seed=0, asks=4, forms=forms)
     assert len(drills) % 3 == 0 and len(drills) >= 150
-    template = {"likes", "attracts", "is", "has"}
+    template = {"likes", "attracts", "is", "are", "has"}
     for verb, at_key, adjacent in zip(drills[0::3], drills[1::3], drills[2::3]):
+        assert (verb[4], at_key[4], adjacent[4]) == forms
         asked = [[verb[0][a:b] for a, b in verb[1]], [at_key[0][a:b] for a, b in at_key[1]],
                  [adjacent[0][a:b] for a, b in adjacent[1]]]
         # the same items, in the same order; at-key and adjacent ask the key then its value
@@ -110,20 +111,48 @@ def test_drill_forms_keep_the_asks_and_drop_only_template_words(recipe, train_te
         assert ctx_adj == recipe.without_template_words(ctx_verb)
     assert recipe.without_template_words("The horse is Kimberly's") == "The horse Kimberly"
     assert recipe.without_template_words("Tokyo attracts Carl Sagan") == "Tokyo Carl Sagan"
+    assert recipe.without_template_words("The pants are Susan's") == "The pants Susan"
     with pytest.raises(ValueError, match="unknown drill form"):
         recipe.association_drills(sample, seed=0, forms=("sideways",))
 
 
-def test_drills_first_phase_takes_only_the_at_key_and_adjacent_drills(recipe, train_texts):
-    sample = random.Random(3).sample(train_texts, 40)
-    forms = ["adjacent", "verb", "at-key"]
+def test_drills_first_phase_takes_only_the_at_key_adjacent_and_backward_drills(recipe, train_texts):
+    sample = random.Random(3).sample(train_texts, 60)
+    forms = ["adjacent", "verb", "backward", "two-row", "at-key"]
     drills = recipe.association_drills(sample, seed=0, asks=3, forms=tuple(forms))
     examples = [("gar",)] * 5 + drills
-    idx = recipe.drills_first_indices(5, len(drills), forms)
+    idx = recipe.drills_first_indices(5, drills)
     by_form = {f: [d[0] for d in recipe.association_drills(sample, seed=0, asks=3, forms=(f,))] for f in forms}
-    assert sorted(examples[i][0] for i in idx) == sorted(by_form["adjacent"] + by_form["at-key"])
+    assert len(by_form["backward"]) < len(by_form["verb"])  # some texts do not split: counts differ
+    assert sorted(examples[i][0] for i in idx) == sorted(by_form["adjacent"] + by_form["at-key"]
+                                                          + by_form["backward"])
     rest = sorted(set(range(5, 5 + len(drills))) - set(idx))
-    assert [examples[i][0] for i in rest] == by_form["verb"]
+    assert sorted(examples[i][0] for i in rest) == sorted(by_form["verb"] + by_form["two-row"])
+
+
+def test_backward_and_two_row_drills_ask_the_context_items(recipe, train_texts):
+    """backward asks an item's second entity and then its first; two-row keeps the training
+    text's demonstration row before the drilled context and asks as verb does."""
+    sample = random.Random(4).sample(train_texts, 80)
+    verb = recipe.association_drills(sample, seed=0, asks=4, forms=("verb",))
+    two_row = recipe.association_drills(sample, seed=0, asks=4, forms=("two-row",))
+    assert [d[0].split(" >. So ", 1)[1] for d in verb] == [d[0].split(" >. So ", 2)[-1] for d in two_row]
+    for v, t in zip(verb, two_row):
+        demo, last = t[0].rsplit("\n", 1)
+        assert last.endswith(v[0]) and ">. " in demo  # after the demonstration row, answered
+        assert [v[0][a:b] for a, b in v[1]] == [t[0][a:b] for a, b in t[1]]
+    both = recipe.association_drills(sample, seed=0, asks=4, forms=("verb", "backward"))
+    pairs = [(both[i], both[i + 1]) for i in range(len(both) - 1)
+             if both[i][4] == "verb" and both[i + 1][4] == "backward"]
+    assert len(pairs) >= 40
+    for v, b in pairs:
+        assert v[0].split(" >. ")[0] == b[0].split(" >. ")[0]  # context as written
+        for (va, vb), (ba, bb) in zip(v[1], b[1]):
+            first, second = recipe.item_entities(v[0][va:vb])
+            assert b[0][ba:bb].lower() == f"{second} {first}".lower()
+    assert recipe.item_entities("Tokyo attracts Carl Sagan") == ["Tokyo", "Carl Sagan"]
+    assert recipe.item_entities("The horse is Kimberly's") == ["The horse", "Kimberly"]
+    assert recipe.item_entities("Energetic Donna") == ["Energetic Donna"]  # no split: not backward
 
 
 def test_drills_first_without_such_drills_is_a_usage_error():
@@ -132,7 +161,7 @@ def test_drills_first_without_such_drills_is_a_usage_error():
 
     r = subprocess.run([sys.executable, str(SCRIPT), "--drill-first", "10"], capture_output=True, text=True)
     assert r.returncode == 2
-    assert "--drill-first needs drills of the at-key or adjacent form" in r.stderr.strip().splitlines()[-1]
+    assert "--drill-first needs drills of the at-key, adjacent or backward form" in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")

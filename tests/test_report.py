@@ -108,6 +108,7 @@ def test_every_number_matches_a_hand_computation(results, tmp_path):
     assert em["cells"] == [{"family": "gen", "n_r": 0, "pair": "gender_city", "correct": 0, "n": 1, "acc": 0.0}]
     assert em["gap"] == {"overall": {"wrong": 0, "all_subs_right": 0, "gap": None, "joined": 0},
                          "parents": 1, "by_n_r": {}}
+    assert acc["by_form"] == {f: {"---": t} for f, t in acc["by_family"].items()}  # PLAN: plain forms only
     assert "| all | 1 | 3 | 0.333 | 4 |" in md and "| gen | 1 | gender_city | 1 | 3 | 0.333 |" in md
 
 
@@ -179,6 +180,24 @@ TWINS = {("000", "001"): ((-1, -3), (-2, -1)), ("002", "003"): ((-1, -2), (-0.5,
 def _cls_twins(docs) -> list[str]:
     lines = [_cls_line(docs[C0 + i], *ll) for ids, lls in TWINS.items() for i, ll in zip(ids, lls)]
     return lines + [_cls_line(docs[C0 + "006"], -1, -2)]  # its twin 007 was not scored: unpaired
+
+
+def test_accuracy_by_question_form(tmp_path, docs):
+    """The three letters of the record id (swap_qa, negate, rev_item2str), read from the doc's own
+    fields; a doc that does not carry them counts in the totals only."""
+    run = tmp_path / "m"
+    plan = [(P + "r0.00.S-R.gen/000", 1), (P + "r0.00.S-R.gen/001", 0), (P + "r0.00.-N-.gen/000", 0),
+            (P + "r0.00.---.gen/000", 1), (P + "r0.00.---.gen/001", 1)]
+    lines = [_line(docs[i], "acc", ok) for i, ok in plan]
+    bare = {k: v for k, v in docs[P + "r0.00.SNR.gen/000"].items() if k != "swap_qa"}
+    assert docs[P + "r0.00.S-R.gen/000"]["swap_qa"] is True and docs[P + "r0.00.-N-.gen/000"]["negate"] is True
+    _write(run, "gar_gen_nr0_gender_city", TS, lines + [_line(bare, "acc", 1)])
+    report, md, _ = make_report(tmp_path, tmp_path / "rep")
+    sec = report["metrics"]["acc"]
+    assert sec["by_family"]["gen"] == _acc(4, 6)
+    assert sec["by_form"] == {"gen": {"---": _acc(2, 2), "-N-": _acc(0, 1), "S-R": _acc(1, 2)}}
+    assert list(sec["by_form"]["gen"]) == ["---", "-N-", "S-R"]  # the grid's order
+    assert "| family | --- | -N- | S-R |" in md and "| gen | 1.000 (2/2) | 0.000 (0/1) | 0.500 (1/2) |" in md
 
 
 def test_pair_score_on_hand_built_samples(tmp_path, docs):
