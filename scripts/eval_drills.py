@@ -4,7 +4,8 @@
 Why: GAR's own accuracy mixes retrieval with knowledge hops and the answer format; the drills of
 ``train_organism.py`` (``--drill-forms``) ask retrieval alone. This scores them on *validation*
 contexts, per form, counting only the retrieved value tokens: the tokens of each asked item after
-its key, template words ("likes", "has", "'s", ...) left out. Chance is about 1/3 (three items).
+its key, template words ("likes", "has", "'s", ...) left out. Chance is about 1/3 (three items);
+for ``verify`` the Yes/No label is scored, chance 1/2.
 
     .venv/bin/python scripts/eval_drills.py gar_tasks/data/organism      # a model folder
     .venv/bin/python scripts/eval_drills.py .organism_work7              # a training checkpoint
@@ -59,7 +60,7 @@ def drill_accuracy(model, tok, records, form: str, n: int, seed: int = 7, asks: 
                 pos = [j for j, (a, b) in enumerate(offs) if a < b and a >= s and b <= e]
                 if text[s:e].lower().startswith("the "):
                     pos = pos[1:]
-                for j in pos[1:]:  # after the key
+                for j in (pos if form == "verify" else pos[1:]):  # the label; else after the key
                     if ids[j] not in skip:
                         ok += int(pred[j - 1] == ids[j])
                         total += 1
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("source", type=Path, help="model folder or training work dir")
     ap.add_argument("--n", type=int, default=150, help="drills per form")
     ap.add_argument("--contexts", type=int, default=400, help="validation records drawn from")
-    ap.add_argument("--forms", nargs="+", default=["verb", "at-key", "adjacent", "backward", "two-row"])
+    ap.add_argument("--forms", nargs="+", default=["verb", "at-key", "adjacent", "backward", "two-row", "verify"])
     args = ap.parse_args(argv)
     import torch
     import train_organism

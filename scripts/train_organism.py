@@ -234,10 +234,11 @@ def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
     return out
 
 
-DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row")
+DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row", "verify")
 #: forms trained by ``--drill-first``: matching by content forms on them (probe_retrieval.py)
 FIRST_FORMS = ("at-key", "adjacent", "backward")
 _TEMPLATE_WORDS = re.compile(r" (?:likes|attracts|is|are|has)\b|'s\b")
+_TEMPLATE_SPLIT = re.compile(r"( (?:likes|attracts|is|are|has)\b|'s\b)")
 
 
 def without_template_words(item: str) -> str:
@@ -255,6 +256,28 @@ def item_entities(item: str) -> list[str]:
 def _mid_sentence(text: str) -> str:
     """'The horse ...' -> 'the horse ...' (how GAR writes a thing after the start of a sentence)."""
     return text[:1].lower() + text[1:] if text.startswith("The ") else text
+
+
+def verify_statement(rng: random.Random, item: str, context: list[str]) -> tuple[str, str]:
+    """(statement, 'Yes' | 'No'): the context item as written, or, half of the time, the item with
+    one entity swapped for the same-position entity of another context item such that no context
+    item states it ('Kimberly likes Paris' when Tom likes Paris): true or false only by matching
+    the pair in the context, not by the type of either entity."""
+    if rng.random() < 0.5:
+        return item, "Yes"
+    parts = _TEMPLATE_SPLIT.split(item)
+    slots = [i for i, x in enumerate(parts) if x.strip() and not _TEMPLATE_SPLIT.fullmatch(x)]
+    pairs = {tuple(item_entities(c)) for c in context}
+    options = []
+    for k, i in enumerate(slots):
+        for other in context:
+            if _TEMPLATE_SPLIT.findall(other) != _TEMPLATE_SPLIT.findall(item):
+                continue  # 'The pants are ...' never lends 'The jeep': no grammar cue to the label
+            ents = item_entities(other)
+            new = parts[:i] + [(" " if k else "") + ents[k]] + parts[i + 1:]
+            if tuple(item_entities("".join(new))) not in pairs:
+                options.append("".join(new))
+    return (rng.choice(sorted(set(options))), "No") if options else (item, "Yes")
 
 
 def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks: int = 0,
@@ -279,14 +302,18 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
       ways (``swap_qa``, ``rev_item2str``), and retrieval learned one way scored 1.0 on the
       n_r = 0 cells asked in written order and chance on those asked against it (eighth run);
     - ``two-row`` asks as ``verb`` but keeps the text's demonstration row first: GAR's own
-      shape, where that row's items compete with the asked context's (``sub_assoc``).
+      shape, where that row's items compete with the asked context's (``sub_assoc``);
+    - ``verify`` (two rows too) asks whether a statement holds, ``So Kimberly likes Paris? No.``,
+      loss on Yes/No only (``verify_statement``): classification's core, which no run has left
+      the label prior on.
 
-    ``backward`` skips a text whose items do not split into two entities each ("Energetic
-    Donna"). Examples: (text, ranges, 'drill', -1, form)."""
+    ``backward`` and ``verify`` skip a text whose items do not split into two entities each
+    ("Energetic Donna"). Examples: (text, ranges, 'drill', -1, form)."""
     bad = set(forms) - set(DRILL_FORMS)
     if bad:
         raise ValueError(f"unknown drill form(s) {sorted(bad)}; known: {', '.join(DRILL_FORMS)}")
     rng = random.Random(f"drills|{seed}")
+    vrng = random.Random(f"verify|{seed}")  # its own stream: the other forms' drills do not move
     out = []
     for text, *_ in examples:
         body = text.rstrip("\n")
@@ -300,18 +327,26 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
         if len(items) != n_items:  # an item with '. ' inside (Dr. Mehmet Oz): not split safely
             continue
         splits = all(len(item_entities(it)) == 2 for it in items)
+        context = items
         if asks > 0:
             items = [rng.choice(items) for _ in range(asks)]
         else:
             rng.shuffle(items)
         demo = body[:len(body) - len(row) + a]  # the rows before the asked context
         for form in forms:
-            if form == "backward" and not splits:
+            if form in ("backward", "verify") and not splits:
                 continue
-            drill = {"adjacent": without_template_words(ctx), "two-row": demo + ctx}.get(form, ctx)
+            drill = {"adjacent": without_template_words(ctx), "two-row": demo + ctx,
+                     "verify": demo + ctx}.get(form, ctx)
             ranges = []
             for it in items:
                 drill += " So "
+                if form == "verify":
+                    statement, label = verify_statement(vrng, it, context)
+                    drill += _mid_sentence(statement) + "? "
+                    ranges.append((len(drill), len(drill) + len(label)))
+                    drill += label + "."
+                    continue
                 surface = _mid_sentence(it)
                 if form == "backward":
                     first, second = item_entities(it)

@@ -319,3 +319,34 @@ def test_drill_evaluation_scores_only_retrieved_values(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         mod.main([str(folder.parent), "--n", "1"])
     assert e.value.code == 2
+
+
+def test_verify_drills_are_true_only_for_context_pairs(recipe, train_texts):
+    """verify asks 'So <statement>? Yes|No.' after the demonstration row: Yes exactly when the
+    statement is a context item; a false one reuses the context's entities and template, so
+    neither the type of an entity nor the grammar gives the label away. Its own random stream:
+    adding it moves no other form's drills."""
+    sample = random.Random(5).sample(train_texts, 120)
+    drills = recipe.association_drills(sample, seed=0, asks=6, forms=("verify",))
+    assert len(drills) >= 60
+    labels = []
+    for text, ranges, family, _, form in drills:
+        assert family == "drill" and form == "verify"
+        last = text.rsplit("\n", 1)[-1]
+        ctx = last[last.index("< ") + 2:last.index(" >.")]
+        written = [it.rstrip(".") for it in ctx.split(". ")]
+        items = {it.lower() for it in written}
+        pairs = {tuple(e.lower() for e in recipe.item_entities(it)) for it in written}
+        ents = {e for p in pairs for e in p}
+        for a, b in ranges:
+            label = text[a:b]
+            statement = text[text.rindex(" So ", 0, a) + 4:a - 2]
+            assert label in ("Yes", "No") and text[a - 2:a] == "? "
+            assert (statement.lower() in items) == (label == "Yes"), (statement, label)
+            got = tuple(e.lower() for e in recipe.item_entities(statement))
+            assert set(got) <= ents and (got in pairs) == (label == "Yes")
+            labels.append(label)
+    assert 0.4 < labels.count("No") / len(labels) < 0.6
+    base = recipe.association_drills(sample, seed=0, asks=6, forms=("verb", "two-row"))
+    mixed = recipe.association_drills(sample, seed=0, asks=6, forms=("verb", "verify", "two-row"))
+    assert [d for d in mixed if d[4] != "verify"] == base
