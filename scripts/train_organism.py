@@ -236,7 +236,7 @@ def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
 
 DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row", "verify")
 #: forms trained by ``--drill-first``: matching by content forms on them (probe_retrieval.py)
-FIRST_FORMS = ("at-key", "adjacent", "backward")
+FIRST_FORMS = ("at-key", "adjacent")
 _TEMPLATE_WORDS = re.compile(r" (?:likes|attracts|is|are|has)\b|'s\b")
 _TEMPLATE_SPLIT = re.compile(r"( (?:likes|attracts|is|are|has)\b|'s\b)")
 
@@ -582,8 +582,11 @@ def main(argv: list[str] | None = None) -> int:
                          "backward (second entity asked first), two-row (verb after the "
                          "demonstration row)")
     ap.add_argument("--drill-first", type=int, default=0,
-                    help="steps at the start that train on the at-key, adjacent and backward drills only "
+                    help="steps at the start that train on the at-key and adjacent drills only "
                          "(with --prev-aux): retrieval by content forms there first")
+    ap.add_argument("--drill-then", type=int, default=0,
+                    help="steps after --drill-first that train on the drills of every form only "
+                         "(backward retrieval and the rest build on forward retrieval there)")
     ap.add_argument("--drill-asks", type=int, default=0,
                     help="items asked per drill, drawn with replacement (0: each item once, shuffled)")
     ap.add_argument("--contrast-per-cell", type=int, default=0,
@@ -597,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
     if args.drill_first and (not args.drills or not set(args.drill_forms) & set(FIRST_FORMS)):
-        ap.error("--drill-first needs drills of the at-key, adjacent or backward form (--drill-forms)")
+        ap.error("--drill-first needs drills of the at-key or adjacent form (--drill-forms)")
+    if args.drill_then and not args.drills:
+        ap.error("--drill-then needs the association drills")
 
     import torch
     from tqdm import tqdm
@@ -622,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     contrast = build_contrast(args.contrast_per_cell, args.contrast_chunks, args.contrast_ctx,
                               args.contrast_q, args.work, args.gen_procs)
     warm_idx = drills_first_indices(len(examples) + len(fact_examples), drills)
+    then_idx = list(range(len(examples) + len(fact_examples), len(examples) + len(fact_examples) + len(drills)))
     examples = examples + fact_examples + drills + contrast
     tok_dir = args.work / "tokenizer"
     if state and tok_dir.is_dir():
@@ -669,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     warm_order = ([[warm_idx[j] for j in b] for b in
                    batches_for_epoch([lengths[i] for i in warm_idx], args.batch_tokens, args.seed, -1)]
                   if args.drill_first else [])
+    then_order = ([[then_idx[j] for j in b] for b in
+                   batches_for_epoch([lengths[i] for i in then_idx], args.batch_tokens, args.seed, -2)]
+                  if args.drill_then else [])
 
     def save_ckpt() -> None:
         tmp = ckpt.with_suffix(".tmp")
@@ -684,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     while step < args.steps:
         if step < args.drill_first:
             batch = warm_order[step % len(warm_order)]
+        elif step < args.drill_first + args.drill_then:
+            batch = then_order[(step - args.drill_first) % len(then_order)]
         else:
             if pos >= len(order):
                 epoch, pos = epoch + 1, 0
