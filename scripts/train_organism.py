@@ -100,7 +100,7 @@ def contrast_instance(rng: random.Random, cell, profile, n_ctx: int, n_q: int,
 
 
 def _contrast_chunk(args_tuple):
-    n_per_cell, seed, n_ctx, n_q = args_tuple
+    n_per_cell, seed, n_ctx, n_q, *only = args_tuple
     from gar_tasks.generate import GeneratorConfig
     from gar_tasks.profiles import load_profile
 
@@ -108,6 +108,8 @@ def _contrast_chunk(args_tuple):
     test = GeneratorConfig(profile="v1", split="test")
     out = []
     for cell in test.cells():
+        if only and (cell.family, cell.n_r) != tuple(only):
+            continue
         excluded = {(r.rows[-1].keys, r.rows[-1].values, r.rows[-1].query) for r in test.cell_records(cell)}
         rng = random.Random(f"contrast|{seed}|{cell.code}")
         made = tries = 0
@@ -126,6 +128,19 @@ def build_contrast(n_per_cell: int, chunks: int, n_ctx: int, n_q: int, work: Pat
         return []
     return _cached_chunks(work / f"contrast_v1_n{n_per_cell}_k{chunks}_c{n_ctx}_q{n_q}.json",
                           _contrast_chunk, [(n_per_cell, k, n_ctx, n_q) for k in range(chunks)], procs)
+
+
+def build_question_drills(n_per_cell: int, chunks: int, work: Path, procs: int) -> list[tuple]:
+    """Contrast instances of the generation cells with n_r = 0 only, 2 contexts x 3 questions:
+    retrieval asked in GAR's own question templates ("So Karen wants to go to ▁", four words
+    between the query and the answer, a template other than the context's). Why: with the
+    drills, ``sub_assoc`` ("So Karen likes ▁") reached 0.93 where GAR's n_r = 0 question stayed
+    at 0.40-0.45 (docs/results.md, session 7). Examples: (text, ranges, 'question', 0, '')."""
+    if n_per_cell <= 0:
+        return []
+    got = _cached_chunks(work / f"question_v1_n{n_per_cell}_k{chunks}.json", _contrast_chunk,
+                         [(n_per_cell, 1000 + k, 2, 3, "gen", 0) for k in range(chunks)], procs)
+    return [(t, [tuple(x) for x in r], "question", 0, "") for t, r, *_ in got]
 
 
 def _cached_chunks(cache: Path, fn, jobs: list[tuple], procs: int) -> list[tuple]:
@@ -596,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="random-token sequences per step whose labels are the previous token (0: none)")
     ap.add_argument("--prev-aux-len", type=int, default=32)
     ap.add_argument("--contrast-chunks", type=int, default=1)
+    ap.add_argument("--question-drills", type=int, default=0,
+                    help="contrast instances per generation cell with n_r = 0 and chunk (generator "
+                         "seeds 1000+): retrieval in GAR's question templates; in --drill-then too")
     ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
@@ -629,12 +647,16 @@ def main(argv: list[str] | None = None) -> int:
     warm_idx = drills_first_indices(len(examples) + len(fact_examples), drills)
     then_idx = list(range(len(examples) + len(fact_examples), len(examples) + len(fact_examples) + len(drills)))
     examples = examples + fact_examples + drills + contrast
+    tokenizer_texts = [e[0] for e in examples]  # question drills add no word: same ids with or without
+    questions = build_question_drills(args.question_drills, args.contrast_chunks, args.work, args.gen_procs)
+    then_idx += list(range(len(examples), len(examples) + len(questions)))
+    examples += questions
     tok_dir = args.work / "tokenizer"
     if state and tok_dir.is_dir():
         from transformers import PreTrainedTokenizerFast
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     else:
-        tokenizer = build_tokenizer([e[0] for e in examples] + vocabulary_words("v1"), entity_tokens("v1"))
+        tokenizer = build_tokenizer(tokenizer_texts + vocabulary_words("v1"), entity_tokens("v1"))
         tokenizer.save_pretrained(tok_dir)
     data = encode(tokenizer, examples, tokenizer.eos_token_id)
     lengths = [len(d[0]) for d in data]
@@ -642,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(data)} sequences, {sum(lengths)} tokens, {n_targets} target tokens, "
           f"vocab {len(tokenizer)}, generated in {t_data:.0f} s; of these {len(fact_examples)} "
           f"sequences of {len(facts)} vocabulary facts x {args.fact_repeats} and {len(drills)} "
-          f"association drills, {len(contrast)} contrast instances", flush=True)
+          f"association drills, {len(contrast)} contrast instances, {len(questions)} question drills", flush=True)
 
     from gar_tasks.generate import GeneratorConfig
     val = GeneratorConfig(profile="v1", split="validation").build()
@@ -750,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"profile": "v1", "split": "train", "n_per_task": args.n_per_task,
                  "seeds": list(range(args.chunks)), "sequences": len(data), "tokens": sum(lengths),
                  "target_tokens": n_targets, "facts": len(facts),
-                 "fact_sequences": len(fact_examples), "association_drills": len(drills),
+                 "fact_sequences": len(fact_examples), "association_drills": len(drills), "question_drills": len(questions),
                  "contrast_instances": len(contrast),
                  "epochs_seen": round(epoch + pos / max(1, len(order)), 3)},
         "model_size": {"parameters": n_params, "storage_dtype": args.dtype,

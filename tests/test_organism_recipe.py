@@ -161,6 +161,8 @@ def test_drills_first_without_such_drills_is_a_usage_error():
     r = subprocess.run([sys.executable, str(SCRIPT), "--drill-first", "10"], capture_output=True, text=True)
     assert r.returncode == 2
     assert "--drill-first needs drills of the at-key or adjacent form" in r.stderr.strip().splitlines()[-1]
+    r = subprocess.run([sys.executable, str(SCRIPT), "--drill-then", "10", "--no-drills"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--drill-then needs the association drills" in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -349,3 +351,21 @@ def test_verify_drills_are_true_only_for_context_pairs(recipe, train_texts):
     base = recipe.association_drills(sample, seed=0, asks=6, forms=("verb", "two-row"))
     mixed = recipe.association_drills(sample, seed=0, asks=6, forms=("verb", "verify", "two-row"))
     assert [d for d in mixed if d[4] != "verify"] == base
+
+
+def test_question_drills_ask_gar_questions_of_the_n_r_0_generation_cells(recipe, tmp_path):
+    """--question-drills: contrast instances of the generation cells with n_r = 0 only, each
+    answer a value of its own row's context, asked in the cell's question template; cached."""
+    got = recipe.build_question_drills(2, 1, tmp_path, 1)
+    n_cells = sum(c.family == "gen" and c.n_r == 0 for c in GeneratorConfig(profile="v1", split="test").cells())
+    assert n_cells == 24 and len(got) == 2 * n_cells
+    assert {g[2:] for g in got} == {("question", 0, "")}
+    for text, ranges, *_ in got:
+        rows = text.rstrip("\n").split("\n")
+        assert len(rows) == 6 and len(ranges) == 6
+        for row, (a, b) in zip(rows, ranges):
+            answer = text[a:b].strip()
+            ctx = row[row.index("< "):row.index(" >.")]
+            assert answer and answer in ctx and text[b:b + 1] in ("\n", "")
+    assert recipe.build_question_drills(2, 1, tmp_path, 1) == got  # from the cache
+    assert (tmp_path / "question_v1_n2_k1.json").is_file() and recipe.build_question_drills(0, 1, tmp_path, 1) == []
