@@ -68,14 +68,15 @@ def drill_accuracy(model, tok, records, form: str, n: int, seed: int = 7, asks: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    import train_organism
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("source", type=Path, help="model folder or training work dir")
     ap.add_argument("--n", type=int, default=150, help="drills per form")
     ap.add_argument("--contexts", type=int, default=400, help="validation records drawn from")
-    ap.add_argument("--forms", nargs="+", default=["verb", "at-key", "adjacent", "backward", "two-row", "verify"])
+    ap.add_argument("--forms", nargs="+", default=list(train_organism.DRILL_FORMS))
     args = ap.parse_args(argv)
     import torch
-    import train_organism
     from gar_tasks.generate import GeneratorConfig
 
     bad = set(args.forms) - set(train_organism.DRILL_FORMS)

@@ -249,7 +249,7 @@ def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
     return out
 
 
-DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row", "verify")
+DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row", "verify", "flip")
 #: forms trained by ``--drill-first``: matching by content forms on them (probe_retrieval.py)
 FIRST_FORMS = ("at-key", "adjacent")
 _TEMPLATE_WORDS = re.compile(r" (?:likes|attracts|is|are|has)\b|'s\b")
@@ -295,6 +295,52 @@ def verify_statement(rng: random.Random, item: str, context: list[str]) -> tuple
     return (rng.choice(sorted(set(options))), "No") if options else (item, "Yes")
 
 
+def _template_regex(template: str) -> re.Pattern:
+    """A task row's item template ('{T} attracts {P}.') as a regex over an item without its
+    final period; '{The(T)} is' also reads 'are' (plural things)."""
+    out, pos = "", 0
+    for m in re.finditer(r"\{(P|T|The\(T\)|Cap\(T\))\}", template.rstrip(".")):
+        lit = re.escape(template.rstrip(".")[pos:m.start()])
+        out += lit.replace(r"\ is\ ", r"\ (?:is|are)\ ") if m.start() else lit
+        out += {"P": "(?P<P>.+?)", "T": "(?P<T>.+?)", "The(T)": "(?:The )?(?P<T>.+?)",
+                "Cap(T)": r"(?P<T>\S+)"}[m.group(1)]
+        pos = m.end()
+    lit = re.escape(template.rstrip(".")[pos:])
+    return re.compile("^" + out + lit.replace(r"\ is\ ", r"\ (?:is|are)\ ") + "$")
+
+
+def item_flipper(profile: str = "v1"):
+    """A function from a context item to the same fact in the other orientation of its task row
+    (``task_rows.json``: 'Kimberly likes Tokyo' <-> 'Tokyo attracts Kimberly', 'Helen has taxi'
+    <-> 'The taxi is Helen's', 'Donna is energetic' <-> 'Energetic Donna'), or None."""
+    from gar_tasks.grid import load_task_rows
+    from gar_tasks.profiles import load_profile
+
+    prof = load_profile(profile)
+    plural = prof.plural_things
+    pairs = sorted({(r.item_template_forward, r.item_template_reversed) for r in load_task_rows()})
+    rules = [(a, b) for f, r in pairs for a, b in ((f, r), (r, f))]
+    rules.sort(key=lambda ab: ("Cap(T)" in ab[0], -len(re.sub(r"\{[^}]*\}", "", ab[0]))))
+    compiled = [(_template_regex(a), b.rstrip("."), "{Cap(T)}" in a) for a, b in rules]
+
+    def fill(template: str, person: str, thing: str) -> str:
+        if "{The(T)} is" in template and thing in plural:
+            template = template.replace("{The(T)} is", "{The(T)} are")
+        the = "" if thing[:1].isupper() and not prof.fix_grammar else "The "  # as gar_tasks.render writes it
+        return (template.replace("{P}", person).replace("{The(T)}", the + thing)
+                .replace("{Cap(T)}", thing[:1].upper() + thing[1:]).replace("{T}", thing))
+
+    def flip(item: str) -> str | None:
+        for rx, other, capitalized in compiled:
+            m = rx.match(item)
+            if m:
+                thing = m["T"][:1].lower() + m["T"][1:] if capitalized else m["T"]
+                return fill(other, m["P"], thing)
+        return None
+
+    return flip
+
+
 def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks: int = 0,
                        forms: tuple[str, ...] = ("verb",)) -> list[tuple]:
     """One drill per GAR training text: its last row's context ``< a. b. c. >.`` followed by every
@@ -318,17 +364,23 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
       n_r = 0 cells asked in written order and chance on those asked against it (eighth run);
     - ``two-row`` asks as ``verb`` but keeps the text's demonstration row first: GAR's own
       shape, where that row's items compete with the asked context's (``sub_assoc``);
+    - ``flip`` asks the item in the other orientation of its task row (``item_flipper``:
+      "Tokyo attracts Kimberly" asked as ``So Kimberly likes Tokyo.``): how GAR's ``sub_assoc``
+      and its questions ask a context written reversed (``rev_item2str``), or ask the thing
+      side (``swap_qa``); backward drills without the template word did not carry over there
+      (session 7);
     - ``verify`` (two rows too) asks whether a statement holds, ``So Kimberly likes Paris? No.``,
       loss on Yes/No only (``verify_statement``): classification's core, which no run has left
       the label prior on.
 
     ``backward`` and ``verify`` skip a text whose items do not split into two entities each
-    ("Energetic Donna"). Examples: (text, ranges, 'drill', -1, form)."""
+    ("Energetic Donna"), ``flip`` one whose items match no task row's template. Examples: (text, ranges, 'drill', -1, form)."""
     bad = set(forms) - set(DRILL_FORMS)
     if bad:
         raise ValueError(f"unknown drill form(s) {sorted(bad)}; known: {', '.join(DRILL_FORMS)}")
     rng = random.Random(f"drills|{seed}")
     vrng = random.Random(f"verify|{seed}")  # its own stream: the other forms' drills do not move
+    flip = item_flipper() if "flip" in forms else None
     out = []
     for text, *_ in examples:
         body = text.rstrip("\n")
@@ -343,13 +395,14 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
             continue
         splits = all(len(item_entities(it)) == 2 for it in items)
         context = items
+        flips = all(flip(it) for it in items) if flip else False
         if asks > 0:
             items = [rng.choice(items) for _ in range(asks)]
         else:
             rng.shuffle(items)
         demo = body[:len(body) - len(row) + a]  # the rows before the asked context
         for form in forms:
-            if form in ("backward", "verify") and not splits:
+            if (form in ("backward", "verify") and not splits) or (form == "flip" and not flips):
                 continue
             drill = {"adjacent": without_template_words(ctx), "two-row": demo + ctx,
                      "verify": demo + ctx}.get(form, ctx)
@@ -363,7 +416,9 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
                     drill += label + "."
                     continue
                 surface = _mid_sentence(it)
-                if form == "backward":
+                if form == "flip":
+                    surface = _mid_sentence(flip(it))
+                elif form == "backward":
                     first, second = item_entities(it)
                     surface = f"{_mid_sentence(second)} {_mid_sentence(first)}"
                 elif form in ("at-key", "adjacent"):

@@ -369,3 +369,50 @@ def test_question_drills_ask_gar_questions_of_the_n_r_0_generation_cells(recipe,
             assert answer and answer in ctx and text[b:b + 1] in ("\n", "")
     assert recipe.build_question_drills(2, 1, tmp_path, 1) == got  # from the cache
     assert (tmp_path / "question_v1_n2_k1.json").is_file() and recipe.build_question_drills(0, 1, tmp_path, 1) == []
+
+
+def test_flip_states_each_context_item_in_the_other_orientation(recipe, train_texts):
+    """item_flipper follows task_rows.json: flipping twice gives the item back, and the flipped
+    item is what GAR writes for the same fact with rev_item2str switched (the generator's own
+    rendering of the twin cell)."""
+    flip = recipe.item_flipper()
+    assert flip("Kimberly likes Tokyo") == "Tokyo attracts Kimberly"
+    assert flip("The pants are Susan's") == "Susan has pants" and flip("Susan has pants") == "The pants are Susan's"
+    assert flip("Energetic Donna") == "Donna is energetic" and flip("Donna is energetic") == "Energetic Donna"
+    assert flip("Tokyo") is None  # no template reads one word
+    n = 0
+    for text, *_ in train_texts:
+        row = text.rstrip("\n").split("\n")[-1]
+        items = [it.rstrip(".") for it in row[row.index("< ") + 2:row.index(" >.")].split(". ")]
+        if len(items) != 3:  # a name with '. ' inside (Dr. Mehmet Oz): the drills skip these too
+            continue
+        for it in items:
+            assert flip(flip(it)) == it, it
+            n += 1
+    assert n > 1500  # every item of 500+ training contexts
+    # the paper profile's rev_item2str cells repeat their forward twins' draws (GAR_SPEC 13):
+    # the generator's own rendering of each fact in the other orientation
+    from gar_tasks.configs import CONFIGS
+
+    paper = {r.id: r.text for r in CONFIGS["paper"].splits["test"]()}
+    flip_paper, checked = recipe.item_flipper("paper"), set()  # the paper writes 'The jeans is
+    for rid, text in paper.items():
+        twin = paper.get(rid.replace(".--R.", ".---."))
+        if ".--R." not in rid or twin is None:
+            continue
+        ctx = [t[t.index("< ") + 2:t.index(" >.")].split(". ") for t in (text, twin)]
+        if all(len(c) == 3 for c in ctx):
+            assert [flip_paper(it.rstrip(".")) for it in ctx[1]] == [it.rstrip(".") for it in ctx[0]], rid
+            checked.add(rid.split(".")[0])
+    assert len(checked) == 10  # all ten task rows
+    sample = random.Random(6).sample(train_texts, 60)
+    both = recipe.association_drills(sample, seed=0, asks=4, forms=("verb", "flip"))
+    verb = [d for d in both if d[4] == "verb"]
+    flipped = [d for d in both if d[4] == "flip"]
+    assert len(flipped) == len(verb) >= 50
+    for v, f in zip(verb, flipped):
+        assert v[0].split(" >. ")[0] == f[0].split(" >. ")[0]
+        for (va, vb), (fa, fb) in zip(v[1], f[1]):
+            asked = v[0][va:vb]
+            want = flip(asked[:1].upper() + asked[1:] if asked.startswith("the ") else asked)
+            assert f[0][fa:fb] == (want[:1].lower() + want[1:] if want.startswith("The ") else want)
