@@ -666,12 +666,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="random-token sequences per step whose labels are the previous token (0: none)")
     ap.add_argument("--prev-aux-len", type=int, default=32)
     ap.add_argument("--contrast-chunks", type=int, default=1)
+    ap.add_argument("--tokenizer-from", type=Path, default=None,
+                    help="a tokenizer folder to use instead of building one: the word ids (hence the "
+                         "initial weights) follow the texts a tokenizer is built from, so two recipes "
+                         "compare step for step only with the same one")
     ap.add_argument("--question-drills", type=int, default=0,
                     help="contrast instances per generation cell with n_r = 0 and chunk (generator "
                          "seeds 1000+): retrieval in GAR's question templates; in --drill-then too")
     ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
+    if args.tokenizer_from and not (args.tokenizer_from / "tokenizer.json").is_file():
+        ap.error(f"--tokenizer-from {args.tokenizer_from}: no tokenizer.json there")
     if args.drill_first and (not args.drills or not set(args.drill_forms) & set(FIRST_FORMS)):
         ap.error("--drill-first needs drills of the at-key or adjacent form (--drill-forms)")
     if args.drill_then and not args.drills:
@@ -707,9 +713,10 @@ def main(argv: list[str] | None = None) -> int:
     then_idx += list(range(len(examples), len(examples) + len(questions)))
     examples += questions
     tok_dir = args.work / "tokenizer"
-    if state and tok_dir.is_dir():
+    if (state and tok_dir.is_dir()) or args.tokenizer_from:
         from transformers import PreTrainedTokenizerFast
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir if state else args.tokenizer_from)
+        tokenizer.save_pretrained(tok_dir)
     else:
         tokenizer = build_tokenizer(tokenizer_texts + vocabulary_words("v1"), entity_tokens("v1"))
         tokenizer.save_pretrained(tok_dir)

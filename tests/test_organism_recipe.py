@@ -163,6 +163,8 @@ def test_drills_first_without_such_drills_is_a_usage_error():
     assert "--drill-first needs drills of the at-key or adjacent form" in r.stderr.strip().splitlines()[-1]
     r = subprocess.run([sys.executable, str(SCRIPT), "--drill-then", "10", "--no-drills"], capture_output=True, text=True)
     assert r.returncode == 2 and "--drill-then needs the association drills" in r.stderr.strip().splitlines()[-1]
+    r = subprocess.run([sys.executable, str(SCRIPT), "--tokenizer-from", str(SCRIPT.parent)], capture_output=True, text=True)
+    assert r.returncode == 2 and "no tokenizer.json there" in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
