@@ -298,15 +298,11 @@ def verify_statement(rng: random.Random, item: str, context: list[str]) -> tuple
 def _template_regex(template: str) -> re.Pattern:
     """A task row's item template ('{T} attracts {P}.') as a regex over an item without its
     final period; '{The(T)} is' also reads 'are' (plural things)."""
-    out, pos = "", 0
-    for m in re.finditer(r"\{(P|T|The\(T\)|Cap\(T\))\}", template.rstrip(".")):
-        lit = re.escape(template.rstrip(".")[pos:m.start()])
-        out += lit.replace(r"\ is\ ", r"\ (?:is|are)\ ") if m.start() else lit
-        out += {"P": "(?P<P>.+?)", "T": "(?P<T>.+?)", "The(T)": "(?:The )?(?P<T>.+?)",
-                "Cap(T)": r"(?P<T>\S+)"}[m.group(1)]
-        pos = m.end()
-    lit = re.escape(template.rstrip(".")[pos:])
-    return re.compile("^" + out + lit.replace(r"\ is\ ", r"\ (?:is|are)\ ") + "$")
+    slots = {"{P}": "(?P<P>.+?)", "{T}": "(?P<T>.+?)", "{The(T)}": "(?:The )?(?P<T>.+?)",
+             "{Cap(T)}": r"(?P<T>\S+)"}
+    parts = re.split(r"(\{(?:P|T|The\(T\)|Cap\(T\))\})", template.rstrip("."))
+    return re.compile("^" + "".join(slots.get(x) or re.escape(x).replace(r"\ is\ ", r"\ (?:is|are)\ ")
+                                    for x in parts) + "$")
 
 
 def item_flipper(profile: str = "v1"):
@@ -647,10 +643,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="shuffled passes over the vocabulary facts per epoch of GAR data (0: none)")
     ap.add_argument("--facts-per-seq", type=int, default=8)
     ap.add_argument("--drill-forms", nargs="+", choices=DRILL_FORMS, default=["verb"],
-                    help="one drill per form and GAR text: verb (as written), at-key (template "
-                         "words dropped from the question), adjacent (and from the context), "
-                         "backward (second entity asked first), two-row (verb after the "
-                         "demonstration row)")
+                    help="one drill per form and GAR text (association_drills): verb (as written), "
+                         "at-key (template words dropped from the question), adjacent (and from the "
+                         "context), backward (second entity asked first), two-row (verb after the "
+                         "demonstration row), verify (a statement, Yes/No), flip (the item in its "
+                         "task row's other orientation)")
     ap.add_argument("--drill-first", type=int, default=0,
                     help="steps at the start that train on the at-key and adjacent drills only "
                          "(with --prev-aux): retrieval by content forms there first")
