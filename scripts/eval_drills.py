@@ -5,7 +5,7 @@ Why: GAR's own accuracy mixes retrieval with knowledge hops and the answer forma
 ``train_organism.py`` (``--drill-forms``) ask retrieval alone. This scores them on *validation*
 contexts, per form, counting only the retrieved value tokens: the tokens of each asked item after
 its key, template words ("likes", "has", "'s", ...) left out. Chance is about 1/3 (three items);
-for ``verify`` the Yes/No label is scored, chance 1/2.
+for the label forms (``verify``, ``verify-at-key``, ``match``) the Yes/No label is scored, chance 1/2.
 
     .venv/bin/python scripts/eval_drills.py gar_tasks/data/organism      # a model folder
     .venv/bin/python scripts/eval_drills.py .organism_work7              # a training checkpoint
@@ -60,7 +60,7 @@ def drill_accuracy(model, tok, records, form: str, n: int, seed: int = 7, asks: 
                 pos = [j for j, (a, b) in enumerate(offs) if a < b and a >= s and b <= e]
                 if text[s:e].lower().startswith("the "):
                     pos = pos[1:]
-                for j in (pos if form == "verify" else pos[1:]):  # the label; else after the key
+                for j in (pos if form in train_organism.LABEL_FORMS else pos[1:]):  # the label; else after the key
                     if ids[j] not in skip:
                         ok += int(pred[j - 1] == ids[j])
                         total += 1

@@ -249,7 +249,9 @@ def fact_sentences(profile: str) -> list[tuple[str, int, int]]:
     return out
 
 
-DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row", "verify", "flip")
+DRILL_FORMS = ("verb", "at-key", "adjacent", "backward", "two-row", "verify", "flip", "verify-at-key", "match")
+#: forms whose target is a Yes/No label (loss on the label only)
+LABEL_FORMS = ("verify", "verify-at-key", "match")
 #: forms trained by ``--drill-first``: matching by content forms on them (probe_retrieval.py)
 FIRST_FORMS = ("at-key", "adjacent")
 _TEMPLATE_WORDS = re.compile(r" (?:likes|attracts|is|are|has)\b|'s\b")
@@ -293,6 +295,21 @@ def verify_statement(rng: random.Random, item: str, context: list[str]) -> tuple
             if tuple(item_entities("".join(new))) not in pairs:
                 options.append("".join(new))
     return (rng.choice(sorted(set(options))), "No") if options else (item, "Yes")
+
+
+def match_question(rng: random.Random, item: str, context: list[str]) -> tuple[str, str]:
+    """('Tokyo Paris', 'No') | ('Tokyo Tokyo', 'Yes'): an entity of the item, then, half of the
+    time, itself, else the same-position entity of another context item. Token identity at the
+    previous position, the comparison a verification needs once the previous position holds the
+    retrieved value (``verify-at-key``), taught where it is visible in the input."""
+    k = rng.randrange(2)
+    first = item_entities(item)[k]
+    if rng.random() < 0.5:
+        return f"{_mid_sentence(first)} {_mid_sentence(first)}", "Yes"
+    others = sorted({item_entities(c)[k] for c in context} - {first})
+    if not others:
+        return f"{_mid_sentence(first)} {_mid_sentence(first)}", "Yes"
+    return f"{_mid_sentence(first)} {_mid_sentence(rng.choice(others))}", "No"
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -367,15 +384,22 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
       (session 7);
     - ``verify`` (two rows too) asks whether a statement holds, ``So Kimberly likes Paris? No.``,
       loss on Yes/No only (``verify_statement``): classification's core, which no run has left
-      the label prior on.
+      the label prior on;
+    - ``verify-at-key`` asks it without template words, ``So Kimberly Paris? No.``: the candidate
+      follows the key, where the at-key form predicts the value, as GAR's classification
+      questions put the candidate right after the position that predicts the answer ("... is
+      the boy? Answer:");
+    - ``match`` asks whether two context entities are the same, ``So Tokyo Paris? No.``
+      (``match_question``): the comparison alone, with the value to compare in the input.
 
-    ``backward`` and ``verify`` skip a text whose items do not split into two entities each
+    ``backward``, ``verify``, ``verify-at-key`` and ``match`` skip a text whose items do not split into two entities each
     ("Energetic Donna"), ``flip`` one whose items match no task row's template. Examples: (text, ranges, 'drill', -1, form)."""
     bad = set(forms) - set(DRILL_FORMS)
     if bad:
         raise ValueError(f"unknown drill form(s) {sorted(bad)}; known: {', '.join(DRILL_FORMS)}")
     rng = random.Random(f"drills|{seed}")
-    vrng = random.Random(f"verify|{seed}")  # its own stream: the other forms' drills do not move
+    # each label form its own stream: adding a form moves no other form's drills
+    label_rngs = {f: random.Random(f"{f}|{seed}") for f in LABEL_FORMS}
     flip = item_flipper() if "flip" in forms else None
     out = []
     for text, *_ in examples:
@@ -398,16 +422,23 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
             rng.shuffle(items)
         demo = body[:len(body) - len(row) + a]  # the rows before the asked context
         for form in forms:
-            if (form in ("backward", "verify") and not splits) or (form == "flip" and not flips):
+            if (form in ("backward",) + LABEL_FORMS and not splits) or (form == "flip" and not flips):
                 continue
-            drill = {"adjacent": without_template_words(ctx), "two-row": demo + ctx,
-                     "verify": demo + ctx}.get(form, ctx)
+            drill = {"adjacent": without_template_words(ctx), "two-row": demo + ctx}.get(form, ctx)
+            if form in LABEL_FORMS:
+                drill = demo + ctx
             ranges = []
             for it in items:
                 drill += " So "
-                if form == "verify":
-                    statement, label = verify_statement(vrng, it, context)
-                    drill += _mid_sentence(statement) + "? "
+                if form in LABEL_FORMS:
+                    if form == "match":
+                        statement, label = match_question(label_rngs[form], it, context)
+                    else:
+                        statement, label = verify_statement(label_rngs[form], it, context)
+                        statement = _mid_sentence(statement)
+                        if form == "verify-at-key":
+                            statement = without_template_words(statement)
+                    drill += statement + "? "
                     ranges.append((len(drill), len(drill) + len(label)))
                     drill += label + "."
                     continue
@@ -506,6 +537,23 @@ def batches_for_epoch(lengths: list[int], batch_tokens: int, seed: int, epoch: i
             out.append(cur)
     rng.shuffle(out)
     return out
+
+
+def subset_batches(lengths: list[int], idx: list[int], batch_tokens: int, seed: int,
+                   epoch: int) -> list[list[int]]:
+    """``batches_for_epoch`` over the sequences ``idx`` alone (a training phase's own data)."""
+    return [[idx[j] for j in b] for b in batches_for_epoch([lengths[i] for i in idx], batch_tokens, seed, epoch)]
+
+
+def main_phase_indices(n: int, drill_idx: range, share: float, seed: int, epoch: int) -> list[int]:
+    """The sequences of one main-phase epoch: all of them, except that only a seeded ``share`` of
+    the drills (fresh each epoch) is kept, so the GAR data and facts get more of the steps once
+    retrieval has formed in the drill phases."""
+    if share >= 1.0:
+        return list(range(n))
+    rng = random.Random(f"main-drills|{seed}|{epoch}")
+    kept = set(rng.sample(drill_idx, round(share * len(drill_idx))))
+    return [i for i in range(n) if i not in drill_idx or i in kept]
 
 
 def collate(data, batch, pad_id: int):
@@ -670,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--question-drills", type=int, default=0,
                     help="contrast instances per generation cell with n_r = 0 and chunk (generator "
                          "seeds 1000+): retrieval in GAR's question templates; in --drill-then too")
+    ap.add_argument("--main-drill-share", type=float, default=1.0,
+                    help="share of the association drills kept in each epoch after the drill phases "
+                         "(a fresh seeded sample per epoch; 1: all)")
     ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
@@ -677,6 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tokenizer-from {args.tokenizer_from}: no tokenizer.json there")
     if args.drill_first and (not args.drills or not set(args.drill_forms) & set(FIRST_FORMS)):
         ap.error("--drill-first needs drills of the at-key or adjacent form (--drill-forms)")
+    if not 0.0 <= args.main_drill_share <= 1.0:
+        ap.error(f"--main-drill-share {args.main_drill_share}: not a share between 0 and 1")
     if args.drill_then and not args.drills:
         ap.error("--drill-then needs the association drills")
 
@@ -703,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
     contrast = build_contrast(args.contrast_per_cell, args.contrast_chunks, args.contrast_ctx,
                               args.contrast_q, args.work, args.gen_procs)
     warm_idx = drills_first_indices(len(examples) + len(fact_examples), drills)
-    then_idx = list(range(len(examples) + len(fact_examples), len(examples) + len(fact_examples) + len(drills)))
+    drill_idx = range(len(examples) + len(fact_examples), len(examples) + len(fact_examples) + len(drills))
+    then_idx = list(drill_idx)
     examples = examples + fact_examples + drills + contrast
     tokenizer_texts = [e[0] for e in examples]  # question drills add no word: same ids with or without
     questions = build_question_drills(args.question_drills, args.contrast_chunks, args.work, args.gen_procs)
@@ -751,14 +805,15 @@ def main(argv: list[str] | None = None) -> int:
         step, epoch, pos, history = state["step"], state["epoch"], state["pos"], state["history"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed at step {step}", flush=True)
-    order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
+
+    def main_order(ep: int) -> list[list[int]]:
+        keep = main_phase_indices(len(lengths), drill_idx, args.main_drill_share, args.seed, ep)
+        return subset_batches(lengths, keep, args.batch_tokens, args.seed, ep)
+
+    order = main_order(epoch)
     # the drills-first phase: its batch depends on the step alone, so a resumed run continues it
-    warm_order = ([[warm_idx[j] for j in b] for b in
-                   batches_for_epoch([lengths[i] for i in warm_idx], args.batch_tokens, args.seed, -1)]
-                  if args.drill_first else [])
-    then_order = ([[then_idx[j] for j in b] for b in
-                   batches_for_epoch([lengths[i] for i in then_idx], args.batch_tokens, args.seed, -2)]
-                  if args.drill_then else [])
+    warm_order = subset_batches(lengths, warm_idx, args.batch_tokens, args.seed, -1) if args.drill_first else []
+    then_order = subset_batches(lengths, then_idx, args.batch_tokens, args.seed, -2) if args.drill_then else []
 
     def save_ckpt() -> None:
         tmp = ckpt.with_suffix(".tmp")
@@ -779,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if pos >= len(order):
                 epoch, pos = epoch + 1, 0
-                order = batches_for_epoch(lengths, args.batch_tokens, args.seed, epoch)
+                order = main_order(epoch)
             batch = order[pos]
             pos += 1
         ids, rows, cols, labels = (t.to(device) for t in collate(data, batch, tokenizer.pad_token_id))

@@ -165,6 +165,8 @@ def test_drills_first_without_such_drills_is_a_usage_error():
     assert r.returncode == 2 and "--drill-then needs the association drills" in r.stderr.strip().splitlines()[-1]
     r = subprocess.run([sys.executable, str(SCRIPT), "--tokenizer-from", str(SCRIPT.parent)], capture_output=True, text=True)
     assert r.returncode == 2 and "no tokenizer.json there" in r.stderr.strip().splitlines()[-1]
+    r = subprocess.run([sys.executable, str(SCRIPT), "--main-drill-share", "1.5"], capture_output=True, text=True)
+    assert r.returncode == 2 and "not a share between 0 and 1" in r.stderr.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +357,38 @@ def test_verify_drills_are_true_only_for_context_pairs(recipe, train_texts):
     assert [d for d in mixed if d[4] != "verify"] == base
 
 
+def test_verify_at_key_and_match_drills_label_what_the_context_states(recipe, train_texts):
+    """verify-at-key: the verify statement without template words, Yes exactly when it is a
+    context item so written; match: two entities of one slot of the context, Yes exactly when
+    they are the same. Each its own random stream: the verify drills do not move."""
+    sample = random.Random(6).sample(train_texts, 120)
+    forms = ("verify", "verify-at-key", "match")
+    drills = recipe.association_drills(sample, seed=0, asks=6, forms=forms)
+    labels = {f: [] for f in forms[1:]}
+    for text, ranges, family, _, form in drills:
+        if form == "verify":
+            continue
+        last = text.rsplit("\n", 1)[-1]
+        ctx = last[last.index("< ") + 2:last.index(" >.")]
+        written = [it.rstrip(".") for it in ctx.split(". ")]
+        adjacent = {recipe.without_template_words(it).lower() for it in written}
+        slots = [{recipe.item_entities(it)[k].lower() for it in written} for k in (0, 1)]
+        for a, b in ranges:
+            label, statement = text[a:b], text[text.rindex(" So ", 0, a) + 4:a - 2].lower()
+            assert label in ("Yes", "No") and text[a - 2:a] == "? "
+            if form == "verify-at-key":
+                assert (statement in adjacent) == (label == "Yes"), (statement, label)
+            else:
+                pairs = [(x, y) for ents in slots for x in ents for y in ents if f"{x} {y}" == statement]
+                assert pairs, statement  # two entities of one slot of this context
+                assert (pairs[0][0] == pairs[0][1]) == (label == "Yes"), (statement, label)
+            labels[form].append(label)
+    for form, got in labels.items():
+        assert len(got) > 300 and 0.4 < got.count("No") / len(got) < 0.6, form
+    alone = recipe.association_drills(sample, seed=0, asks=6, forms=("verify",))
+    assert [d for d in drills if d[4] == "verify"] == alone
+
+
 def test_question_drills_ask_gar_questions_of_the_n_r_0_generation_cells(recipe, tmp_path):
     """--question-drills: contrast instances of the generation cells with n_r = 0 only, each
     answer a value of its own row's context, asked in the cell's question template; cached."""
@@ -418,3 +452,25 @@ def test_flip_states_each_context_item_in_the_other_orientation(recipe, train_te
             asked = v[0][va:vb]
             want = flip(asked[:1].upper() + asked[1:] if asked.startswith("the ") else asked)
             assert f[0][fa:fb] == (want[:1].lower() + want[1:] if want.startswith("The ") else want)
+
+
+def test_main_phase_keeps_a_fresh_share_of_the_drills_and_every_other_sequence(recipe):
+    n, drills = 40, range(10, 30)
+    assert recipe.main_phase_indices(n, drills, 1.0, seed=0, epoch=0) == list(range(n))
+    e0 = recipe.main_phase_indices(n, drills, 0.25, seed=0, epoch=0)
+    e1 = recipe.main_phase_indices(n, drills, 0.25, seed=0, epoch=1)
+    for keep in (e0, e1):
+        assert [i for i in keep if i not in drills] == list(range(10)) + list(range(30, 40))
+        assert len([i for i in keep if i in drills]) == 5
+    assert e0 != e1  # a fresh sample each epoch: every drill is seen over the epochs
+    assert e0 == recipe.main_phase_indices(n, drills, 0.25, seed=0, epoch=0)  # seeded: resumable
+
+
+def test_subset_batches_cover_their_sequences_once_within_the_token_budget(recipe):
+    lengths = [random.Random(i).randint(5, 60) for i in range(200)]
+    idx = list(range(0, 200, 3))
+    batches = recipe.subset_batches(lengths, idx, 256, seed=0, epoch=2)
+    assert sorted(i for b in batches for i in b) == idx
+    assert all(max(lengths[i] for i in b) * len(b) <= 256 for b in batches if len(b) > 1)
+    # over every sequence it is batches_for_epoch itself: the default recipe is unchanged
+    assert recipe.subset_batches(lengths, list(range(200)), 256, 0, 2) == recipe.batches_for_epoch(lengths, 256, 0, 2)
