@@ -480,10 +480,27 @@ def pack_facts(facts: list[tuple[str, int, int]], per_seq: int, repeats: int, se
     return out
 
 
-def encode(tokenizer, examples: list[tuple], eos_id: int) -> list[tuple[list[int], list[int]]]:
-    """(ids, target positions): position p is trained to predict ids[p + 1]."""
+CLS_FAMILIES = ("cls", "contrast_cls")
+
+
+def candidate_positions(ids: list[int], pattern: list[int]) -> list[int]:
+    """Token positions of the candidate of every classification row labelled Yes: the token right
+    before ``? Answer: Yes`` (``pattern``: those tokens' ids). Every v1 question ends in its
+    candidate, and a Yes row's candidate is the answer of the generation question the row
+    embeds ("... the one who wants to go to Barcelona is the ▁"), negation included."""
+    n = len(pattern)
+    return [i - 1 for i in range(1, len(ids) - n + 1) if ids[i:i + n] == pattern]
+
+
+def encode(tokenizer, examples: list[tuple], eos_id: int,
+           candidates: bool = False) -> list[tuple[list[int], list[int]]]:
+    """(ids, target positions): position p is trained to predict ids[p + 1]. ``candidates``: the
+    candidate of each classification row labelled Yes is a target too (``candidate_positions``),
+    so the answer a classification question turns on is predicted where the generation family
+    predicts it, right before the candidate is read."""
     out = []
     B = 2048
+    pattern = tokenizer.convert_tokens_to_ids(["?", "Answer", ":", "Yes"])
     for i in range(0, len(examples), B):
         batch = examples[i:i + B]
         enc = tokenizer([e[0] for e in batch], return_offsets_mapping=True, add_special_tokens=False)
@@ -494,6 +511,8 @@ def encode(tokenizer, examples: list[tuple], eos_id: int) -> list[tuple[list[int
                 if not tgt:
                     raise ValueError(f"no answer token in {ex[0]!r}")
                 targets += tgt
+            if candidates and ex[2] in CLS_FAMILIES:
+                targets = sorted(set(targets) | set(candidate_positions(ids, pattern)))
             ids = list(ids) + [eos_id]
             targets.append(len(ids) - 1)
             out.append((ids, [t - 1 for t in targets]))
@@ -721,6 +740,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--main-drill-share", type=float, default=1.0,
                     help="share of the association drills kept in each epoch after the drill phases "
                          "(a fresh seeded sample per epoch; 1: all)")
+    ap.add_argument("--candidate-targets", action="store_true",
+                    help="train the candidate of every classification row labelled Yes as an answer "
+                         "(the generation answer the question embeds)")
     ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
     args = ap.parse_args(argv)
@@ -771,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tokenizer = build_tokenizer(tokenizer_texts + vocabulary_words("v1"), entity_tokens("v1"))
         tokenizer.save_pretrained(tok_dir)
-    data = encode(tokenizer, examples, tokenizer.eos_token_id)
+    data = encode(tokenizer, examples, tokenizer.eos_token_id, candidates=args.candidate_targets)
     lengths = [len(d[0]) for d in data]
     n_targets = sum(len(d[1]) for d in data)
     print(f"data: {len(data)} sequences, {sum(lengths)} tokens, {n_targets} target tokens, "

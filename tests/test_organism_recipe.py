@@ -29,9 +29,13 @@ def recipe():
 
 
 @pytest.fixture(scope="module")
-def train_texts():
-    recs = GeneratorConfig(profile="v1", split="train", n_per_task=1, seed=0).build()
-    return [(r.text, None, r.family, r.n_r, r.answer) for r in recs]
+def train_records():
+    return GeneratorConfig(profile="v1", split="train", n_per_task=1, seed=0).build()
+
+
+@pytest.fixture(scope="module")
+def train_texts(train_records):
+    return [(r.text, None, r.family, r.n_r, r.answer) for r in train_records]
 
 
 def test_every_vocabulary_item_is_one_token_and_decodes_verbatim(recipe, train_texts):
@@ -474,3 +478,30 @@ def test_subset_batches_cover_their_sequences_once_within_the_token_budget(recip
     assert all(max(lengths[i] for i in b) * len(b) <= 256 for b in batches if len(b) > 1)
     # over every sequence it is batches_for_epoch itself: the default recipe is unchanged
     assert recipe.subset_batches(lengths, list(range(200)), 256, 0, 2) == recipe.batches_for_epoch(lengths, 256, 0, 2)
+
+
+def test_candidate_targets_are_the_answers_of_yes_rows(recipe, train_records):
+    """--candidate-targets: in a classification text, the candidate of each row labelled Yes
+    (the token before '? Answer: Yes') becomes a target, and it is that row's true answer, in
+    every question form (negation included); No rows, and generation texts, gain nothing."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(SCRIPT.parents[1] / "gar_tasks" / "data" / "organism")
+    recs = [r for r in train_records if r.family == "cls"] + [r for r in train_records if r.family == "gen"][::20]
+    examples = [(r.text, [(row["END"][0][1], row["row"][0][1]) for row in r.spans], r.family, r.n_r, r.answer)
+                for r in recs]
+    plain = recipe.encode(tok, examples, tok.eos_token_id)
+    cand = recipe.encode(tok, examples, tok.eos_token_id, candidates=True)
+    forms = set()
+    for r, (ids, t0), (ids1, t1) in zip(recs, plain, cand):
+        assert ids == ids1 and set(t0) <= set(t1)
+        extra = sorted(set(t1) - set(t0))
+        if r.family == "gen":
+            assert not extra
+            continue
+        yes = [row for row in r.rows if row.label == "Yes"]
+        assert len(extra) == len(yes)
+        got = [tok.decode([ids[p + 1]]).strip() for p in extra]
+        assert got == [row.answers[row.true_index] for row in yes], (r.id, got)
+        forms.add((r.swap_qa, r.negate, r.rev_item2str))
+    assert len(forms) == 8  # every question form, negated ones included
