@@ -310,10 +310,10 @@ def test_probe_at_key_drills_put_the_value_right_after_its_key():
 
 
 def test_drill_evaluation_scores_only_retrieved_values(capsys, monkeypatch):
-    """scripts/eval_drills.py on the shipped organism: it picks a context item of the right type
-    but not by the key (docs/results.md: 0.37 on verb drills), and has never seen the at-key
-    form (0.0). Reading the prediction one position late, or counting template words, moves
-    these far off; a bad source is a usage error."""
+    """scripts/eval_drills.py on the shipped organism: it retrieves by the key in both forms
+    (0.92 verb, 0.93 at-key on these 60 contexts; docs/results.md). Reading the prediction one
+    position late or early drops both below 0.2 (measured by mutating the script); a bad source
+    is a usage error."""
     import json
 
     monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports train_organism beside it
@@ -323,8 +323,8 @@ def test_drill_evaluation_scores_only_retrieved_values(capsys, monkeypatch):
     folder = SCRIPT.parents[1] / "gar_tasks" / "data" / "organism"
     assert mod.main([str(folder), "--n", "60", "--contexts", "120", "--forms", "verb", "at-key"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["verb"]["tokens"] >= 300 and 0.25 <= out["verb"]["acc"] <= 0.5, out
-    assert out["at-key"]["acc"] < 0.1, out
+    assert out["verb"]["tokens"] >= 300 and out["verb"]["acc"] >= 0.8, out
+    assert out["at-key"]["tokens"] >= 300 and out["at-key"]["acc"] >= 0.8, out
     with pytest.raises(SystemExit) as e:
         mod.main([str(folder.parent), "--n", "1"])
     assert e.value.code == 2
