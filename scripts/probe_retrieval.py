@@ -15,8 +15,14 @@ three tasks, with the organism's architecture, so a recipe change can be judged 
   them from the question only (``So Kimberly Tokyo``: the value is predicted at its key);
   ``--mix-adjacent F`` trains on a share F of adjacent drills and measures the drills as asked.
 
+* ``match`` — the comparison a verification needs, alone: ``x y SEP label`` repeated, label Yes
+  when ``y`` is ``x`` (half of the time), else No (chance 1/2). The organism's ``match`` drills
+  (``So Tokyo Paris? No.``) stayed at chance for thousands of steps (docs/results.md, session 8).
+
 ``--mix-prev`` adds the organism's previous-token auxiliary task (``train_organism.py
---prev-aux``) to each batch.
+--prev-aux``) to each batch; ``--mix-dup`` a duplicate-token task (random ids from a small range,
+each position labelled Yes when its token occurred before in the sequence, else No), which
+rewards a head that attends to an earlier copy of the current token.
 
 Prints one JSON line per evaluation: step, loss, accuracy of the asked values, seconds.
 
@@ -56,6 +62,34 @@ def mqar_example(rng: random.Random, vocab: int, pairs: int, asks: int) -> tuple
         targets.append(len(ids) - 1)
         ids.append(vals[j])
     return ids, targets
+
+
+YES, NO = 4, 5  # label ids of the match and duplicate-token tasks; random ids start at 6
+
+
+def match_example(rng: random.Random, vocab: int, asks: int) -> tuple[list[int], list[int]]:
+    """``x y SEP label`` x ``asks``: label YES when y == x (half of the time), else NO."""
+    ids, targets = [1], []
+    for _ in range(asks):
+        x = rng.randrange(6, vocab)
+        y = x
+        if rng.random() >= 0.5:
+            y = rng.randrange(6, vocab - 1)
+            y += y >= x  # uniform over the ids other than x
+        ids += [x, y, 2]
+        targets.append(len(ids) - 1)
+        ids.append(YES if x == y else NO)
+    return ids, targets
+
+
+def duplicate_example(rng: random.Random, length: int = 24, span: int = 20,
+                      vocab: int = 64) -> tuple[list[int], list[int], list[int]]:
+    """Random ids from a window of ``span`` ids (so about half the positions repeat an earlier
+    token); (ids, positions, labels): YES where the token occurred earlier in the sequence."""
+    lo = rng.randrange(6, max(7, vocab - span))
+    xs = [rng.randrange(lo, lo + span) for _ in range(length)]
+    labels = [YES if x in xs[:i] else NO for i, x in enumerate(xs)]
+    return [1] + xs, list(range(1, length + 1)), labels
 
 
 def drill_examples(tokenizer, n_per_task: int, asks: int, adjacent: bool, seed: int,
@@ -104,7 +138,7 @@ def drill_examples(tokenizer, n_per_task: int, asks: int, adjacent: bool, seed: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=("copy", "mqar", "drill"), required=True)
+    ap.add_argument("--task", choices=("copy", "mqar", "drill", "match"), required=True)
     ap.add_argument("--vocab", type=int, default=64, help="copy/mqar: token ids")
     ap.add_argument("--pairs", type=int, default=2, help="mqar: key-value pairs per context")
     ap.add_argument("--length", type=int, default=24, help="copy: sequence length")
@@ -119,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix-prev", type=float, default=0.0,
                     help="share of each batch that is 'repeat the previous token' on random ids: "
                          "trains a previous-token head, the first half of an induction circuit")
+    ap.add_argument("--mix-dup", type=float, default=0.0,
+                    help="share of each batch given to the duplicate-token task (duplicate_example)")
     ap.add_argument("--prev-offsets", type=int, nargs="+", default=[1],
                     help="--mix-prev: label = the token this far back; with several, the first id "
                          "of each sequence (0, 1, ...) says which")
@@ -159,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             return copy_example(rng, vocab, args.length)
         if args.task == "mqar":
             return mqar_example(rng, vocab, args.pairs, args.asks)
+        if args.task == "match":
+            return match_example(rng, vocab, args.asks)
         if adj_pool and rng.random() < args.mix_adjacent:
             return adj_pool[rng.randrange(len(adj_pool))]
         return pool[rng.randrange(len(pool))]
@@ -211,10 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         offs = torch.tensor([o for _, t, o in batch for _ in t])
         return ids, rows, cols, ids[rows, cols - offs]
 
+    def duplicates(n: int):
+        """A batch of the duplicate-token task: the label at a position is its own YES/NO."""
+        batch = [duplicate_example(rng, vocab=vocab) for _ in range(n)]  # all of one length
+        rows = torch.tensor([r for r, (_, t, _) in enumerate(batch) for _ in t])
+        cols = torch.tensor([c for _, t, _ in batch for c in t])
+        return (torch.tensor([i for i, _, _ in batch]), rows, cols,
+                torch.tensor([x for _, _, lab in batch for x in lab]))
+
     t0 = time.time()
     n_prev = int(round(args.batch * args.mix_prev))
+    n_dup = int(round(args.batch * args.mix_dup))
     for step in range(1, args.steps + 1):
-        ids, rows, cols, lab = collate([sample() for _ in range(args.batch - n_prev)])
+        ids, rows, cols, lab = collate([sample() for _ in range(args.batch - n_prev - n_dup)])
         for g in opt.param_groups:
             g["lr"] = args.lr * min(1.0, step / 50)
         h = model.model(input_ids=ids).last_hidden_state
@@ -223,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
             pids, prows, pcols, plab = shifted([prev_example() for _ in range(n_prev)])
             ph = model.model(input_ids=pids).last_hidden_state
             loss = loss + F.cross_entropy(model.lm_head(ph[prows, pcols]), plab)
+        if n_dup:
+            dids, drows, dcols, dlab = duplicates(n_dup)
+            dh = model.model(input_ids=dids).last_hidden_state
+            loss = loss + F.cross_entropy(model.lm_head(dh[drows, dcols]), dlab)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -271,7 +271,8 @@ def test_retrieval_probe_runs_and_reports_each_evaluation():
     script = SCRIPT.parent / "probe_retrieval.py"
     for extra in (["--task", "copy", "--vocab", "50", "--length", "6"],
                   ["--task", "mqar", "--vocab", "50", "--pairs", "2", "--mix-prev", "0.5",
-                   "--prev-offsets", "1", "2"]):
+                   "--prev-offsets", "1", "2"],
+                  ["--task", "match", "--vocab", "50", "--mix-dup", "0.25"]):
         out = subprocess.run([sys.executable, str(script), *extra, "--steps", "20", "--eval-every", "10",
                               "--batch", "8", "--d-model", "32", "--mlp", "64"],
                              capture_output=True, text=True, timeout=300, check=True).stdout
@@ -280,6 +281,29 @@ def test_retrieval_probe_runs_and_reports_each_evaluation():
         assert all(0.0 <= x["acc"] <= 1.0 and x["loss"] > 0 for x in lines)
     bad = subprocess.run([sys.executable, str(script), "--task", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_probe_match_and_duplicate_tasks_label_token_identity():
+    """``match``: after ``x y SEP`` the label is Yes exactly when y is x, half of the time;
+    the duplicate-token task labels a position Yes exactly when its token occurred before."""
+    spec = importlib.util.spec_from_file_location("probe_retrieval", SCRIPT.parent / "probe_retrieval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = random.Random(0)
+    labels = []
+    for _ in range(200):
+        ids, targets = mod.match_example(rng, 50, 6)
+        for t in targets:
+            x, y, sep, label = ids[t - 2:t + 2]
+            assert sep == 2 and min(x, y) >= 6 and label == (mod.YES if x == y else mod.NO)
+            labels.append(label)
+    assert 0.45 < labels.count(mod.YES) / len(labels) < 0.55
+    seen = []
+    for _ in range(100):
+        ids, pos, lab = mod.duplicate_example(rng)
+        assert [ids[p] in ids[1:p] for p in pos] == [x == mod.YES for x in lab]
+        seen += lab
+    assert 0.3 < seen.count(mod.YES) / len(seen) < 0.7
 
 
 def test_probe_at_key_drills_put_the_value_right_after_its_key():
