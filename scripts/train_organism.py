@@ -392,8 +392,9 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
     - ``match`` asks whether two context entities are the same, ``So Tokyo Paris? No.``
       (``match_question``): the comparison alone, with the value to compare in the input.
 
-    ``backward``, ``verify``, ``verify-at-key`` and ``match`` skip a text whose items do not split into two entities each
-    ("Energetic Donna"), ``flip`` one whose items match no task row's template. Examples: (text, ranges, 'drill', -1, form)."""
+    ``backward`` and the Yes/No forms (``LABEL_FORMS``) skip a text whose items do not split into
+    two entities each ("Energetic Donna"), ``flip`` one whose items match no task row's template.
+    Examples: (text, ranges, 'drill', -1, form)."""
     bad = set(forms) - set(DRILL_FORMS)
     if bad:
         raise ValueError(f"unknown drill form(s) {sorted(bad)}; known: {', '.join(DRILL_FORMS)}")
@@ -424,9 +425,8 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
         for form in forms:
             if (form in ("backward",) + LABEL_FORMS and not splits) or (form == "flip" and not flips):
                 continue
-            drill = {"adjacent": without_template_words(ctx), "two-row": demo + ctx}.get(form, ctx)
-            if form in LABEL_FORMS:
-                drill = demo + ctx
+            drill = (demo + ctx if form in ("two-row",) + LABEL_FORMS
+                     else without_template_words(ctx) if form == "adjacent" else ctx)
             ranges = []
             for it in items:
                 drill += " So "
