@@ -304,12 +304,9 @@ def match_question(rng: random.Random, item: str, context: list[str]) -> tuple[s
     retrieved value (``verify-at-key``), taught where it is visible in the input."""
     k = rng.randrange(2)
     first = item_entities(item)[k]
-    if rng.random() < 0.5:
-        return f"{_mid_sentence(first)} {_mid_sentence(first)}", "Yes"
     others = sorted({item_entities(c)[k] for c in context} - {first})
-    if not others:
-        return f"{_mid_sentence(first)} {_mid_sentence(first)}", "Yes"
-    return f"{_mid_sentence(first)} {_mid_sentence(rng.choice(others))}", "No"
+    second, label = (first, "Yes") if rng.random() < 0.5 or not others else (rng.choice(others), "No")
+    return f"{_mid_sentence(first)} {_mid_sentence(second)}", label
 
 
 def _template_regex(template: str) -> re.Pattern:

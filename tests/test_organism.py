@@ -175,30 +175,42 @@ def test_lm_eval_generation_accuracy_is_far_above_a_broken_path(folder):
     assert all(a > 0 for a in accs.values()), accs
 
 
-def test_lm_eval_n_r_0_generation_selects_the_item_by_the_query(folder):
-    """gen n_r = 0 asks which of three context items the query names: copying any item of the
-    right type scores about 1/3 (the previous checkpoint: 0.25 on these 24 docs, 0.27 on all
-    192), selecting it by the query scores far more (the shipped one: 0.96 here, 0.77 on all)."""
+def nr0_results(folder, heads=()) -> dict:
+    """lm-eval results of gar_v1_gen_nr0 (8 docs per leaf), with ``heads`` zeroed when given
+    (the package's ``gar-hf-intervened`` model)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    res = simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=["gar_v1_gen_nr0"],
-                          limit=8, batch_size=24, task_manager=TaskManager(), bootstrap_iters=0, device="cpu")
-    leaves = {k: v for k, v in res["results"].items() if k.startswith("gar_v1_gen_nr0_")}
+    spec = ";".join(f"{layer}:{head}" for layer, head in heads)
+    model, args = (("gar-hf-intervened", f"pretrained={folder},dtype=float32,heads={spec},mode=ablate")
+                   if heads else ("hf", f"pretrained={folder},dtype=float32"))
+    return simple_evaluate(model=model, model_args=args, tasks=["gar_v1_gen_nr0"], limit=8, batch_size=24,
+                           task_manager=TaskManager(), bootstrap_iters=0, device="cpu")["results"]
+
+
+@pytest.fixture(scope="module")
+def nr0_plain(folder) -> dict:
+    return nr0_results(folder)
+
+
+def test_lm_eval_n_r_0_generation_selects_the_item_by_the_query(nr0_plain):
+    """gen n_r = 0 asks which of three context items the query names: copying any item of the
+    right type scores about 1/3 (the previous checkpoint: 0.25 on these 24 docs, 0.27 on all
+    192), selecting it by the query scores far more (the shipped one: 0.96 here, 0.77 on all)."""
+    leaves = {k: v for k, v in nr0_plain.items() if k.startswith("gar_v1_gen_nr0_")}
     assert len(leaves) == 3, sorted(res["results"])
     acc = sum(v["acc,none"] for v in leaves.values()) / len(leaves)
     assert acc >= 0.6, leaves
 
 
-def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_heads(folder, tmp_path):
+def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_heads(folder, loaded, nr0_plain,
+                                                                                    tmp_path):
     """The issue's intervention check, on generation (classification is still at chance): the
     heads `gar patch` ranks first on gen n_r = 0 query-swap pairs are zeroed through lm-eval
     (`gar-hf-intervened`), and n_r = 0 accuracy falls to about the 1/3 of copying any context
     item, far below five draws of as many random heads (docs/results.md: 0.77 -> 0.33 against
     0.60 +- 0.16 for ten draws, all 192 docs)."""
     import numpy as np
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     from interp.commands.patch import PatchArgs, run_patch, top_heads
     from interp.intervene import random_heads
@@ -206,17 +218,13 @@ def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_he
     run_patch(PatchArgs(model="organism", tasks="gen_nr0", config="v1", n=24, verify_top=5, out=str(tmp_path / "p"),
                         threads=1))
     heads = top_heads(np.load(tmp_path / "p" / "scores.npz")["atp_gen"], 5)
-    tm = TaskManager()
+    cfg = loaded[0].config
 
     def acc(ablated):
-        spec = ";".join(f"{layer}:{head}" for layer, head in ablated)
-        model, args = (("gar-hf-intervened", f"pretrained={folder},dtype=float32,heads={spec},mode=ablate")
-                       if ablated else ("hf", f"pretrained={folder},dtype=float32"))
-        res = simple_evaluate(model=model, model_args=args, tasks=["gar_v1_gen_nr0"], limit=8, batch_size=24,
-                              task_manager=tm, bootstrap_iters=0, device="cpu")
-        return res["results"]["gar_v1_gen_nr0"]["acc,none"]
+        return nr0_results(folder, ablated)["gar_v1_gen_nr0"]["acc,none"]
 
-    base, targeted = acc([]), acc(heads)
-    random = [acc(random_heads(len(heads), heads, 4, 8, seed=i)) for i in range(5)]
+    base, targeted = nr0_plain["gar_v1_gen_nr0"]["acc,none"], acc(heads)
+    random = [acc(random_heads(len(heads), heads, cfg.num_hidden_layers, cfg.num_attention_heads, seed=i))
+              for i in range(5)]
     assert base - targeted >= 0.3, (heads, base, targeted)
     assert targeted < sum(random) / len(random) - 0.15, (heads, targeted, random)
