@@ -43,13 +43,15 @@ def load(src: Path):
     raise FileNotFoundError(f"{src}: neither a model folder (config.json) nor a training work dir (checkpoint.pt)")
 
 
-def drill_accuracy(model, tok, records, form: str, n: int, seed: int = 7, asks: int = 6) -> tuple[float, int]:
-    """Share of retrieved value tokens predicted right (greedy), over the first ``n`` drills."""
+def drill_accuracy(model, tok, records, form: str, n: int, seed: int = 7, asks: int = 6,
+                   label_cue: str = "") -> tuple[float, int]:
+    """Share of retrieved value tokens predicted right (greedy), over the first ``n`` drills
+    (``label_cue`` as the model was trained with it: ``train_organism.py --label-cue``)."""
     import torch
     import train_organism
 
     examples = [(r.text, None, r.family, r.n_r, r.answer) for r in records]
-    drills = train_organism.association_drills(examples, seed, asks=asks, forms=(form,))[:n]
+    drills = train_organism.association_drills(examples, seed, asks=asks, forms=(form,), label_cue=label_cue)[:n]
     skip = set(tok.convert_tokens_to_ids(list(TEMPLATE_TOKENS))) - {tok.unk_token_id}
     enc = tok([d[0] for d in drills], return_offsets_mapping=True, add_special_tokens=False)
     ok = total = 0
@@ -67,6 +69,31 @@ def drill_accuracy(model, tok, records, form: str, n: int, seed: int = 7, asks: 
     return (ok / total if total else 0.0), total
 
 
+def cls_signal(model, tok, records, n: int) -> dict:
+    """Where GAR's classification label is (not) read: over the first ``n`` cls records, per n_r
+    and true label, the mean Yes-minus-No logit at the label position and right after the
+    candidate (where the Yes/No drills put their label), and the share of rows whose candidate
+    is the model's greedy prediction at the position before it (the generation answer there).
+    Why: drills can verify while GAR's label position reads nothing; this tells which link fails."""
+    import torch
+
+    yes, no = tok.convert_tokens_to_ids(["Yes", "No"])
+    acc: dict[str, dict[str, list[list[float]]]] = {}
+    with torch.no_grad():
+        for r in [r for r in records if r.family == "cls"][:n]:
+            enc = tok(r.prompt, return_offsets_mapping=True, add_special_tokens=False)
+            a, b = r.spans[-1]["A"][0]  # the candidate, in the asked row's question
+            cand = [j for j, (s, e) in enumerate(enc["offset_mapping"]) if s < e and s >= a and e <= b]
+            lg = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0]
+            row = [(lg[-1, yes] - lg[-1, no]).item(), (lg[cand[-1] + 1, yes] - lg[cand[-1] + 1, no]).item(),
+                   float(lg[cand[0] - 1].argmax().item() == enc["input_ids"][cand[0]])]
+            acc.setdefault(f"nr{r.n_r}", {}).setdefault(r.answer, []).append(row)
+    return {nr: {label: {"n": len(v), **{k: round(sum(x[i] for x in v) / len(v), 3) for i, k in
+                                          enumerate(("label_yes_minus_no", "after_candidate_yes_minus_no",
+                                                     "candidate_predicted"))}}
+                 for label, v in sorted(by.items())} for nr, by in sorted(acc.items())}
+
+
 def main(argv: list[str] | None = None) -> int:
     import train_organism
 
@@ -75,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=150, help="drills per form")
     ap.add_argument("--contexts", type=int, default=400, help="validation records drawn from")
     ap.add_argument("--forms", nargs="+", default=list(train_organism.DRILL_FORMS))
+    ap.add_argument("--label-cue", default="", help="the --label-cue the model was trained with")
+    ap.add_argument("--gar-cls", type=int, default=0,
+                    help="also report, on this many GAR cls records, where the label signal is (cls_signal)")
     args = ap.parse_args(argv)
     import torch
     from gar_tasks.generate import GeneratorConfig
@@ -90,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     records = GeneratorConfig(profile="v1", split="validation").build()[:args.contexts]
     out = {"source": str(args.source), "step": step}
     for form in args.forms:
-        acc, total = drill_accuracy(model, tok, records, form, args.n)
+        acc, total = drill_accuracy(model, tok, records, form, args.n, label_cue=args.label_cue)
         out[form] = {"acc": round(acc, 4), "tokens": total}
+    if args.gar_cls:
+        out["gar_cls"] = cls_signal(model, tok, records, args.gar_cls)
     print(json.dumps(out))
     return 0
 

@@ -108,7 +108,7 @@ def _contrast_chunk(args_tuple):
     test = GeneratorConfig(profile="v1", split="test")
     out = []
     for cell in test.cells():
-        if only and (cell.family, cell.n_r) != tuple(only):
+        if only and (cell.family != only[0] or cell.n_r not in only[1:]):
             continue
         excluded = {(r.rows[-1].keys, r.rows[-1].values, r.rows[-1].query) for r in test.cell_records(cell)}
         rng = random.Random(f"contrast|{seed}|{cell.code}")
@@ -130,17 +130,26 @@ def build_contrast(n_per_cell: int, chunks: int, n_ctx: int, n_q: int, work: Pat
                           _contrast_chunk, [(n_per_cell, k, n_ctx, n_q) for k in range(chunks)], procs)
 
 
-def build_question_drills(n_per_cell: int, chunks: int, work: Path, procs: int) -> list[tuple]:
-    """Contrast instances of the generation cells with n_r = 0 only, 2 contexts x 3 questions:
-    retrieval asked in GAR's own question templates ("So Karen wants to go to ▁", four words
+def build_question_drills(n_per_cell: int, chunks: int, work: Path, procs: int, family: str = "gen",
+                          n_rs: tuple[int, ...] = (0,)) -> list[tuple]:
+    """Contrast instances of the ``family`` cells with n_r in ``n_rs`` (default 0), 2 contexts x
+    3 questions.
+
+    gen: retrieval asked in GAR's own question templates ("So Karen wants to go to ▁", four words
     between the query and the answer, a template other than the context's). Why: with the
     drills, ``sub_assoc`` ("So Karen likes ▁") reached 0.93 where GAR's n_r = 0 question stayed
-    at 0.40-0.45 (docs/results.md, session 7). Examples: (text, ranges, 'question', 0, '')."""
+    at 0.40-0.45 (docs/results.md, session 7). Examples: (text, ranges, 'question', 0, '').
+    cls: the verification asked the same way ("... that Karen wants to go to Paris? Answer: No"),
+    the bridge from the Yes/No drills, which verified while GAR's label read none of it; it
+    carried over to n_r = 0 only, the n_r asked (session 9). Examples: (text, ranges,
+    'cls_question', n_r, '')."""
     if n_per_cell <= 0:
         return []
-    got = _cached_chunks(work / f"question_v1_n{n_per_cell}_k{chunks}.json", _contrast_chunk,
-                         [(n_per_cell, 1000 + k, 2, 3, "gen", 0) for k in range(chunks)], procs)
-    return [(t, [tuple(x) for x in r], "question", 0, "") for t, r, *_ in got]
+    name, base, tag = ("question", 1000, "question") if family == "gen" else ("cls_question", 2000, "cls_question")
+    nr_tag = "" if tuple(n_rs) == (0,) else "_nr" + "".join(map(str, n_rs))
+    got = _cached_chunks(work / f"{name}_v1_n{n_per_cell}_k{chunks}{nr_tag}.json", _contrast_chunk,
+                         [(n_per_cell, base + k, 2, 3, family, *n_rs) for k in range(chunks)], procs)
+    return [(t, [tuple(x) for x in r], tag, n_r, "") for t, r, _, n_r, _ in got]
 
 
 def _cached_chunks(cache: Path, fn, jobs: list[tuple], procs: int) -> list[tuple]:
@@ -352,7 +361,7 @@ def item_flipper(profile: str = "v1"):
 
 
 def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks: int = 0,
-                       forms: tuple[str, ...] = ("verb",)) -> list[tuple]:
+                       forms: tuple[str, ...] = ("verb",), label_cue: str = "") -> list[tuple]:
     """One drill per GAR training text: its last row's context ``< a. b. c. >.`` followed by every
     context item asked back in shuffled order (``So b. So a. So c.``), loss on the repeated
     items: the in-context association sub-skill (GAR's ``sub_assoc``) asked densely, since
@@ -388,6 +397,10 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
       the boy? Answer:");
     - ``match`` asks whether two context entities are the same, ``So Tokyo Paris? No.``
       (``match_question``): the comparison alone, with the value to compare in the input.
+
+    ``label_cue``: words between the question mark and a Yes/No label (``"Answer:"``: ``So Tokyo
+    Paris? Answer: No.``), so that the label sits where GAR's classification puts it: without
+    it, verification formed on the drills (0.84) but GAR's label position read none of it.
 
     ``backward`` and the Yes/No forms (``LABEL_FORMS``) skip a text whose items do not split into
     two entities each ("Energetic Donna"), ``flip`` one whose items match no task row's template.
@@ -435,7 +448,7 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
                         statement = _mid_sentence(statement)
                         if form == "verify-at-key":
                             statement = without_template_words(statement)
-                    drill += statement + "? "
+                    drill += statement + "? " + (label_cue + " " if label_cue else "")
                     ranges.append((len(drill), len(drill) + len(label)))
                     drill += label + "."
                     continue
@@ -453,10 +466,28 @@ def association_drills(examples: list[tuple], seed: int, n_items: int = 3, asks:
     return out
 
 
-def drills_first_indices(offset: int, drills: list[tuple]) -> list[int]:
-    """Positions of the drills of ``FIRST_FORMS`` among the training examples, when ``drills``
-    (``association_drills``) start at ``offset``: what ``--drill-first`` trains on first."""
-    return [offset + i for i, d in enumerate(drills) if d[4] in FIRST_FORMS]
+def drill_indices(offset: int, drills: list[tuple], forms: tuple[str, ...] = FIRST_FORMS) -> list[int]:
+    """Positions of the drills of ``forms`` among the training examples, when ``drills``
+    (``association_drills``) start at ``offset``: what ``--drill-first`` trains on first
+    (``FIRST_FORMS``), ``--drill-then`` next, and each ``--drill-compare`` phase (one Yes/No form)."""
+    return [offset + i for i, d in enumerate(drills) if d[4] in forms]
+
+
+def compare_forms(forms: list[str]) -> list[str]:
+    """The Yes/No forms among ``forms``, in their order: ``--drill-compare`` gives each a phase
+    of its own in this order (the token comparison ``match`` before the verification that needs
+    it, when listed so; trained mixed, only ``match`` formed)."""
+    return [f for f in forms if f in LABEL_FORMS]
+
+
+def phase_batch(step: int, phases: list[tuple[int, list[list[int]]]]) -> list[int] | None:
+    """The batch of ``step`` in the drill phases ((steps, batches) in order, each cycling through
+    its batches), or None once they are over: the main phase's batches follow the epoch instead."""
+    for n, order in phases:
+        if step < n:
+            return order[step % len(order)]
+        step -= n
+    return None
 
 
 def pack_facts(facts: list[tuple[str, int, int]], per_seq: int, repeats: int, seed: int) -> list[tuple]:
@@ -477,7 +508,7 @@ def pack_facts(facts: list[tuple[str, int, int]], per_seq: int, repeats: int, se
     return out
 
 
-CLS_FAMILIES = ("cls", "contrast_cls")
+CLS_FAMILIES = ("cls", "contrast_cls", "cls_question")
 
 
 def candidate_positions(ids: list[int], pattern: list[int]) -> list[int]:
@@ -529,6 +560,27 @@ def make_model(args, vocab_size: int, tokenizer):
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id, attn_implementation="sdpa")
     return LlamaForCausalLM(cfg)
+
+
+def load_weights(model, folder: Path) -> None:
+    """Start ``model`` from a saved model folder's weights (any storage dtype); ValueError when
+    they do not fit its shape, rather than a partial load."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        src = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        model.load_state_dict(src.state_dict())
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ValueError(f"its weights do not fit this model ({str(e).splitlines()[0]})") from None
+
+
+def cosine_lr(lr: float, step: int, warmup: int, frac: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % of ``lr`` as ``frac`` (the
+    share of the schedule done: of the steps, or of the time budget) goes from 0 to 1."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, frac)))))
 
 
 def batches_for_epoch(lengths: list[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
@@ -718,6 +770,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drill-then", type=int, default=0,
                     help="steps after --drill-first that train on the drills of every form only "
                          "(backward retrieval and the rest build on forward retrieval there)")
+    ap.add_argument("--drill-compare", type=int, nargs="+", default=[0],
+                    help="steps of each Yes/No drill form (match, verify-at-key, verify) after --drill-then, "
+                         "one form at a time in the order --drill-forms lists them: each comparison gets "
+                         "a phase of its own (one number for every form, or one per form)")
+    ap.add_argument("--cls-question-drills", type=int, default=0,
+                    help="contrast instances per classification cell (n_r in --cls-question-nr) and chunk "
+                         "(generator seeds 2000+): verification in GAR's question templates; with "
+                         "--drill-compare also a comparison phase of their own, the last")
+    ap.add_argument("--cls-question-nr", type=int, nargs="+", choices=(0, 1, 2), default=[0],
+                    help="the n_r of the classification cells the --cls-question-drills ask")
+    ap.add_argument("--label-cue", default="",
+                    help='words between "?" and the label of the Yes/No drills ("Answer:" puts the '
+                         "label where GAR's classification asks it)")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="a model folder (same shape and tokenizer) whose weights start the run: "
+                         "a new phase on a trained organism without repeating the phases before")
+    ap.add_argument("--lr-schedule", choices=("steps", "minutes"), default="steps",
+                    help="the cosine decay follows the step count (reproducible) or the wall time "
+                         "left under --max-minutes (a fixed time budget on an unknown machine)")
     ap.add_argument("--drill-asks", type=int, default=0,
                     help="items asked per drill, drawn with replacement (0: each item once, shuffled)")
     ap.add_argument("--contrast-per-cell", type=int, default=0,
@@ -751,6 +822,19 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--main-drill-share {args.main_drill_share}: not a share between 0 and 1")
     if args.drill_then and not args.drills:
         ap.error("--drill-then needs the association drills")
+    if any(args.drill_compare) and not args.cls_question_drills and (
+            not args.drills or not set(args.drill_forms) & set(LABEL_FORMS)):
+        ap.error("--drill-compare needs drills of a Yes/No form (--drill-forms verify, verify-at-key or match)")
+    n_compare = len(compare_forms(args.drill_forms)) + (1 if args.cls_question_drills else 0)
+    if len(args.drill_compare) == 1:
+        args.drill_compare = args.drill_compare * n_compare
+    elif len(args.drill_compare) != n_compare:
+        ap.error(f"--drill-compare: {len(args.drill_compare)} numbers for {n_compare} comparison phases "
+                 f"(Yes/No drill forms, and the classification question drills)")
+    if args.init_from and not (args.init_from / "config.json").is_file():
+        ap.error(f"--init-from {args.init_from}: no model folder (config.json) there")
+    if args.lr_schedule == "minutes" and args.max_minutes is None:
+        ap.error("--lr-schedule minutes needs --max-minutes")
 
     import torch
     from tqdm import tqdm
@@ -762,6 +846,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     ckpt = args.work / "checkpoint.pt"
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: the model is small, steps are many
     state = torch.load(ckpt, weights_only=False, map_location="cpu") if args.resume and ckpt.is_file() else None
     prev_wall = state["wall_s"] if state else 0.0
 
@@ -770,18 +856,27 @@ def main(argv: list[str] | None = None) -> int:
     t_data = time.time() - t0
     facts = fact_sentences("v1")
     fact_examples = pack_facts(facts, args.facts_per_seq, args.fact_repeats, args.seed)
-    drills = (association_drills(examples, args.seed, asks=args.drill_asks, forms=tuple(args.drill_forms))
-              if args.drills else [])
+    drills = (association_drills(examples, args.seed, asks=args.drill_asks, forms=tuple(args.drill_forms),
+                                 label_cue=args.label_cue) if args.drills else [])
     contrast = build_contrast(args.contrast_per_cell, args.contrast_chunks, args.contrast_ctx,
                               args.contrast_q, args.work, args.gen_procs)
-    warm_idx = drills_first_indices(len(examples) + len(fact_examples), drills)
-    drill_idx = range(len(examples) + len(fact_examples), len(examples) + len(fact_examples) + len(drills))
-    then_idx = list(drill_idx)
+    off = len(examples) + len(fact_examples)  # where the drills start among the examples
+    drill_idx = range(off, off + len(drills))
+    warm_idx = drill_indices(off, drills)
+    # with --drill-compare the Yes/No drills wait for their own phases, one form each
+    then_idx = drill_indices(off, drills, tuple(f for f in DRILL_FORMS
+                                                if not (any(args.drill_compare) and f in LABEL_FORMS)))
+    compare_idx = [drill_indices(off, drills, (f,)) for f in compare_forms(args.drill_forms)]
     examples = examples + fact_examples + drills + contrast
     tokenizer_texts = [e[0] for e in examples]  # question drills add no word: same ids with or without
     questions = build_question_drills(args.question_drills, args.contrast_chunks, args.work, args.gen_procs)
     then_idx += list(range(len(examples), len(examples) + len(questions)))
     examples += questions
+    cls_questions = build_question_drills(args.cls_question_drills, args.contrast_chunks, args.work,
+                                          args.gen_procs, family="cls", n_rs=tuple(args.cls_question_nr))
+    if cls_questions:  # the last comparison phase, after the Yes/No drills
+        compare_idx.append(list(range(len(examples), len(examples) + len(cls_questions))))
+    examples += cls_questions
     tok_dir = args.work / "tokenizer"
     if (state and tok_dir.is_dir()) or args.tokenizer_from:
         from transformers import PreTrainedTokenizerFast
@@ -796,13 +891,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(data)} sequences, {sum(lengths)} tokens, {n_targets} target tokens, "
           f"vocab {len(tokenizer)}, generated in {t_data:.0f} s; of these {len(fact_examples)} "
           f"sequences of {len(facts)} vocabulary facts x {args.fact_repeats} and {len(drills)} "
-          f"association drills, {len(contrast)} contrast instances, {len(questions)} question drills", flush=True)
+          f"association drills, {len(contrast)} contrast instances, {len(questions)} question drills, "
+          f"{len(cls_questions)} classification question drills", flush=True)
 
     from gar_tasks.generate import GeneratorConfig
     val = GeneratorConfig(profile="v1", split="validation").build()
     random.Random(1).shuffle(val)
 
-    model = make_model(args, len(tokenizer), tokenizer).to(device)
+    model = make_model(args, len(tokenizer), tokenizer)
+    if args.init_from and not state:  # a resumed run has its own weights
+        try:
+            load_weights(model, args.init_from)
+        except ValueError as e:
+            ap.error(f"--init-from {args.init_from}: {e}")
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params} parameters", flush=True)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -811,10 +913,11 @@ def main(argv: list[str] | None = None) -> int:
                              {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        frac = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        if args.lr_schedule == "minutes":  # the share of the time left when the loop began
+            frac = (time.time() - t_loop) / max(1.0, 60 * args.max_minutes - prev_wall - (t_loop - t_start))
+        else:
+            frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return cosine_lr(args.lr, step, args.warmup, frac)
 
     step, epoch, pos = 0, 0, 0
     history: list[dict] = []
@@ -830,9 +933,10 @@ def main(argv: list[str] | None = None) -> int:
         return subset_batches(lengths, keep, args.batch_tokens, args.seed, ep)
 
     order = main_order(epoch)
-    # the drills-first phase: its batch depends on the step alone, so a resumed run continues it
-    warm_order = subset_batches(lengths, warm_idx, args.batch_tokens, args.seed, -1) if args.drill_first else []
-    then_order = subset_batches(lengths, then_idx, args.batch_tokens, args.seed, -2) if args.drill_then else []
+    # the drill phases: a batch depends on the step alone, so a resumed run continues them
+    phases = [(args.drill_first, warm_idx), (args.drill_then, then_idx)] + list(zip(args.drill_compare, compare_idx))
+    phase_orders = [(n, subset_batches(lengths, idx, args.batch_tokens, args.seed, -1 - k) if n else [])
+                    for k, (n, idx) in enumerate(phases)]
 
     def save_ckpt() -> None:
         tmp = ckpt.with_suffix(".tmp")
@@ -843,14 +947,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model.train()
     stopped_early = None
+    t_loop = time.time()
     bar = tqdm(total=args.steps, initial=step, desc="train", mininterval=5, file=sys.stdout)
     ema = None
     while step < args.steps:
-        if step < args.drill_first:
-            batch = warm_order[step % len(warm_order)]
-        elif step < args.drill_first + args.drill_then:
-            batch = then_order[(step - args.drill_first) % len(then_order)]
-        else:
+        batch = phase_batch(step, phase_orders)
+        if batch is None:
             if pos >= len(order):
                 epoch, pos = epoch + 1, 0
                 order = main_order(epoch)
@@ -906,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
                  "seeds": list(range(args.chunks)), "sequences": len(data), "tokens": sum(lengths),
                  "target_tokens": n_targets, "facts": len(facts),
                  "fact_sequences": len(fact_examples), "association_drills": len(drills), "question_drills": len(questions),
+                 "cls_question_drills": len(cls_questions),
                  "contrast_instances": len(contrast),
                  "epochs_seen": round(epoch + pos / max(1, len(order)), 3)},
         "model_size": {"parameters": n_params, "storage_dtype": args.dtype,

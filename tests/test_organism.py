@@ -1,9 +1,10 @@
 """The GAR model organism shipped in the package: it loads offline, its weights are the ones
 the training record describes, its tokenizer agrees with the record spans and with lm-eval's
-encoding, lm-eval scores it doc by doc as plain torch does, and its generation accuracy is far
-above what a broken loader, tokenizer or scoring path gives (CI never retrains). The shipped
-checkpoint does not solve GAR (docs/results.md: gen 0.54, n_r = 0 0.77, cls at chance), so the
-floors are on generation only, not the issue's 0.8."""
+encoding, lm-eval scores it doc by doc as plain torch does, its generation accuracy is far
+above what a broken loader, tokenizer or scoring path gives, and its True/False heads carry its
+classification (CI never retrains). The shipped checkpoint does not solve GAR (docs/results.md:
+gen 0.72, n_r = 0 0.91; cls 0.58, n_r = 0 0.66), so the floors are loose and the classification
+check is on n_r = 0, not the issue's 0.8."""
 
 from __future__ import annotations
 
@@ -195,21 +196,21 @@ def nr0_plain(folder) -> dict:
 
 def test_lm_eval_n_r_0_generation_selects_the_item_by_the_query(nr0_plain):
     """gen n_r = 0 asks which of three context items the query names: copying any item of the
-    right type scores about 1/3 (the previous checkpoint: 0.25 on these 24 docs, 0.27 on all
-    192), selecting it by the query scores far more (the shipped one: 0.96 here, 0.77 on all)."""
+    right type scores about 1/3 (the second run: 0.25 on these 24 docs, 0.27 on all 192),
+    selecting it by the query scores far more (the shipped one: 0.96 here, 0.91 on all)."""
     leaves = {k: v for k, v in nr0_plain.items() if k.startswith("gar_v1_gen_nr0_")}
-    assert len(leaves) == 3, sorted(res["results"])
+    assert len(leaves) == 3, sorted(nr0_plain)
     acc = sum(v["acc,none"] for v in leaves.values()) / len(leaves)
     assert acc >= 0.6, leaves
 
 
 def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_heads(folder, loaded, nr0_plain,
                                                                                     tmp_path):
-    """The issue's intervention check, on generation (classification is still at chance): the
-    heads `gar patch` ranks first on gen n_r = 0 query-swap pairs are zeroed through lm-eval
-    (`gar-hf-intervened`), and n_r = 0 accuracy falls to about the 1/3 of copying any context
-    item, far below five draws of as many random heads (docs/results.md: 0.77 -> 0.33 against
-    0.60 +- 0.16 for ten draws, all 192 docs)."""
+    """The issue's intervention check, on generation: the heads `gar patch` ranks first on gen
+    n_r = 0 query-swap pairs are zeroed through lm-eval (`gar-hf-intervened`), and n_r = 0
+    accuracy falls to about the 1/3 of copying any context item, below five draws of as many
+    random heads (measured on these 24 docs: 0.96 -> 0.33; random 1.00, 0.08, 0.33, 1.00, 0.96;
+    run 16 on all 192 docs: 0.77 -> 0.33 against 0.60 +- 0.16 for ten draws)."""
     import numpy as np
 
     from interp.commands.patch import PatchArgs, run_patch, top_heads
@@ -228,3 +229,25 @@ def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_he
               for i in range(5)]
     assert base - targeted >= 0.3, (heads, base, targeted)
     assert targeted < sum(random) / len(random) - 0.15, (heads, targeted, random)
+
+
+def test_true_and_false_heads_gar_heads_finds_carry_the_classification_margin(tmp_path):
+    """The issue's check on classification, on n_r = 0, where the organism classifies (0.66 on
+    the test split, docs/results.md). `gar heads` labels True and False heads; zeroing its top
+    three of each (1.7, 1.3, 3.1; 3.6, 3.5, 0.3) takes the Yes/No margin (logit(gold) -
+    logit(other)) from 1.42 to 0.01, below five draws of as many random heads (ten draws: 0.54
+    +- 0.63; accuracy 0.64 -> 0.50 against 0.54 +- 0.05). A model at one label has no margin to
+    take away (run 16: -0.18 on either label)."""
+    from interp.commands.heads import HeadsArgs, run_heads
+    from interp.commands.intervene import InterveneArgs, run_intervene
+
+    run_heads(HeadsArgs(model="organism", out=str(tmp_path / "h"), tasks="cls_nr0", config="v1", n=32, threads=1))
+    found = json.loads((tmp_path / "h" / "heads.json").read_text())
+    assert len(found["true_heads"]) >= 3 and len(found["false_heads"]) >= 3, found["n_labelled"]
+    spec = ";".join(f"{layer}:{head}" for layer, head in found["true_heads"][:3] + found["false_heads"][:3])
+    run_intervene(InterveneArgs(model="organism", mode="ablate", out=str(tmp_path / "i"), heads=spec,
+                                tasks="cls_nr0", config="v1", n=64, random_draws=5, threads=1))
+    overall = json.loads((tmp_path / "i" / "intervene.json").read_text())["overall"]
+    base, targeted, random = (overall[k] for k in ("baseline", "targeted", "random"))
+    assert base["acc"] >= 0.58 and base["metric"] >= 0.8, overall
+    assert targeted["metric"] < random["metric"]["mean"] - 0.4, (spec, overall)

@@ -125,7 +125,7 @@ def test_drills_first_phase_takes_only_the_at_key_and_adjacent_drills(recipe, tr
     forms = ["adjacent", "verb", "backward", "two-row", "at-key"]
     drills = recipe.association_drills(sample, seed=0, asks=3, forms=tuple(forms))
     examples = [("gar",)] * 5 + drills
-    idx = recipe.drills_first_indices(5, drills)
+    idx = recipe.drill_indices(5, drills)
     by_form = {f: [d[0] for d in recipe.association_drills(sample, seed=0, asks=3, forms=(f,))] for f in forms}
     assert len(by_form["backward"]) < len(by_form["verb"])  # some texts do not split: counts differ
     assert sorted(examples[i][0] for i in idx) == sorted(by_form["adjacent"] + by_form["at-key"])
@@ -335,7 +335,7 @@ def test_probe_at_key_drills_put_the_value_right_after_its_key():
 
 def test_drill_evaluation_scores_only_retrieved_values(capsys, monkeypatch):
     """scripts/eval_drills.py on the shipped organism: it retrieves by the key in both forms
-    (0.92 verb, 0.93 at-key on these 60 contexts; docs/results.md). Reading the prediction one
+    (0.92 verb, 0.89 at-key on these 60 contexts; docs/results.md). Reading the prediction one
     position late or early drops both below 0.2 (measured by mutating the script); a bad source
     is a usage error."""
     import json
@@ -352,6 +352,25 @@ def test_drill_evaluation_scores_only_retrieved_values(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         mod.main([str(folder.parent), "--n", "1"])
     assert e.value.code == 2
+
+
+def test_cls_signal_finds_the_generation_answer_before_the_candidate(capsys, monkeypatch):
+    """eval_drills --gar-cls on the shipped organism: before a Yes row's candidate the model
+    predicts that very candidate (its generation answer; 0.95 on these 60 n_r = 0 rows), before a
+    No row's candidate rarely (0.02); its label separates them (Yes-minus-No +1.24 / -1.01; run 16:
+    0.57 / 0.17 and no separation). Reading one position off gives about 0 for both."""
+    import json
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("eval_drills", SCRIPT.parent / "eval_drills.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    folder = SCRIPT.parents[1] / "gar_tasks" / "data" / "organism"
+    assert mod.main([str(folder), "--n", "1", "--contexts", "600", "--forms", "match", "--gar-cls", "120"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["gar_cls"]["nr0"]
+    assert out["Yes"]["n"] == out["No"]["n"] == 60
+    assert out["Yes"]["candidate_predicted"] >= 0.4 > 0.3 >= out["No"]["candidate_predicted"], out
+    assert out["Yes"]["label_yes_minus_no"] > out["No"]["label_yes_minus_no"] + 1.0, out
 
 
 def test_verify_drills_are_true_only_for_context_pairs(recipe, train_texts):
@@ -417,6 +436,90 @@ def test_verify_at_key_and_match_drills_label_what_the_context_states(recipe, tr
     assert [d for d in drills if d[4] == "verify"] == alone
 
 
+def test_label_cue_puts_the_yes_no_label_where_gar_asks_it(recipe, train_texts):
+    """``label_cue``: "So Tokyo Paris? Answer: No." -- the same drills with the cue between the
+    question mark and every label, and the label ranges moved onto the labels."""
+    sample = random.Random(7).sample(train_texts, 60)
+    forms = ("at-key", "match", "verify-at-key", "verify")
+    plain = recipe.association_drills(sample, seed=0, asks=6, forms=forms)
+    cued = recipe.association_drills(sample, seed=0, asks=6, forms=forms, label_cue="Answer:")
+    assert len(plain) == len(cued) and len(cued) > 100
+    n_cued = 0
+    for (pt, pr, *prest), (ct, cr, *crest) in zip(plain, cued):
+        assert prest == crest
+        if crest[-1] == "at-key":
+            assert (pt, pr) == (ct, cr)
+            continue
+        cut = ct.rindex(" >. So ")  # the demonstration row's own "Answer:" stays
+        assert ct[:cut] == pt[:cut] and ct[cut:].replace("? Answer: ", "? ") == pt[cut:]
+        for (a, b), (pa, pb) in zip(cr, pr):
+            assert ct[a - 10:a] == "? Answer: " and ct[a:b] == pt[pa:pb] in ("Yes", "No")
+            n_cued += 1
+    assert n_cued > 300
+
+
+def test_compare_phases_train_one_yes_no_form_each_in_the_listed_order(recipe):
+    """--drill-compare N: N steps of each Yes/No form, in the order --drill-forms lists them,
+    after the drills-first and drills-then phases; then the main phase (None)."""
+    assert recipe.compare_forms(["at-key", "verify", "match", "flip", "verify-at-key"]) == [
+        "verify", "match", "verify-at-key"]
+    assert recipe.compare_forms(["at-key", "backward"]) == []
+    phases = [(2, [[1], [2], [3]]), (0, []), (3, [[7], [8]])]
+    got = [recipe.phase_batch(s, phases) for s in range(6)]
+    assert got == [[1], [2], [7], [8], [7], None]
+    drills = [("", [], "drill", -1, f) for f in ("at-key", "match", "verify", "match", "adjacent")]
+    assert recipe.drill_indices(10, drills) == [10, 14]
+    assert recipe.drill_indices(10, drills, ("match",)) == [11, 13]
+
+
+def test_init_from_loads_a_saved_folder_and_refuses_another_shape(recipe, tmp_path):
+    import argparse
+
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(Path(__file__).resolve().parents[1] / "gar_tasks" / "data" / "organism")
+    shape = dict(d_model=32, layers=2, heads=4, kv_heads=2, mlp=64)
+    torch.manual_seed(0)
+    saved = recipe.make_model(argparse.Namespace(**shape), len(tok), tok)
+    saved.to(torch.float16).save_pretrained(tmp_path / "m")
+    fresh = recipe.make_model(argparse.Namespace(**shape), len(tok), tok)
+    assert not torch.equal(fresh.model.embed_tokens.weight, saved.model.embed_tokens.weight.float())
+    recipe.load_weights(fresh, tmp_path / "m")
+    for (name, a), b in zip(fresh.state_dict().items(), saved.state_dict().values()):
+        assert a.dtype == torch.float32 and torch.equal(a, b.float()), name
+    wider = recipe.make_model(argparse.Namespace(**(shape | {"mlp": 96})), len(tok), tok)
+    with pytest.raises(ValueError, match="do not fit"):
+        recipe.load_weights(wider, tmp_path / "m")
+
+
+def test_cosine_schedule_warms_up_then_decays_to_five_percent(recipe):
+    assert recipe.cosine_lr(1.0, 0, 10, 0.0) == pytest.approx(0.1)
+    assert recipe.cosine_lr(1.0, 9, 10, 0.0) == pytest.approx(1.0)
+    assert recipe.cosine_lr(1.0, 10, 10, 0.0) == pytest.approx(1.0)
+    assert recipe.cosine_lr(1.0, 50, 10, 0.5) == pytest.approx(0.525)
+    assert recipe.cosine_lr(1.0, 50, 10, 1.0) == pytest.approx(0.05)
+    assert recipe.cosine_lr(1.0, 50, 10, 3.0) == pytest.approx(0.05)  # past the time budget
+
+
+def test_new_phase_options_refuse_what_they_cannot_do(tmp_path):
+    import subprocess
+    import sys
+
+    def last_line(*argv):
+        r = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True)
+        return r.returncode, r.stderr.strip().splitlines()[-1]
+
+    code, line = last_line("--drill-compare", "10", "--drill-forms", "at-key")
+    assert code == 2 and "--drill-compare needs drills of a Yes/No form" in line
+    code, line = last_line("--drill-compare", "10", "20", "--drill-forms", "at-key", "match")
+    assert code == 2 and "--drill-compare: 2 numbers for 1 comparison phases" in line
+    code, line = last_line("--lr-schedule", "minutes")
+    assert code == 2 and "--lr-schedule minutes needs --max-minutes" in line
+    code, line = last_line("--init-from", str(tmp_path))
+    assert code == 2 and "no model folder (config.json) there" in line
+
+
 def test_question_drills_ask_gar_questions_of_the_n_r_0_generation_cells(recipe, tmp_path):
     """--question-drills: contrast instances of the generation cells with n_r = 0 only, each
     answer a value of its own row's context, asked in the cell's question template; cached."""
@@ -433,6 +536,31 @@ def test_question_drills_ask_gar_questions_of_the_n_r_0_generation_cells(recipe,
             assert answer and answer in ctx and text[b:b + 1] in ("\n", "")
     assert recipe.build_question_drills(2, 1, tmp_path, 1) == got  # from the cache
     assert (tmp_path / "question_v1_n2_k1.json").is_file() and recipe.build_question_drills(0, 1, tmp_path, 1) == []
+
+
+def test_cls_question_drills_ask_gar_verifications_of_the_n_r_0_cells(recipe, tmp_path):
+    """--cls-question-drills: contrast instances of the classification cells with n_r = 0 (rows
+    rendered by the package's own renderer from ``contrast_instance``'s labelled rows), the loss
+    range on each row's Yes/No label, both labels present; cached apart from the generation ones."""
+    got = recipe.build_question_drills(2, 1, tmp_path, 1, family="cls")
+    n_cells = sum(c.family == "cls" and c.n_r == 0 for c in GeneratorConfig(profile="v1", split="test").cells())
+    assert n_cells > 0 and len(got) == 2 * n_cells
+    assert {g[2:] for g in got} == {("cls_question", 0, "")}
+    labels = []
+    for text, ranges, *_ in got:
+        rows = text.rstrip("\n").split("\n")
+        assert len(rows) == 6 and len(ranges) == 6
+        for row, (a, b) in zip(rows, ranges):
+            labels.append(text[a:b].strip())
+            assert row.rstrip().endswith("Answer: " + labels[-1])
+    assert set(labels) == {"Yes", "No"} and 0.25 < labels.count("No") / len(labels) < 0.75
+    assert (tmp_path / "cls_question_v1_n2_k1.json").is_file()
+    assert recipe.build_question_drills(2, 1, tmp_path, 1, family="cls") == got
+    assert recipe.build_question_drills(2, 1, tmp_path, 1)[0][0] != got[0][0]  # its own cache and seeds
+    deeper = recipe.build_question_drills(1, 1, tmp_path, 1, family="cls", n_rs=(1, 2))
+    cells = [c for c in GeneratorConfig(profile="v1", split="test").cells() if c.family == "cls"]
+    assert len(deeper) == sum(c.n_r in (1, 2) for c in cells)
+    assert {g[3] for g in deeper} == {1, 2} and (tmp_path / "cls_question_v1_n1_k1_nr12.json").is_file()
 
 
 def test_flip_states_each_context_item_in_the_other_orientation(recipe, train_texts):
