@@ -774,6 +774,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="steps of each Yes/No drill form (match, verify-at-key, verify) after --drill-then, "
                          "one form at a time in the order --drill-forms lists them: each comparison gets "
                          "a phase of its own (one number for every form, or one per form)")
+    ap.add_argument("--compare-mixed", action="store_true",
+                    help="one --drill-compare phase for all the Yes/No forms together, which also stay in "
+                         "the drills-then phase (how the shipped lineage's first run, v3, trained)")
     ap.add_argument("--cls-question-drills", type=int, default=0,
                     help="contrast instances per classification cell (n_r in --cls-question-nr) and chunk "
                          "(generator seeds 2000+): verification in GAR's question templates; with "
@@ -825,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(args.drill_compare) and not args.cls_question_drills and (
             not args.drills or not set(args.drill_forms) & set(LABEL_FORMS)):
         ap.error("--drill-compare needs drills of a Yes/No form (--drill-forms verify, verify-at-key or match)")
-    n_compare = len(compare_forms(args.drill_forms)) + (1 if args.cls_question_drills else 0)
+    n_compare = (min(1, len(compare_forms(args.drill_forms))) if args.compare_mixed
+                 else len(compare_forms(args.drill_forms))) + (1 if args.cls_question_drills else 0)
     if len(args.drill_compare) == 1:
         args.drill_compare = args.drill_compare * n_compare
     elif len(args.drill_compare) != n_compare:
@@ -864,9 +868,11 @@ def main(argv: list[str] | None = None) -> int:
     drill_idx = range(off, off + len(drills))
     warm_idx = drill_indices(off, drills)
     # with --drill-compare the Yes/No drills wait for their own phases, one form each
-    then_idx = drill_indices(off, drills, tuple(f for f in DRILL_FORMS
-                                                if not (any(args.drill_compare) and f in LABEL_FORMS)))
-    compare_idx = [drill_indices(off, drills, (f,)) for f in compare_forms(args.drill_forms)]
+    # (--compare-mixed: one phase for them all, and they stay in the drills-then phase)
+    then_idx = drill_indices(off, drills, tuple(
+        f for f in DRILL_FORMS if args.compare_mixed or not (any(args.drill_compare) and f in LABEL_FORMS)))
+    compare_idx = ([drill_indices(off, drills, LABEL_FORMS)] if args.compare_mixed and compare_forms(args.drill_forms)
+                   else [drill_indices(off, drills, (f,)) for f in compare_forms(args.drill_forms)])
     examples = examples + fact_examples + drills + contrast
     tokenizer_texts = [e[0] for e in examples]  # question drills add no word: same ids with or without
     questions = build_question_drills(args.question_drills, args.contrast_chunks, args.work, args.gen_procs)

@@ -514,6 +514,8 @@ def test_new_phase_options_refuse_what_they_cannot_do(tmp_path):
     assert code == 2 and "--drill-compare needs drills of a Yes/No form" in line
     code, line = last_line("--drill-compare", "10", "20", "--drill-forms", "at-key", "match")
     assert code == 2 and "--drill-compare: 2 numbers for 1 comparison phases" in line
+    code, line = last_line("--compare-mixed", "--drill-compare", "10", "20", "--drill-forms", "at-key", "match", "verify")
+    assert code == 2 and "--drill-compare: 2 numbers for 1 comparison phases" in line  # mixed: one phase
     code, line = last_line("--lr-schedule", "minutes")
     assert code == 2 and "--lr-schedule minutes needs --max-minutes" in line
     code, line = last_line("--init-from", str(tmp_path))
