@@ -191,6 +191,11 @@ def random_heads(n: int, exclude: Sequence[Head] = (), n_layers: int = 0, n_head
     return sorted(random.Random(seed).sample(pool, n))
 
 
+def format_heads(heads: Sequence[Sequence[int]]) -> str:
+    """``"14:0;15:3"``: the spec ``parse_heads`` reads back (and lm-eval's command line keeps)."""
+    return ";".join(f"{int(l)}:{int(h)}" for l, h in heads)
+
+
 def parse_heads(spec: Any) -> list[Head]:
     """Heads from ``"14:0;15:3"`` (also ``"14.0;15.3"``, ``"14-0"``; ``;`` or whitespace between heads).
 

@@ -44,7 +44,7 @@ from gar_tasks.errors import GARConfigError
 
 from .core.encode import ClsPrompts
 from .core.loader import input_device
-from .intervene import Head, install, random_heads
+from .intervene import Head, format_heads, install, random_heads
 from .model import forward_kwargs
 
 OUTPUTS = ("intervene.json", "intervene.md")
@@ -226,7 +226,7 @@ def summarize(enc: ClsPrompts, baseline: tuple[Any, Any], targeted: tuple[Any, A
 
 
 def _fmt_heads(heads: Sequence[Sequence[int]]) -> str:
-    return ";".join(f"{l}:{h}" for l, h in heads) or "-"
+    return format_heads(heads) or "-"
 
 
 def report_md(info: dict[str, Any]) -> str:

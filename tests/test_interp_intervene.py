@@ -9,7 +9,7 @@ import pytest
 from tiny_models import N_HEADS, N_LAYERS, one_thread, tiny_model
 
 from gar_tasks.errors import GARConfigError
-from interp.intervene import head_means, install, intervened, parse_heads, random_heads
+from interp.intervene import format_heads, head_means, install, intervened, parse_heads, random_heads
 from interp.sites import head_sites
 from torch_reference import capture
 
@@ -179,6 +179,7 @@ def test_bad_arguments():
             install(model, **kwargs)
     assert not any(m._forward_pre_hooks for m in model.modules())
     assert parse_heads("14:0;15:3") == parse_heads("14.0;15.3") == [(14, 0), (15, 3)]
+    assert format_heads([(14, 0), (15, 3)]) == "14:0;15:3" and parse_heads(format_heads([(3, 10)])) == [(3, 10)]
     for bad in (14.0, "14,0", "x:1"):
         with pytest.raises(GARConfigError):
             parse_heads(bad)

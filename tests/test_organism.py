@@ -182,7 +182,9 @@ def nr0_results(folder, heads=()) -> dict:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    spec = ";".join(f"{layer}:{head}" for layer, head in heads)
+    from interp.intervene import format_heads
+
+    spec = format_heads(heads)
     model, args = (("gar-hf-intervened", f"pretrained={folder},dtype=float32,heads={spec},mode=ablate")
                    if heads else ("hf", f"pretrained={folder},dtype=float32"))
     return simple_evaluate(model=model, model_args=args, tasks=["gar_v1_gen_nr0"], limit=8, batch_size=24,
@@ -240,11 +242,12 @@ def test_true_and_false_heads_gar_heads_finds_carry_the_classification_margin(tm
     take away (run 16: -0.18 on either label)."""
     from interp.commands.heads import HeadsArgs, run_heads
     from interp.commands.intervene import InterveneArgs, run_intervene
+    from interp.intervene import format_heads
 
     run_heads(HeadsArgs(model="organism", out=str(tmp_path / "h"), tasks="cls_nr0", config="v1", n=32, threads=1))
     found = json.loads((tmp_path / "h" / "heads.json").read_text())
     assert len(found["true_heads"]) >= 3 and len(found["false_heads"]) >= 3, found["n_labelled"]
-    spec = ";".join(f"{layer}:{head}" for layer, head in found["true_heads"][:3] + found["false_heads"][:3])
+    spec = format_heads(found["true_heads"][:3] + found["false_heads"][:3])
     run_intervene(InterveneArgs(model="organism", mode="ablate", out=str(tmp_path / "i"), heads=spec,
                                 tasks="cls_nr0", config="v1", n=64, random_draws=5, threads=1))
     overall = json.loads((tmp_path / "i" / "intervene.json").read_text())["overall"]
