@@ -490,6 +490,18 @@ def phase_batch(step: int, phases: list[tuple[int, list[list[int]]]]) -> list[in
     return None
 
 
+def with_retrieval(idx: list[int], pool: list[int], ratio: float, seed: int, phase: int) -> list[int]:
+    """A comparison phase's sequences ``idx`` plus a seeded sample of ``ratio`` x as many from
+    ``pool`` (the retrieval drills), so the phase keeps retrieval. Why: from trained weights a
+    phase of ``match`` alone forms the comparison and erases retrieval (m1: at-key 0.00)."""
+    n = round(ratio * len(idx))
+    if n <= 0 or not pool:
+        return list(idx)
+    rng = random.Random(f"compare-keep|{seed}|{phase}")
+    extra = rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
+    return list(idx) + extra
+
+
 def pack_facts(facts: list[tuple[str, int, int]], per_seq: int, repeats: int, seed: int) -> list[tuple]:
     """Facts in shuffled packs of ``per_seq`` sentences, ``repeats`` shuffles: training examples
     (text, object char ranges, 'fact', -1, '')."""
@@ -710,6 +722,21 @@ def evaluate(model, tokenizer, records, max_n: int | None = None) -> dict:
         f"n_{k}": len(v) for k, v in sorted(by.items()) if "_" not in k}
 
 
+LINEAGE_KEYS = ("command", "machine", "wall_time_s", "steps_done", "weights_sha256", "final_validation", "created")
+
+
+def lineage(record: dict, name: str, parent: dict | None, parent_name: str = "") -> list[dict]:
+    """The runs that made a model, oldest first, ending with ``record`` (named ``name``): the
+    ``parent`` record's own lineage (or the parent alone when it has none), then this run. Why: a
+    model trained in phases over several ``--init-from`` runs is reproduced only from all their
+    commands, and each folder keeps the chain without anyone copying it by hand."""
+    def entry(rec: dict, nm: str) -> dict:
+        return {"name": nm} | {k: rec.get(k) for k in LINEAGE_KEYS}
+
+    chain = [] if parent is None else (parent.get("lineage") or [entry(parent, parent_name)])
+    return [*chain, entry(record, name)]
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -777,6 +804,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-mixed", action="store_true",
                     help="one --drill-compare phase for all the Yes/No forms together, which also stay in "
                          "the drills-then phase (how the shipped lineage's first run, v3, trained)")
+    ap.add_argument("--compare-keep", type=float, default=0.0,
+                    help="retrieval drills (the --drill-then forms and question drills) added to each "
+                         "comparison phase, as a ratio to the phase's own sequences (0: none)")
     ap.add_argument("--cls-question-drills", type=int, default=0,
                     help="contrast instances per classification cell (n_r in --cls-question-nr) and chunk "
                          "(generator seeds 2000+): verification in GAR's question templates; with "
@@ -835,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
     elif len(args.drill_compare) != n_compare:
         ap.error(f"--drill-compare: {len(args.drill_compare)} numbers for {n_compare} comparison phases "
                  f"(Yes/No drill forms, and the classification question drills)")
+    if args.compare_keep < 0:
+        ap.error(f"--compare-keep {args.compare_keep}: not a ratio >= 0")
     if args.init_from and not (args.init_from / "config.json").is_file():
         ap.error(f"--init-from {args.init_from}: no model folder (config.json) there")
     if args.lr_schedule == "minutes" and args.max_minutes is None:
@@ -883,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     if cls_questions:  # the last comparison phase, after the Yes/No drills
         compare_idx.append(list(range(len(examples), len(examples) + len(cls_questions))))
     examples += cls_questions
+    compare_idx = [with_retrieval(idx, then_idx, args.compare_keep, args.seed, k) for k, idx in enumerate(compare_idx)]
     tok_dir = args.work / "tokenizer"
     if (state and tok_dir.is_dir()) or args.tokenizer_from:
         from transformers import PreTrainedTokenizerFast
@@ -1016,6 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
                  "fact_sequences": len(fact_examples), "association_drills": len(drills), "question_drills": len(questions),
                  "cls_question_drills": len(cls_questions),
                  "contrast_instances": len(contrast),
+                 "phases": [{"steps": n, "sequences": len(idx)} for n, idx in phases],
                  "epochs_seen": round(epoch + pos / max(1, len(order)), 3)},
         "model_size": {"parameters": n_params, "storage_dtype": args.dtype,
                        "vocab_size": len(tokenizer)},
@@ -1031,6 +1065,10 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "tokenizers")},
     }
+    parent_rec = args.init_from / "training_record.json" if args.init_from else None
+    if parent_rec is not None:
+        parent = json.loads(parent_rec.read_text()) if parent_rec.is_file() else {}
+        record["lineage"] = lineage(record, args.out.name, parent, args.init_from.name)
     (tmp_out / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
     shutil.rmtree(args.out, ignore_errors=True)
     os.replace(tmp_out, args.out)

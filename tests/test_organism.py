@@ -1,10 +1,9 @@
 """The GAR model organism shipped in the package: it loads offline, its weights are the ones
 the training record describes, its tokenizer agrees with the record spans and with lm-eval's
-encoding, lm-eval scores it doc by doc as plain torch does, its generation accuracy is far
-above what a broken loader, tokenizer or scoring path gives, and its True/False heads carry its
-classification (CI never retrains). The shipped checkpoint does not solve GAR (docs/results.md:
-gen 0.72, n_r = 0 0.91; cls 0.58, n_r = 0 0.66), so the floors are loose and the classification
-check is on n_r = 0, not the issue's 0.8."""
+encoding, lm-eval scores it doc by doc as plain torch does, its accuracy on both families is far
+above what a broken loader, tokenizer or scoring path gives (the issue's 0.8), and the heads the
+package's tools find carry its generation and its classification (CI never retrains). The shipped
+checkpoint solves GAR's held-out test split (docs/results.md: gen 0.92, cls 0.94)."""
 
 from __future__ import annotations
 
@@ -160,20 +159,24 @@ def test_train_split_never_asks_a_test_question():
         assert all(r.split == "train" and "/train/" in r.id for r in train)
 
 
-def test_lm_eval_generation_accuracy_is_far_above_a_broken_path(folder):
-    """Exact-match generation scores ~0 when the loader, the tokenizer (one token per item,
-    verbatim decoding) or the answer extraction is broken, and 0.01-0.2 for the first
-    checkpoint; the shipped one scores 0.78 / 0.55 / 0.64 on these leaves over all 64 docs
-    (0.63 / 0.56 / 0.56 over the first 16; docs/results.md), so 0.25 is a loose floor."""
+def test_lm_eval_accuracy_is_far_above_a_broken_path_on_both_families(folder):
+    """The issue's floor, through lm-eval: 0.8 on a few cls and gen leaves of each n_r (16 docs
+    each). A broken loader, tokenizer or scoring path gives about 0 on exact-match generation and
+    0.5 on classification (one label: SmolLM2, the organism before session 9). Measured here:
+    the shipped one 0.96 on cls and 0.96 on gen (0.92-0.99 per leaf over all its test docs,
+    docs/results.md); e5b, shipped in session 9, 0.56 on cls and 0.71 on gen."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    leaves = ["gar_v1_gen_nr0_gender_city", "gar_v1_gen_nr1_gender_landmark", "gar_v1_gen_nr2_gender_landmark"]
+    cells = ["nr0_gender_city", "nr1_gender_landmark", "nr2_gender_landmark"]
+    leaves = [f"gar_v1_{fam}_{cell}" for fam in ("cls", "gen") for cell in cells]
     res = simple_evaluate(model="hf", model_args=f"pretrained={folder},dtype=float32", tasks=leaves,
                           limit=16, batch_size=16, task_manager=TaskManager(), bootstrap_iters=0, device="cpu")
     accs = {leaf: res["results"][leaf]["acc,none"] for leaf in leaves}
-    assert sum(accs.values()) / len(accs) >= 0.25, accs
-    assert all(a > 0 for a in accs.values()), accs
+    for fam in ("cls", "gen"):
+        mine = [a for leaf, a in accs.items() if leaf.startswith(f"gar_v1_{fam}_")]
+        assert sum(mine) / len(mine) >= 0.8, (fam, accs)
+    assert min(accs.values()) >= 0.6, accs
 
 
 def nr0_results(folder, heads=()) -> dict:
@@ -199,7 +202,7 @@ def nr0_plain(folder) -> dict:
 def test_lm_eval_n_r_0_generation_selects_the_item_by_the_query(nr0_plain):
     """gen n_r = 0 asks which of three context items the query names: copying any item of the
     right type scores about 1/3 (the second run: 0.25 on these 24 docs, 0.27 on all 192),
-    selecting it by the query scores far more (the shipped one: 0.96 here, 0.91 on all)."""
+    selecting it by the query scores far more (the shipped one: 1.00 here, 0.96 on all)."""
     leaves = {k: v for k, v in nr0_plain.items() if k.startswith("gar_v1_gen_nr0_")}
     assert len(leaves) == 3, sorted(nr0_plain)
     acc = sum(v["acc,none"] for v in leaves.values()) / len(leaves)
@@ -211,7 +214,7 @@ def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_he
     """The issue's intervention check, on generation: the heads `gar patch` ranks first on gen
     n_r = 0 query-swap pairs are zeroed through lm-eval (`gar-hf-intervened`), and n_r = 0
     accuracy falls to about the 1/3 of copying any context item, below five draws of as many
-    random heads (measured on these 24 docs: 0.96 -> 0.33; random 1.00, 0.08, 0.33, 1.00, 0.96;
+    random heads (measured on these 24 docs: 1.00 -> 0.25; random 1.00, 0.04, 0.38, 0.96, 0.96;
     run 16 on all 192 docs: 0.77 -> 0.33 against 0.60 +- 0.16 for ten draws)."""
     import numpy as np
 
@@ -233,13 +236,13 @@ def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_he
     assert targeted < sum(random) / len(random) - 0.15, (heads, targeted, random)
 
 
-def test_true_and_false_heads_gar_heads_finds_carry_the_classification_margin(tmp_path):
-    """The issue's check on classification, on n_r = 0, where the organism classifies (0.66 on
-    the test split, docs/results.md). `gar heads` labels True and False heads; zeroing its top
-    three of each (1.7, 1.3, 3.1; 3.6, 3.5, 0.3) takes the Yes/No margin (logit(gold) -
-    logit(other)) from 1.42 to 0.01, below five draws of as many random heads (ten draws: 0.54
-    +- 0.63; accuracy 0.64 -> 0.50 against 0.54 +- 0.05). A model at one label has no margin to
-    take away (run 16: -0.18 on either label)."""
+def test_true_and_false_heads_gar_heads_finds_carry_the_classification(tmp_path):
+    """The issue's check on classification, on n_r = 0 (0.98 on the test split, docs/results.md).
+    `gar heads` labels True and False heads; zeroing its top three of each (0.1, 1.4, 3.1; 0.2,
+    3.6, 3.5) takes accuracy from 0.99 to 0.53 and the Yes/No margin (logit(gold) - logit(other))
+    from 5.8 to 0.1; ten draws of as many random heads: 0.68 +- 0.18 and 2.3 +- 2.3 (the first
+    five, which the test draws: 0.67 and 2.2). A model at one label has no margin to take away
+    (run 16: -0.18 on either label)."""
     from interp.commands.heads import HeadsArgs, run_heads
     from interp.commands.intervene import InterveneArgs, run_intervene
     from interp.intervene import format_heads
@@ -252,5 +255,6 @@ def test_true_and_false_heads_gar_heads_finds_carry_the_classification_margin(tm
                                 tasks="cls_nr0", config="v1", n=64, random_draws=5, threads=1))
     overall = json.loads((tmp_path / "i" / "intervene.json").read_text())["overall"]
     base, targeted, random = (overall[k] for k in ("baseline", "targeted", "random"))
-    assert base["acc"] >= 0.58 and base["metric"] >= 0.8, overall
-    assert targeted["metric"] < random["metric"]["mean"] - 0.4, (spec, overall)
+    assert base["acc"] >= 0.9 and base["metric"] >= 2.0, overall
+    assert targeted["acc"] < random["acc"]["mean"] - 0.1, (spec, overall)
+    assert targeted["metric"] < random["metric"]["mean"] - 1.0, (spec, overall)

@@ -472,6 +472,32 @@ def test_compare_phases_train_one_yes_no_form_each_in_the_listed_order(recipe):
     assert recipe.drill_indices(10, drills, ("match",)) == [11, 13]
 
 
+def test_compare_phases_keep_a_seeded_sample_of_retrieval_drills(recipe):
+    phase, pool = [100, 101, 102, 103], list(range(10))
+    assert recipe.with_retrieval(phase, pool, 0.0, 0, 0) == phase
+    got = recipe.with_retrieval(phase, pool, 0.5, 0, 0)
+    assert got[:4] == phase and len(got) == 6 and len(set(got[4:])) == 2 and set(got[4:]) <= set(pool)
+    assert got == recipe.with_retrieval(phase, pool, 0.5, 0, 0)  # seeded: a resumed run gets the same phase
+    assert got[4:] != recipe.with_retrieval(phase, pool, 0.5, 0, 1)[4:] or \
+        got[4:] != recipe.with_retrieval(phase, pool, 0.5, 0, 2)[4:]  # each phase its own sample
+    more = recipe.with_retrieval(phase, [7, 8], 2.0, 0, 0)  # more than the pool holds: drawn again
+    assert len(more) == 12 and set(more[4:]) == {7, 8}
+
+
+def test_lineage_chains_the_init_from_runs_oldest_first(recipe):
+    rec = {k: f"{k}-c" for k in recipe.LINEAGE_KEYS} | {"history": [1]}
+    root = {k: f"{k}-a" for k in recipe.LINEAGE_KEYS}
+    assert recipe.lineage(root, "a", None) == [{"name": "a"} | root]
+    mid = {k: f"{k}-b" for k in recipe.LINEAGE_KEYS}
+    mid["lineage"] = recipe.lineage(mid, "b", root, "a")
+    chain = recipe.lineage(rec, "c", mid, "b")
+    assert [e["name"] for e in chain] == ["a", "b", "c"]
+    assert chain[0]["command"] == "command-a" and chain[2]["weights_sha256"] == "weights_sha256-c"
+    assert "history" not in chain[2]  # a summary per run, not its whole record
+    # a parent made before lineages were recorded stands for itself
+    assert [e["name"] for e in recipe.lineage(rec, "c", root, "a")] == ["a", "c"]
+
+
 def test_init_from_loads_a_saved_folder_and_refuses_another_shape(recipe, tmp_path):
     import argparse
 
@@ -520,6 +546,8 @@ def test_new_phase_options_refuse_what_they_cannot_do(tmp_path):
     assert code == 2 and "--lr-schedule minutes needs --max-minutes" in line
     code, line = last_line("--init-from", str(tmp_path))
     assert code == 2 and "no model folder (config.json) there" in line
+    code, line = last_line("--compare-keep", "-0.5")
+    assert code == 2 and "--compare-keep -0.5: not a ratio >= 0" in line
 
 
 def test_question_drills_ask_gar_questions_of_the_n_r_0_generation_cells(recipe, tmp_path):
