@@ -76,17 +76,18 @@ def cls_signal(model, tok, records, n: int) -> dict:
     is the model's greedy prediction at the position before it (the generation answer there).
     Why: drills can verify while GAR's label position reads nothing; this tells which link fails."""
     import torch
+    from gar_tasks.tokens import char_to_token_spans
 
     yes, no = tok.convert_tokens_to_ids(["Yes", "No"])
     acc: dict[str, dict[str, list[list[float]]]] = {}
     with torch.no_grad():
         for r in [r for r in records if r.family == "cls"][:n]:
             enc = tok(r.prompt, return_offsets_mapping=True, add_special_tokens=False)
-            a, b = r.spans[-1]["A"][0]  # the candidate, in the asked row's question
-            cand = [j for j, (s, e) in enumerate(enc["offset_mapping"]) if s < e and s >= a and e <= b]
+            # the candidate's tokens [first, end), in the asked row's question
+            first, end = char_to_token_spans(enc["offset_mapping"], [r.spans[-1]["A"][0]])[0]
             lg = model(input_ids=torch.tensor([enc["input_ids"]])).logits[0]
-            row = [(lg[-1, yes] - lg[-1, no]).item(), (lg[cand[-1] + 1, yes] - lg[cand[-1] + 1, no]).item(),
-                   float(lg[cand[0] - 1].argmax().item() == enc["input_ids"][cand[0]])]
+            row = [(lg[-1, yes] - lg[-1, no]).item(), (lg[end, yes] - lg[end, no]).item(),
+                   float(lg[first - 1].argmax().item() == enc["input_ids"][first])]
             acc.setdefault(f"nr{r.n_r}", {}).setdefault(r.answer, []).append(row)
     return {nr: {label: {"n": len(v), **{k: round(sum(x[i] for x in v) / len(v), 3) for i, k in
                                           enumerate(("label_yes_minus_no", "after_candidate_yes_minus_no",

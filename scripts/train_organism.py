@@ -1065,8 +1065,8 @@ def main(argv: list[str] | None = None) -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "tokenizers")},
     }
-    parent_rec = args.init_from / "training_record.json" if args.init_from else None
-    if parent_rec is not None:
+    if args.init_from:  # a parent folder without a record stands in the chain by its name alone
+        parent_rec = args.init_from / "training_record.json"
         parent = json.loads(parent_rec.read_text()) if parent_rec.is_file() else {}
         record["lineage"] = lineage(record, args.out.name, parent, args.init_from.name)
     (tmp_out / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
