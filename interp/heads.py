@@ -65,8 +65,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from gar_tasks.errors import GARConfigError
 
 from .core.encode import ClsBatch, ClsPrompts
-from .core.loader import input_device
-from .model import as_nnsight, forward_kwargs, frozen, is_nnsight
+from .core.loader import request_device
+from .model import Remote, as_nnsight, check_remote, forward_kwargs, frozen, is_nnsight
 from .sites import head_sites
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -81,17 +81,19 @@ Progress = Callable[[int, int], Any]
 # the pass
 
 
-def effect_batch(model: Any, batch: ClsBatch) -> dict[str, "np.ndarray"]:
+def effect_batch(model: Any, batch: ClsBatch, *, remote: Remote = False) -> dict[str, "np.ndarray"]:
     """One nnsight forward+backward of a batch (parameters frozen, gradients only w.r.t. the
     head-site inputs). Per row ``b`` and layer/head: ``ag`` = ``sum_{t,d} a*g`` [B,L,H],
     ``g`` = ``sum_t g`` [B,L,H,D], ``cross`` = ``sum_{t,d} a[partner[b]]*g[b]`` [B,L,H], ``last``
     = ``a`` at the answer position [B,L,H,D]; over the batch ``act_sum`` = ``sum_{b,t} a``
-    [L,H,D] and ``n_tokens``; and ``metric`` [B]. Padding contributes nothing.
+    [L,H,D] and ``n_tokens``; and ``metric`` [B]. Padding contributes nothing. ``remote``: as
+    :func:`interp.patching.attribution_batch` (one request per batch; only these sums travel).
     """
     import nnsight
     import numpy as np
     import torch
 
+    check_remote(model, remote)
     if not is_nnsight(model):
         raise GARConfigError(f"expected an nnsight TransformersModel, got {type(model).__name__}: "
                              "wrap it with interp.model.as_nnsight(model, tokenizer)")
@@ -101,10 +103,11 @@ def effect_batch(model: Any, batch: ClsBatch) -> dict[str, "np.ndarray"]:
     n, width = batch.input_ids.shape
     real = batch.attention_mask.bool()[:, :, None]
     yes, no, partner = batch.yes[:, None], batch.no[:, None], batch.partner
-    dev = input_device(model)
-    inputs = {"input_ids": batch.input_ids.to(dev), "attention_mask": batch.attention_mask.to(dev),
-              "position_ids": batch.position_ids.to(dev), **forward_kwargs(model)}
-    with frozen(model), model.trace(inputs):
+    dev = request_device(model, remote)
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "position_ids": batch.position_ids}
+    inputs = {**({k: v.to(dev) for k, v in inputs.items()} if dev is not None else inputs), **forward_kwargs(model)}
+    with frozen(model), model.trace(inputs, remote=remote):
         acts = []
         for envoy in envoys:
             x = envoy.input
@@ -153,7 +156,7 @@ class Effects:
 
 
 def head_effects(model: Any, rs: ClsPrompts, batch_size: int = 8, *, progress: Progress | None = None,
-                 tokenizer: Any = None) -> Effects:
+                 tokenizer: Any = None, remote: Remote = False) -> Effects:
     """Run :func:`effect_batch` over every batch and assemble the effects (see module docstring).
 
     ``model``: an nnsight model, or an HF model plus ``tokenizer``.
@@ -176,7 +179,7 @@ def head_effects(model: Any, rs: ClsPrompts, batch_size: int = 8, *, progress: P
     batches = rs.twin_batches(batch_size)
     for k, idx in enumerate(batches):
         batch = rs.batch(idx)
-        d = effect_batch(model, batch)
+        d = effect_batch(model, batch, remote=remote)
         ag[idx], g[idx], metric[idx] = d["ag"], d["g"], d["metric"]
         for b, i in enumerate(idx):
             last_sum[rs.labels[i]] += d["last"][b]

@@ -6,8 +6,11 @@ columns ``h * head_dim : (h + 1) * head_dim``. The hook returns a modified copy 
 only the targeted heads' slices change. Plain hooks rather than nnsight because the intervention
 must persist across arbitrary forward calls made by code we do not control (lm-eval's HFLM
 batching, ``generate``), on a plain Hugging Face model, with no tracing context and no wrapper
-copy of the model; they cost nothing when removed. (nnsight remains the tool for attribution
-patching in :mod:`interp.patching`.)
+copy of the model; they cost nothing when removed.
+
+A model that runs elsewhere (NDIF) cannot take hooks: there the same edits are written into nnsight
+traces (:func:`head_edits` gives each targeted head's slice as ``x * a + b``, which reproduces
+every mode exactly; :func:`traced_logits` runs several arms of one batch in one request).
 
 Modes: ``ablate`` (zero), ``mean`` (replace by a mean activation, supplied or computed by
 :func:`head_means` on reference prompts), ``scale`` (multiply by ``factor``) and ``label`` (the
@@ -26,6 +29,7 @@ from typing import Any, Iterator, Sequence
 from gar_tasks.errors import GARConfigError
 
 from .core.loader import input_device
+from .model import frozen
 from .sites import head_sites
 
 Head = tuple[int, int]
@@ -144,6 +148,80 @@ def intervened(model: Any, heads: Sequence[Head] = (), mode: str = "ablate", **k
         iv.remove()
 
 
+def head_edits(sites: Any, heads: Sequence[Head] = (), mode: str = "ablate", *, factor: float = 0.0,
+               means: Any = None, true_heads: Sequence[Head] = (), false_heads: Sequence[Head] = (),
+               up: float = 2.0, down: float = 0.0, labels: Any = None) -> dict[int, list[tuple[int, int, Any, Any]]]:
+    """The edits of :func:`install`'s hooks as data, per layer: ``(start, end, a, b)``, meaning the
+    head-site input's columns ``start:end`` become ``x * a + b`` (ablate: a = b = 0; scale: a =
+    factor; mean: a = 0, b = the mean; label: a = the row's factor, a ``[rows, 1, 1]`` tensor)."""
+    import torch
+
+    if mode not in MODES:
+        raise GARConfigError(f"unknown intervention mode {mode!r}; choose from {', '.join(MODES)}")
+    out: dict[int, list[tuple[int, int, Any, Any]]] = {}
+
+    def add(layer: int, head: int, a: Any, b: Any) -> None:
+        cols = sites.columns(head)
+        out.setdefault(layer, []).append((cols.start, cols.stop, a, b))
+
+    if mode == "label":
+        if labels is None:
+            raise GARConfigError("label mode: give labels (one bool per batch row)")
+        yes = torch.as_tensor(labels, dtype=torch.bool).view(-1, 1, 1)
+        f_true = torch.where(yes, torch.tensor(float(up)), torch.tensor(float(down)))
+        f_false = torch.where(yes, torch.tensor(float(down)), torch.tensor(float(up)))
+        for kind, group, f in (("true", true_heads, f_true), ("false", false_heads, f_false)):
+            for layer, hs in _by_layer(group, sites).items():
+                for h in hs:
+                    add(layer, h, f, 0.0)
+        return dict(sorted(out.items()))
+    for layer, hs in _by_layer(heads, sites).items():
+        for h in hs:
+            if mode == "ablate":
+                add(layer, h, 0.0, 0.0)
+            elif mode == "scale":
+                add(layer, h, float(factor), 0.0)
+            else:
+                if means is None:
+                    raise GARConfigError("mode 'mean' needs means= (see head_means)")
+                v = means[(layer, h)] if isinstance(means, dict) else means[layer, h]
+                v = torch.as_tensor(v).flatten()
+                if v.numel() != sites.head_dim:
+                    raise GARConfigError(f"mean for head {(layer, h)} has {v.numel()} values, "
+                                         f"head_dim is {sites.head_dim}")
+                add(layer, h, 0.0, v)
+    return dict(sorted(out.items()))
+
+
+def traced_logits(model: Any, inputs: dict[str, Any], targets: Any, arms: Sequence[dict[int, list]],
+                  remote: Any = False) -> list[Any]:
+    """Last-position logits of ``targets`` (``[rows, k]`` token ids) for each arm's
+    :func:`head_edits` (``{}``: no edit), all arms of one batch in one nnsight session (one request
+    on NDIF). Returns one float32 CPU tensor ``[rows, k]`` per arm. The traced code is plain torch."""
+    import nnsight
+    import torch
+
+    sites = head_sites(model)
+    paths = {layer: sites.path(layer) for arm in arms for layer in arm}
+    rows = torch.arange(targets.shape[0])[:, None]
+    with frozen(model), model.session(remote=remote):
+        got = []  # mutated, never rebound: names bound inside a trace do not reach the session on NDIF
+        for arm in arms:
+            with model.trace(inputs):
+                for layer in sorted(arm):
+                    site = model.get(paths[layer])
+                    x = site.input.clone()
+                    for start, end, a, b in arm[layer]:
+                        a = a.to(x.device, x.dtype) if isinstance(a, torch.Tensor) else a
+                        b = b.to(x.device, x.dtype) if isinstance(b, torch.Tensor) else b
+                        x[..., start:end] = x[..., start:end] * a + b
+                    site.input = x
+                logits = model.output.logits[:, -1]
+                got.append(logits[rows.to(logits.device), targets.to(logits.device)].detach().float().cpu())
+        out = nnsight.save(got)
+    return list(out)
+
+
 def head_means(model: Any, input_ids: Sequence[Sequence[int]]) -> Any:
     """Mean head-site input over every token of the reference sequences: ``[layers, heads, head_dim]``.
 
@@ -175,6 +253,33 @@ def head_means(model: Any, input_ids: Sequence[Sequence[int]]) -> Any:
             h.remove()
     if count == 0:
         raise GARConfigError("head_means needs at least one non-empty reference sequence")
+    return (sums / count).float().view(sites.n_layers, sites.n_heads, sites.head_dim)
+
+
+def traced_head_means(model: Any, input_ids: Sequence[Sequence[int]], remote: Any = False, chunk: int = 64) -> Any:
+    """:func:`head_means` through nnsight traces (a remote model): the same unpadded forwards, ``chunk``
+    sequences per session (one NDIF request), only per-layer sums travel back."""
+    import nnsight
+    import torch
+
+    sites = head_sites(model)
+    seqs = [list(x) for x in input_ids if len(x)]
+    if not seqs:
+        raise GARConfigError("head_means needs at least one non-empty reference sequence")
+    paths = [sites.path(layer) for layer in range(sites.n_layers)]
+    sums = torch.zeros(sites.n_layers, sites.n_heads * sites.head_dim, dtype=torch.float64)
+    for lo in range(0, len(seqs), chunk):
+        part = seqs[lo:lo + chunk]
+        with frozen(model), model.session(remote=remote):
+            got = []  # mutated, never rebound (see traced_logits)
+            for ids in part:
+                with model.trace(torch.tensor([ids])):
+                    got.append(torch.stack([model.get(path).input.detach().reshape(-1, sites.n_heads * sites.head_dim)
+                                            .double().sum(0).cpu() for path in paths]))
+            out = nnsight.save(got)
+        for t in out:
+            sums += t
+    count = sum(len(x) for x in seqs)
     return (sums / count).float().view(sites.n_layers, sites.n_heads, sites.head_dim)
 
 
@@ -220,5 +325,5 @@ def parse_heads(spec: Any) -> list[Head]:
     return out
 
 
-__all__ = ["Intervention", "LABEL_FREE_MODES", "MODES", "head_means", "install", "intervened", "parse_heads",
-           "random_heads"]
+__all__ = ["Intervention", "LABEL_FREE_MODES", "MODES", "format_heads", "head_edits", "head_means", "install",
+           "intervened", "parse_heads", "random_heads", "traced_head_means", "traced_logits"]

@@ -43,9 +43,10 @@ from typing import Any, Callable, Iterator, Sequence
 from gar_tasks.errors import GARConfigError
 
 from .core.encode import ClsPrompts
-from .core.loader import input_device
-from .intervene import Head, format_heads, install, random_heads
-from .model import forward_kwargs
+from .core.loader import input_device, request_device
+from .intervene import Head, format_heads, head_edits, install, random_heads, traced_logits
+from .model import check_remote, forward_kwargs
+from .sites import head_sites
 
 OUTPUTS = ("intervene.json", "intervene.md")
 ARMS = ("baseline", "targeted", "random")
@@ -76,6 +77,11 @@ class HeadPlan:
             return {"true_heads": [list(h) for h in self.true_heads],
                     "false_heads": [list(h) for h in self.false_heads]}
         return {"heads": [list(h) for h in self.heads]}
+
+    def edits(self, sites: Any, means: Any = None, labels: Any = None) -> dict[int, list]:
+        """The plan as per-layer slice edits for a traced forward (:func:`interp.intervene.head_edits`)."""
+        return head_edits(sites, self.heads, self.mode, factor=self.factor, means=means, true_heads=self.true_heads,
+                          false_heads=self.false_heads, up=self.up, down=self.down, labels=labels)
 
     @contextlib.contextmanager
     def installed(self, model: Any, means: Any = None) -> Iterator[Any]:
@@ -188,6 +194,36 @@ def run_arm(model: Any, enc: ClsPrompts, plan: HeadPlan | None, means: Any = Non
     return correct_and_margin(ly, ln, enc.gold_yes)
 
 
+def traced_arms(model: Any, enc: ClsPrompts, plans: Sequence[HeadPlan | None], means: Any = None,
+                batch_size: int = 16, remote: Any = False,
+                progress: Callable[[int, int], Any] | None = None) -> list[tuple[Any, Any]]:
+    """:func:`run_arm` of every plan through nnsight traces (``model``: an nnsight model, e.g. a
+    remote skeleton): per batch one session (one NDIF request) runs every arm, so requests =
+    batches. Same batches, padding and logits as the hooks, hence the same numbers."""
+    import numpy as np
+    import torch
+
+    if batch_size < 1:
+        raise GARConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_remote(model, remote)
+    sites = head_sites(model)
+    dev = request_device(model, remote)
+    extra = forward_kwargs(model)
+    batches = enc.length_batches(batch_size)
+    ly, ln = np.zeros((len(plans), len(enc))), np.zeros((len(plans), len(enc)))
+    for k, idx in enumerate(batches):
+        labels = [enc.gold_yes[i] for i in idx]
+        arms = [{} if p is None else p.edits(sites, means, labels) for p in plans]
+        targets = torch.tensor([[enc.yes[i], enc.no[i]] for i in idx])
+        got = traced_logits(model, enc.padded(idx).inputs(dev, **extra), targets, arms, remote)
+        for a, t in enumerate(got):
+            ly[a, idx] = t[:, 0].double().numpy()
+            ln[a, idx] = t[:, 1].double().numpy()
+        if progress is not None:
+            progress(k + 1, len(batches))
+    return [correct_and_margin(ly[a], ln[a], enc.gold_yes) for a in range(len(plans))]
+
+
 def _spread(values: Sequence[float]) -> dict[str, Any]:
     import numpy as np
 
@@ -267,4 +303,4 @@ def report_md(info: dict[str, Any]) -> str:
 
 
 __all__ = ["ARMS", "HeadPlan", "OUTPUTS", "check_heads", "cls_accuracy", "control_plans", "correct_and_margin",
-           "normalize_heads", "report_md", "run_arm", "summarize", "yes_no_logits"]
+           "normalize_heads", "report_md", "run_arm", "summarize", "traced_arms", "yes_no_logits"]

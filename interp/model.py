@@ -5,20 +5,22 @@ a remote run needs: ``TransformersModel("org/name")`` builds a weightless local 
 traces run on NDIF) or an already loaded Hugging Face model plus its tokenizer, which is wrapped
 here. ``remote`` is passed straight to ``trace``: ``False`` (local), ``True`` (NDIF), ``"local"``
 (nnsight serialises and deserialises the request and runs it here: the remote code path,
-offline) or a host URL. A real remote run needs a Hub model id and an NDIF API key; both are
-checked before any work so a long run cannot fail at its first batch. The key is never shown.
+offline) or a host URL. A real remote run needs a Hub model id, and an NDIF API key when the
+server is the public service (:mod:`interp.core.remote`); both are checked before any work so a
+long run cannot fail at its first batch. The key is never shown.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from gar_tasks.errors import GARConfigError
+
+from .core.remote import key_problem
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 Remote = bool | str
@@ -47,17 +49,6 @@ def as_nnsight(model: Any, tokenizer: Any = None) -> Any:
     return TransformersModel(model, tokenizer=copy.deepcopy(tokenizer))
 
 
-def _api_key() -> str | None:
-    from nnsight import CONFIG
-
-    return os.environ.get("NDIF_API_KEY") or getattr(CONFIG.API, "APIKEY", None) or None
-
-
-def has_api_key() -> bool:
-    """Whether an NDIF API key is set (``NDIF_API_KEY`` or nnsight's config); never shows it."""
-    return bool(_api_key())
-
-
 def is_hub_id(name: str) -> bool:
     """``ORG/NAME`` that is not an existing local path."""
     return bool(_HUB_ID.match(str(name))) and not Path(name).expanduser().exists()
@@ -76,8 +67,9 @@ def check_remote(model: Any, remote: Remote) -> None:
     """Refuse a remote request that cannot work, before any work (never showing the key).
 
     ``True`` or a host URL need the model to come from a Hub id (NDIF runs its own copy of
-    that checkpoint: local weights never travel) and an API key (``NDIF_API_KEY`` or
-    ``nnsight.CONFIG.set_default_api_key``). ``False`` and ``"local"`` need neither.
+    that checkpoint: local weights never travel) and, for the public service, an API key
+    (``NDIF_API_KEY`` or ``nnsight.CONFIG.set_default_api_key``). ``False`` and ``"local"`` need
+    neither.
     """
     if remote is False or remote is None or remote == "local":
         return
@@ -90,9 +82,9 @@ def check_remote(model: Any, remote: Remote) -> None:
         raise GARConfigError(f"remote execution needs a model loaded by its Hub id (e.g. "
                              f"TransformersModel('ORG/NAME')); this one is local ({repo or 'no name'}): "
                              "use remote=False, or remote='local' to test the remote code path")
-    if not _api_key():
-        raise GARConfigError("remote execution needs an NDIF API key: set NDIF_API_KEY or call "
-                             "nnsight.CONFIG.set_default_api_key(...)")
+    problem = key_problem(remote)
+    if problem:
+        raise GARConfigError(problem)
 
 
 @contextlib.contextmanager
@@ -128,5 +120,5 @@ def forward_kwargs(model: Any) -> dict[str, Any]:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
-__all__ = ["Remote", "as_nnsight", "check_remote", "forward_kwargs", "frozen", "has_api_key", "is_hub_id", "is_nnsight",
+__all__ = ["Remote", "as_nnsight", "check_remote", "forward_kwargs", "frozen", "is_hub_id", "is_nnsight",
            "model_repo_id"]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gar_tasks.errors import GARConfigError
 
-from .core.loader import input_device
+from .core.loader import request_device
 from .model import Remote, as_nnsight, check_remote, forward_kwargs, frozen, is_nnsight
 from .pairs import PairBatch, Pairs
 from .sites import HeadSites, head_sites
@@ -47,11 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Head = tuple[int, int]
 Progress = Callable[[int, int], Any]
-
-
-def _device(model: Any, remote: Remote) -> Any:
-    """Where inputs go: the model's input device when it runs here; left alone for NDIF."""
-    return input_device(model) if remote in (False, None, "local") else None
 
 
 def _inputs(batch: PairBatch, copies: int, extra: dict[str, Any], device: Any = None) -> dict[str, Any]:
@@ -113,7 +108,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
     n_heads, head_dim = sites.n_heads, sites.head_dim
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None]  # padding adds exactly 0, even were it NaN
-    corrupt_in, clean_in = _split_inputs(model, batch, _device(model, remote))
+    corrupt_in, clean_in = _split_inputs(model, batch, request_device(model, remote))
     # One session (one request when remote): the corrupted rows in a forward that builds no graph
     # (nothing requires grad), then the clean rows forward + backward. Two passes rather than one
     # batch of both, so the backward runs over the clean rows only: ~1/3 less compute and half
@@ -167,7 +162,7 @@ def graddrop_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -> "
     n_heads, head_dim = sites.n_heads, sites.head_dim
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None, None]
-    corrupt_in, clean_in = _split_inputs(model, batch, _device(model, remote))
+    corrupt_in, clean_in = _split_inputs(model, batch, request_device(model, remote))
     with frozen(model), model.session(remote=remote):
         with model.trace(corrupt_in):
             corrupt = [envoy.input.detach() for envoy in envoys]
@@ -294,7 +289,7 @@ def exact_patch_batch(model: Any, batch: PairBatch, heads: Sequence[Head], *,
     patches = [by_layer[layer] for layer in layers]
     clean_target = batch.clean_target.repeat(reps)[:, None]
     corrupt_target = batch.corrupt_target.repeat(reps)[:, None]
-    inputs = _inputs(batch, len(heads), forward_kwargs(model), _device(model, remote))
+    inputs = _inputs(batch, len(heads), forward_kwargs(model), request_device(model, remote))
     with frozen(model), model.trace(inputs, remote=remote):
         for envoy, layer_patches in zip(envoys, patches):  # forward order
             x = envoy.input.clone()

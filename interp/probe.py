@@ -344,6 +344,95 @@ def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans:
     return out_d
 
 
+def attention_call(model: Any, layer_path: str) -> str:
+    """The name, in nnsight's ``.source`` of an attention module, of its ``attention_interface(...)``
+    call: transformers' one seam where every modern architecture hands over q, k (after rotary and
+    q/k norms), v, the mask and its scaling."""
+    names = [n for n in model.get(layer_path).source.names if n.startswith("attention_interface_")]
+    if not names:
+        raise GARConfigError(f"{layer_path} calls no transformers attention interface: its attention weights "
+                             "cannot be read in a remote trace")
+    return names[-1]
+
+
+def traced_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+                         directions: Any = None, *, batch_size: int = 32, remote: Any = False,
+                         progress: Any = None) -> dict[str, Any]:
+    """:func:`batched_head_features` through nnsight traces, for a model that runs elsewhere (NDIF),
+    where no attention weights are returned: each layer's pattern is recomputed inside the trace
+    from the q and k its attention interface receives (``softmax(q k^T * scaling + mask)`` in
+    float32, as eager attention does), and only the ``[rows, layers, heads]`` features travel.
+    Same batches and padding as :func:`batched_head_features`; one request per batch."""
+    import nnsight
+    import numpy as np
+    import torch
+
+    from .model import frozen
+
+    sites = head_sites(model)
+    n_layers, n_heads, d = sites.n_layers, sites.n_heads, sites.head_dim
+    unit = None if directions is None else unit_directions(directions)
+    if unit is not None and tuple(unit.shape) != (n_layers, n_heads, d):
+        raise GARConfigError(f"directions have shape {tuple(unit.shape)}, the model's heads are "
+                             f"{(n_layers, n_heads, d)} (layers, heads, head_dim)")
+    n = len(input_ids)
+    if len(spans) != n:
+        raise GARConfigError(f"{n} sequences but {len(spans)} spans")
+    for ids, (start, end) in zip(input_ids, spans):
+        if not 0 <= start < end <= len(ids):
+            raise GARConfigError(f"span {(start, end)} outside a sequence of {len(ids)} tokens")
+    attn_paths = [sites.path(layer).rsplit(".", 1)[0] for layer in range(n_layers)]
+    call = attention_call(model, attn_paths[0])
+    site_paths = [sites.path(layer) for layer in range(n_layers)]
+    attn_out = np.zeros((n, n_layers, n_heads), dtype=np.float32)
+    proj_out = np.zeros((n, n_layers, n_heads), dtype=np.float32) if unit is not None else None
+    batches = length_batches([len(x) for x in input_ids], max(1, batch_size))
+    for done, idx in enumerate(batches, 1):
+        padded = left_pad([input_ids[i] for i in idx], 0)
+        T = padded.width
+        pads = torch.tensor(padded.pads)
+        pos = torch.arange(T)
+        # query rows inside each sequence's span; keys after its first real token
+        lo = torch.tensor([spans[i][0] for i in idx]) + pads
+        hi = torch.tensor([spans[i][1] for i in idx]) + pads
+        in_span = (pos[None] >= lo[:, None]) & (pos[None] < hi[:, None])  # [B, T(i)]
+        later = pos[None] > pads[:, None]  # [B, T(j)]
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        with frozen(model), model.trace(padded.inputs(), remote=remote):
+            feats, projs = [], []
+            for layer in range(n_layers):
+                args, kwargs = getattr(model.get(attn_paths[layer]).source, call).inputs
+                q, k, mask = args[1].detach(), args[2].detach(), args[4]
+                k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+                sc = torch.matmul(q, k.transpose(2, 3)) * kwargs.get("scaling", q.shape[-1] ** -0.5)
+                cap = kwargs.get("softcap")
+                if cap:
+                    sc = torch.tanh(sc / cap) * cap
+                if mask is None:
+                    mask = causal.to(sc.device)[None, None]
+                mask = mask[..., :k.shape[-2]]
+                if mask.dtype == torch.bool:
+                    sc = sc.masked_fill(~mask, torch.finfo(sc.dtype).min)
+                else:
+                    sc = sc + mask.to(sc.dtype)
+                probs = torch.softmax(sc, -1, dtype=torch.float32)  # [B, H, T, T]
+                dev = probs.device
+                first = probs.gather(3, pads.to(dev)[:, None, None, None].expand(-1, n_heads, T, 1))[..., 0]
+                rest = probs.masked_fill(~later.to(dev)[:, None, None, :], float("-inf")).amax(-1)
+                f = (rest - first).masked_fill(~in_span.to(dev)[:, None, :], float("-inf")).amax(-1)  # [B, H]
+                feats.append(f.cpu())
+                if unit is not None:
+                    z = model.get(site_paths[layer]).input[:, -1].detach().float().reshape(len(idx), n_heads, d)
+                    projs.append(torch.einsum("bhd,hd->bh", z, unit[layer].to(z.device)).cpu())
+            got = nnsight.save((torch.stack(feats, 1), torch.stack(projs, 1) if projs else None))
+        attn_out[idx] = got[0].numpy()
+        if proj_out is not None:
+            proj_out[idx] = got[1].numpy()
+        if progress is not None:
+            progress(done, len(batches))
+    return {"attn": attn_out, **({"proj": proj_out} if proj_out is not None else {})}
+
+
 def snli_span(tokenizer: Any, text: str, marker: str = " So") -> tuple[list[int], tuple[int, int]]:
     """Token ids of ``text`` and the span of tokens after the last ``marker`` (SNLI query)."""
     cut = text.rfind(marker)
@@ -368,4 +457,4 @@ def got_span(tokenizer: Any, text: str, begin: str = " Is", stop: str = " Answer
 
 __all__ = ["FALSE_HEADS", "PAPER_HEADS", "ProbeResult", "TRUE_HEADS", "attention_feature", "batched_head_features",
            "evaluate_cv", "evaluate_got", "evaluate_snli", "evaluate_split", "got_span", "head_features",
-           "kfold_indices", "load_feature_csv", "snli_span", "train_probe", "unit_directions"]
+           "kfold_indices", "load_feature_csv", "snli_span", "traced_head_features", "train_probe", "unit_directions"]

@@ -147,19 +147,20 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
             wts += [at.v_proj.bias, at.o_proj.weight, layers[lyr].input_layernorm.weight]
             wts.append(layers[lyr].post_attention_layernorm.weight)
             weights.append(wts)
+        # What one trace leaves for the next travels in this dict (mutated, never rebound): on NDIF
+        # a name bound inside one trace of a session is not seen by the next.
+        st = {}
         if corrupt_in is not None:
             with model.trace(corrupt_in):
                 if kind == "corrupt_ids":
-                    c_emb = model.model.embed_tokens.output.detach()
+                    st["c_emb"] = model.model.embed_tokens.output.detach()
                 else:
-                    c_emb = corrupt_in["inputs_embeds"]
-                c_res, c_z, c_mlp = [], [], []
-                for lyr in range(L):
-                    c_res.append(layers[lyr].input.detach())
-                    c_z.append(layers[lyr].self_attn.o_proj.input.detach())
-                    c_mlp.append(layers[lyr].mlp.output.detach())
-        resid_acc = None
-        attn_acc = None
+                    st["c_emb"] = corrupt_in["inputs_embeds"]
+                st.update(c_res=[], c_z=[], c_mlp=[])
+                for lyr in range(L):  # in the order the forward reaches them
+                    st["c_res"].append(layers[lyr].input.detach())
+                    st["c_z"].append(layers[lyr].self_attn.o_proj.input.detach())
+                    st["c_mlp"].append(layers[lyr].mlp.output.detach())
         for step, alpha in enumerate(alphas):
             with model.trace(clean_in):
                 emb = model.model.embed_tokens.output
@@ -176,6 +177,7 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         c_cum = c_all.cumsum(2)
                         c_res = [c_cum[:, :, lyr * (H + 1)] for lyr in range(L)]
                     else:
+                        c_res, c_z, c_mlp, c_emb = st["c_res"], st["c_z"], st["c_mlp"], st["c_emb"]
                         heads_c = []
                         for lyr in range(L):
                             wo = weights[lyr][6].view(d, H, hd)
@@ -191,7 +193,13 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                     q_cl, k_cl, v_cl, q_cx, k_cx, v_cx = [], [], [], [], [], []
                     resid_acc = torch.zeros(S, P, R, device=dev, dtype=torch.float64)
                     attn_acc = torch.zeros(L, H, R, R, 3, device=dev, dtype=torch.float64)
+                    st.update(c_all=c_all, real=real, onehot=onehot, delta=delta, zero=zero, q_cl=q_cl, k_cl=k_cl,
+                              v_cl=v_cl, q_cx=q_cx, k_cx=k_cx, v_cx=v_cx, resid=resid_acc, attn=attn_acc)
                 else:
+                    c_all, real, onehot, delta, zero = st["c_all"], st["real"], st["onehot"], st["delta"], st["zero"]
+                    q_cl, k_cl, v_cl, q_cx, k_cx, v_cx = (st[k] for k in ("q_cl", "k_cl", "v_cl", "q_cx", "k_cx",
+                                                                          "v_cx"))
+                    resid_acc, attn_acc = st["resid"], st["attn"]
                     emb_c = c_all[:, :, 0]
                     emb = (emb_c + alpha * (emb.detach() - emb_c)).detach()
                     model.model.embed_tokens.output = emb
@@ -310,8 +318,8 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                 end_ids = role_idx[:, -1].to(dev)
                 for b in range(B):
                     resid_acc[:, P - 1, end_ids[b]] += el[b].double()
-        out_resid = nnsight.save((resid_acc / ig_steps).detach().cpu())
-        out_attn = nnsight.save((attn_acc / ig_steps).detach().cpu())
+        out_resid = nnsight.save((st["resid"] / ig_steps).detach().cpu())
+        out_attn = nnsight.save((st["attn"] / ig_steps).detach().cpu())
     return out_resid.numpy(), out_attn.numpy()
 
 

@@ -34,6 +34,7 @@ from gar_tasks.errors import GARConfigError
 from ..core.loader import check_device, check_dtype, check_model_args, load_config, load_model, model_fingerprint
 from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir,
                             versions, write_json)
+from ..core.remote import server_errors
 from ..core.select import Slice, filter_records, load_records, sample_indices, select_slices
 from . import options
 
@@ -379,7 +380,7 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
         with locked_dir(out):
             resumed = ckpt.open(restart=args.restart)
             ckpt.value("items.json", lambda: task.record_ids)
-            with timings("eap"):
+            with timings("eap"), server_errors(args.remote):
                 scores, half1, half2 = eap_scores(args, task, ckpt, progress)
             n, pct = parse_size(args.size)
             title = f"{Path(args.model).name} on {args.tasks} ({args.counterfactual}, {len(task.cf)} rows)"

@@ -20,6 +20,7 @@ from ..core.encode import ClsPrompts, encode_cls
 from ..core.loader import check_dtype, check_device, check_model_args, load_model
 from ..core.outputs import (Manifest, Timings, atomic_write, check_out_dir, check_unlocked, is_leftover, locked_dir,
                             save_npz, versions, write_json)
+from ..core.remote import server_errors
 from ..core.select import Selection, Slice, choose_twins, load_records, select_slices
 from ..heads import (OUTPUTS, Effects, atp_overlap, atp_ranks, discovery_score, head_effects, plot_heads, score_heads,
                      summary_md, top_labelled)
@@ -45,6 +46,7 @@ class HeadsArgs:
     min_consistency: float = 0.75
     seed: int = 0
     threads: int = 0  # 0 = torch's default (all cores)
+    remote: bool = False
 
     def command(self) -> str:
         """The ``gar heads`` command line that reproduces this run (every setting explicit)."""
@@ -52,7 +54,7 @@ class HeadsArgs:
                  "--config", self.config, "--n", str(self.n), "--batch-size", str(self.batch_size),
                  "--dtype", self.dtype, "--device", self.device, "--top", str(self.top),
                  "--min-consistency", str(self.min_consistency), "--seed", str(self.seed),
-                 "--threads", str(self.threads)]
+                 "--threads", str(self.threads)] + (["--remote"] if self.remote else [])
         return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -184,16 +186,16 @@ def run_heads(args: HeadsArgs, progress: Progress | None = None, log: Callable[[
     with timings("records"):
         slices = cls_slices(args)
         check_out(out)
-        check_model_args(args.model, False)
+        check_model_args(args.model, args.remote)
         sel = choose(args, slices)
     with timings("load"):
-        m = load_model(args.model, args.dtype, args.device)
+        m = load_model(args.model, args.dtype, args.device, remote=args.remote)
         sites = m.sites
         rs = encode_cls(sel.records, m.tokenizer, sel.task_index, sel.tasks)
     log(f"{len(rs)} records in {len(rs.tasks)} tasks, {len(rs.twin_batches(args.batch_size))} batches; "
         f"{sites.n_layers} layers x {sites.n_heads} heads")
-    with timings("pass"), options.torch_threads(args.threads):
-        eff = head_effects(m.model, rs, args.batch_size, progress=progress)
+    with timings("pass"), options.torch_threads(args.threads), server_errors(args.remote):
+        eff = head_effects(m.model, rs, args.batch_size, progress=progress, remote=args.remote)
     with timings("score"):
         labels = np.asarray(rs.labels, dtype=bool)
         sc = score_heads(eff.effects, labels, np.asarray(rs.task_index, dtype=int), len(rs.tasks),
@@ -240,7 +242,7 @@ def register(sub: Any) -> None:
                                    "overlap with plain AtP on the Yes/No twin pairs. Writes heads.json, "
                                    "directions.npz, heads.png and summary.md to --out (a new or empty folder, or "
                                    "a previous gar heads output, which is overwritten).")
-    options.add_model_options(p)
+    options.add_model_options(p, remote=True)
     options.add_out(p)
     options.add_selection(p, options.DEFAULT_CLS_TASKS, 64, "records per task, whole Yes/No twin pairs",
                           "record choice", "which GAR tasks (cls slices are used; e.g. cls for all)")
@@ -255,7 +257,8 @@ def register(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     ha = HeadsArgs(model=args.model, out=args.out, tasks=args.tasks, config=args.config, n=args.n,
                    batch_size=args.batch_size, dtype=args.dtype, device=args.device, top=args.top,
-                   min_consistency=args.min_consistency, seed=args.seed, threads=args.threads)
+                   min_consistency=args.min_consistency, seed=args.seed, threads=args.threads,
+                   remote=args.remote)
     log = options.stderr_log(args)
     info = run_heads(ha, progress=lambda done, total: log(f"heads: batch {done}/{total}"), log=log)
     ov = info["atp_overlap"]

@@ -17,14 +17,15 @@ from typing import Any, Callable
 from gar_tasks.errors import GARConfigError
 
 from ..core.encode import ClsPrompts, encode_cls
-from ..core.loader import check_device, check_dtype, load_model, model_fingerprint, model_sites
+from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint, model_sites
 from ..core.outputs import (Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir, versions,
                             write_json)
+from ..core.remote import server_errors
 from ..core.select import Selection, choose_balanced, load_records, select_slices
 from ..heads import check_heads_model, load_heads
-from ..intervene import MODES, Head, head_means, parse_heads
+from ..intervene import MODES, Head, head_means, parse_heads, traced_head_means
 from ..intervene_report import (OUTPUTS, HeadPlan, check_heads, control_plans, normalize_heads, report_md, run_arm,
-                                summarize)
+                                summarize, traced_arms)
 from . import options
 
 NAME = "intervene"
@@ -54,6 +55,7 @@ class InterveneArgs:
     random_draws: int = 5
     seed: int = 0
     threads: int = 0
+    remote: bool = False
 
 
 def looks_like_path(spec: str) -> bool:
@@ -193,29 +195,36 @@ def run_intervene(args: InterveneArgs, log: Callable[[str], Any] | None = None) 
     check_unlocked(out)
     check_dtype(args.dtype)
     check_device(args.device)
+    check_model_args(args.model, args.remote)
     sel = choose(args)
-    sites = model_sites(args.model)  # every head check before the weights load
+    sites = model_sites(args.model, args.remote)  # every head check before the weights load
     if source["heads"] not in (None, "spec"):
-        check_heads_model(source["heads"], args.model, sites, model_fingerprint(args.model))
+        check_heads_model(source["heads"], args.model, sites, model_fingerprint(args.model, args.remote))
     check_heads(plan.all_heads, sites.n_layers, sites.n_heads, "targeted head")
     controls = control_plans(plan, sites.n_layers, sites.n_heads, args.random_draws, args.seed)
     means = check_means(source["means"], sites)
     with timings("load"):
-        m = load_model(args.model, args.dtype, args.device, nnsight=False)
+        m = load_model(args.model, args.dtype, args.device, nnsight=args.remote, remote=args.remote)
         if m.sites != sites:
             raise GARConfigError(f"model {args.model!r}: loaded model's heads differ from its config's")
         enc = encode_cls(sel.records, m.tokenizer, sel.task_index, sel.tasks)
     means_source = None
-    with options.torch_threads(args.threads):
+    with options.torch_threads(args.threads), server_errors(args.remote):
         if plan.mode == "mean":
             with timings("means"):
                 if means is None:
                     log(f"head means over {len(enc)} prompts")
-                    means = head_means(m.model, enc.ids)
+                    means = (traced_head_means(m.model, enc.ids, args.remote) if args.remote
+                             else head_means(m.model, enc.ids))
                     means_source = f"head_means over the {len(enc)} chosen prompts"
                 else:
                     means_source = f"{source['heads']} directions.npz 'mean'"
-        base, targ, rand = run_arms(m.model, enc, plan, controls, means, args.batch_size, timings, log)
+        if args.remote:  # every arm of a batch in one request
+            with timings("arms"):
+                base, targ, *rand = traced_arms(m.model, enc, [None, plan, *controls], means, args.batch_size,
+                                                args.remote, lambda done, total: log(f"arms: batch {done}/{total}"))
+        else:
+            base, targ, rand = run_arms(m.model, enc, plan, controls, means, args.batch_size, timings, log)
     rows, overall = summarize(enc, base, targ, rand)
     info = {"command": "intervene", "settings": {**asdict(args), "model_desc": m.desc},
             "model_type": sites.model_type, "n_layers": sites.n_layers, "n_heads": sites.n_heads,
@@ -246,7 +255,7 @@ def register(sub: Any) -> None:
                                    "before and after, per task and overall, against --random-draws controls of "
                                    "as many random heads disjoint from the targets. Writes intervene.json and "
                                    "intervene.md to --out and prints the table.")
-    options.add_model_options(p)
+    options.add_model_options(p, remote=True)
     p.add_argument("--mode", required=True, metavar="MODE", help="ablate | mean | scale | label")
     p.add_argument("--heads", metavar="SPEC|DIR",
                    help="heads as layer:head (e.g. '14:0;15:3'), or a `gar heads` output folder / heads.json")
@@ -270,7 +279,7 @@ def main(args: argparse.Namespace) -> int:
                        config=args.config, n=args.n, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
                        factor=args.factor, up=args.up, down=args.down, true_heads=args.true_heads,
                        false_heads=args.false_heads, which=args.which, random_draws=args.random_draws,
-                       seed=args.seed, threads=args.threads)
+                       seed=args.seed, threads=args.threads, remote=args.remote)
     info = run_intervene(ia, log=options.stderr_log(args))
     print(info["markdown"], end="")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -28,6 +28,7 @@ from ..core.encode import FAMILIES
 from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint
 from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir,
                             save_npz, versions, write_json)
+from ..core.remote import server_errors
 from ..core.select import Slice, filter_records, load_records, sample_indices, select_slices
 from ..pairs import Pairs, make_pairs
 from ..plots import heatmap
@@ -254,7 +255,7 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
         arrays: dict[str, Any] = {}
         results: dict[str, Any] = {}
         timings.update(atp=0.0, exact=0.0)
-        with options.torch_threads(args.threads):
+        with options.torch_threads(args.threads), server_errors(args.remote):
             for fam, pairs in fams.items():
                 run = FamilyRun(args, m.model, m.sites, ckpt, fam, pairs, progress)
                 results[fam] = score_family(run, timings, arrays)

@@ -21,9 +21,10 @@ from gar_tasks.errors import GARConfigError
 from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint, model_sites
 from ..core.outputs import (Manifest, Timings, atomic_write, cached_arrays, check_out_dir, check_unlocked, is_cache_file,
                             locked_dir, versions, write_json)
+from ..core.remote import server_errors
 from ..heads import check_heads_model
 from ..intervene import random_heads
-from ..probe import PAPER_HEADS, batched_head_features, evaluate_got, evaluate_snli
+from ..probe import PAPER_HEADS, batched_head_features, evaluate_got, evaluate_snli, traced_head_features
 from ..probe_run import (FEATURE_KINDS, FEATURE_VERSION, GOT_FOLDS, GOT_SEED, SEED_REPORTED, choose_heads, dataset_files,
                          evaluate_features, load_items, majority_accuracy, parse_datasets, parse_k, probe_md,
                          read_heads_dir, resolve_mlp_dir, result_dict, sha256_of, tokenize)
@@ -54,6 +55,7 @@ class ProbeArgs:
     device: str = "cpu"
     seed: int = 0
     threads: int = 0  # 0 = torch's default (all cores)
+    remote: bool = False
 
 
 def manifest(out: str | Path) -> Manifest:
@@ -135,14 +137,16 @@ def plan_model_probe(args: ProbeArgs) -> ModelPlan:
     mlp = resolve_mlp_dir(args.mlp_dir)
     files = {n: dataset_files(mlp, n) for n in names}
     true_heads, false_heads, direction = read_heads_dir(args.heads)
-    check_model_args(args.model, False)
-    sites = model_sites(args.model)
+    if args.remote and args.seed_features:
+        raise GARConfigError("--remote runs a model: --seed-features probes the seed's CSV features")
+    check_model_args(args.model, args.remote)
+    sites = model_sites(args.model, args.remote)
     shape = (sites.n_layers, sites.n_heads, sites.head_dim)
     if direction.shape != shape:
         raise GARConfigError(f"{args.heads}/directions.npz: 'direction' has shape {direction.shape}, but model "
                              f"{args.model!r} has {shape} (layers, heads, head_dim): "
                              "were the heads found on another model?")
-    check_heads_model(args.heads, args.model, sites, model_fingerprint(args.model))
+    check_heads_model(args.heads, args.model, sites, model_fingerprint(args.model, args.remote))
     n_layers, n_heads = shape[:2]
     if max(ks) > n_layers * n_heads:
         raise GARConfigError(f"--k {max(ks)} is more than the {n_layers * n_heads} heads of model {args.model!r}")
@@ -183,7 +187,8 @@ def extract_features(args: ProbeArgs, plan: ModelPlan, timings: Timings, log: Lo
 
     out = Path(args.out)
     with timings("load"):
-        m = load_model(args.model, args.dtype, args.device, nnsight=False, attn_implementation="eager")
+        m = (load_model(args.model, args.dtype, args.device, remote=True) if args.remote else
+             load_model(args.model, args.dtype, args.device, nnsight=False, attn_implementation="eager"))
     out.mkdir(parents=True, exist_ok=True)
     dir_sha = sha256_of(plan.direction)
     feats: dict[str, dict[str, dict[str, Any]]] = {}
@@ -201,9 +206,14 @@ def extract_features(args: ProbeArgs, plan: ModelPlan, timings: Timings, log: Lo
             def make(texts: list[str] = texts, labels: list[int] = labels, tag: str = tag) -> dict[str, Any]:
                 ids, spans = tokenize(m.tokenizer, "snli" if n == "snli" else "got", texts)
                 log(f"{tag}: extracting features of {len(texts)} items")
-                f = batched_head_features(
-                    m.model, ids, spans, plan.direction, batch_size=args.batch_size,
-                    progress=None if progress is None else (lambda d, tot: progress(f"extract {tag}", d, tot)))
+                step = None if progress is None else (lambda d, tot: progress(f"extract {tag}", d, tot))
+                if args.remote:
+                    with server_errors(True):
+                        f = traced_head_features(m.model, ids, spans, plan.direction, batch_size=args.batch_size,
+                                                 remote=True, progress=step)
+                else:
+                    f = batched_head_features(m.model, ids, spans, plan.direction, batch_size=args.batch_size,
+                                              progress=step)
                 f["labels"] = np.asarray(labels, dtype=np.int64)
                 return f
 
@@ -270,6 +280,7 @@ def run_model_probe(args: ProbeArgs, log: Log | None = None, progress: Progress 
     timings.total()
     n_layers, n_heads, head_dim = plan.shape
     return {"mode": "model", "model": desc, "model_arg": args.model, "dtype": args.dtype, "device": args.device,
+            "remote": args.remote,
             "heads_dir": str(args.heads), "n_layers": n_layers, "n_heads": n_heads, "head_dim": head_dim,
             "true_heads": [list(h) for h in plan.true_heads], "false_heads": [list(h) for h in plan.false_heads],
             "k": plan.ks, "random_draws": args.random_draws, "runs": args.runs, "seed": args.seed,
@@ -329,7 +340,7 @@ def register(sub: Any) -> None:
                                    "sets of K random heads; features are cached in --out. Writes probe.json and "
                                    "probe.md to --out and prints the table.")
     p.add_argument("--seed-features", action="store_true", help="probe the seed's released CSV features")
-    options.add_model_options(p, required=False, dtype="bfloat16")
+    options.add_model_options(p, required=False, remote=True, dtype="bfloat16")
     p.add_argument("--heads", metavar="DIR", help="a `gar heads` output folder (heads.json, directions.npz)")
     options.add_out(p, required=False, help="output folder (required with --model)")
     p.add_argument("--mlp-dir", metavar="DIR",
@@ -351,7 +362,7 @@ def main(args: argparse.Namespace) -> int:
     pa = ProbeArgs(out=args.out, model=args.model, heads=args.heads, seed_features=args.seed_features,
                    mlp_dir=args.mlp_dir, datasets=args.datasets, k=args.k, random_draws=args.random_draws,
                    runs=args.runs, limit=args.limit, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                   seed=args.seed, threads=args.threads)
+                   seed=args.seed, threads=args.threads, remote=args.remote)
     log = options.stderr_log(args)
 
     def progress(stage: str, done: int, total: int) -> None:

@@ -27,8 +27,9 @@ from typing import Any
 
 from gar_tasks.errors import GARConfigError
 
-from ..model import as_nnsight, has_api_key, is_hub_id
+from ..model import as_nnsight, is_hub_id
 from ..sites import HeadSites, head_sites
+from .remote import key_problem, preflight, skeleton
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_HELP = "cpu | cuda | cuda:N | auto"
@@ -70,8 +71,9 @@ def check_model_args(model: str, remote: bool = False) -> None:
         if embedded or not is_hub_id(model):
             raise GARConfigError(f"--remote needs a Hub model id (ORG/NAME): NDIF runs its own copy of the "
                                  f"checkpoint and local weights never travel; {model!r} is local")
-        if not has_api_key():
-            raise GARConfigError("--remote needs an NDIF API key: set NDIF_API_KEY")
+        problem = key_problem(True)
+        if problem:
+            raise GARConfigError(problem)
     elif not embedded and not Path(model).expanduser().is_dir() and not is_hub_id(model):
         raise GARConfigError(f"--model {model!r} is neither a local model folder, an embedded model "
                              f"({', '.join(embedded_names())}), nor a Hub id")
@@ -186,6 +188,7 @@ class LoadedModel:
     dtype: str
     device: str
     fingerprint: str = ""
+    server: dict[str, Any] | None = None  # remote: the server's host, versions and drift (preflight)
 
 
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remote: bool = False,
@@ -206,11 +209,10 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
     try:
         tok = AutoTokenizer.from_pretrained(r.path, use_fast=True, local_files_only=r.local_only)
         if remote:
-            from nnsight.modeling.transformers import TransformersModel
-
-            nn_model = TransformersModel(r.path)
+            server = preflight(True)
+            nn_model = skeleton(r.path)
             return LoadedModel(nn_model, None, tok, head_sites(nn_model), r.desc, dtype, "remote",
-                               model_fingerprint(r, remote=True))
+                               model_fingerprint(r, remote=True), server)
         kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "local_files_only": r.local_only}
         dm = device_map(device)
         if dm is not None:
@@ -224,6 +226,12 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
     return LoadedModel(wrapped, hf, tok, head_sites(hf), r.desc, dtype, device, model_fingerprint(r))
 
 
+def request_device(model: Any, remote: Any = False) -> Any:
+    """Where a trace's inputs go: the model's input device when it runs here (``remote`` False or
+    ``"local"``), None (left as they are) for NDIF, whose skeleton has no device of its own."""
+    return input_device(model) if remote in (False, None, "local") else None
+
+
 def input_device(model: Any) -> Any:
     """The device inputs go to: the input embedding's (the first GPU of a split model)."""
     inner = getattr(model, "_module", model)
@@ -235,5 +243,5 @@ def input_device(model: Any) -> Any:
 
 __all__ = ["DEVICE_HELP", "DTYPES", "LoadedModel", "Resolved", "check_device", "check_dtype", "check_model_args",
            "config_dtype", "device_map", "embedded_names", "input_device", "load_config", "load_model", "model_fingerprint",
-           "model_sites",
+           "model_sites", "request_device",
            "resolve_model"]
