@@ -264,6 +264,23 @@ def unit_directions(directions: Any) -> Any:
     return torch.where(norm > 0, d / norm.clamp_min(1e-30), torch.zeros_like(d))
 
 
+def checked_feature_args(sites: Any, input_ids: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
+                         directions: Any) -> Any:
+    """Refuse spans outside their sequences or directions of another head shape; the unit directions
+    (None without directions)."""
+    unit = None if directions is None else unit_directions(directions)
+    want = (sites.n_layers, sites.n_heads, sites.head_dim)
+    if unit is not None and tuple(unit.shape) != want:
+        raise GARConfigError(f"directions have shape {tuple(unit.shape)}, the model's heads are {want} "
+                             "(layers, heads, head_dim)")
+    if len(spans) != len(input_ids):
+        raise GARConfigError(f"{len(input_ids)} sequences but {len(spans)} spans")
+    for ids, (start, end) in zip(input_ids, spans):
+        if not 0 <= start < end <= len(ids):
+            raise GARConfigError(f"span {(start, end)} outside a sequence of {len(ids)} tokens")
+    return unit
+
+
 def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]],
                           directions: Any = None, *, batch_size: int = 32,
                           progress: Any = None) -> dict[str, Any]:
@@ -290,18 +307,8 @@ def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans:
         raise GARConfigError(f"attention features need attn_implementation='eager' (model uses {impl!r})")
     sites = head_sites(inner)
     n_layers, n_heads, d = sites.n_layers, sites.n_heads, sites.head_dim
-    unit = None
-    if directions is not None:
-        unit = unit_directions(directions)
-        if tuple(unit.shape) != (n_layers, n_heads, d):
-            raise GARConfigError(f"directions have shape {tuple(unit.shape)}, the model's heads are "
-                                 f"{(n_layers, n_heads, d)} (layers, heads, head_dim)")
+    unit = checked_feature_args(sites, input_ids, spans, directions)
     n = len(input_ids)
-    if len(spans) != n:
-        raise GARConfigError(f"{n} sequences but {len(spans)} spans")
-    for ids, (start, end) in zip(input_ids, spans):
-        if not 0 <= start < end <= len(ids):
-            raise GARConfigError(f"span {(start, end)} outside a sequence of {len(ids)} tokens")
     attn_out = np.zeros((n, n_layers, n_heads), dtype=np.float32)
     proj_out = np.zeros((n, n_layers, n_heads), dtype=np.float32) if unit is not None else None
     device = input_device(inner)
@@ -371,16 +378,8 @@ def traced_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans: 
 
     sites = head_sites(model)
     n_layers, n_heads, d = sites.n_layers, sites.n_heads, sites.head_dim
-    unit = None if directions is None else unit_directions(directions)
-    if unit is not None and tuple(unit.shape) != (n_layers, n_heads, d):
-        raise GARConfigError(f"directions have shape {tuple(unit.shape)}, the model's heads are "
-                             f"{(n_layers, n_heads, d)} (layers, heads, head_dim)")
+    unit = checked_feature_args(sites, input_ids, spans, directions)
     n = len(input_ids)
-    if len(spans) != n:
-        raise GARConfigError(f"{n} sequences but {len(spans)} spans")
-    for ids, (start, end) in zip(input_ids, spans):
-        if not 0 <= start < end <= len(ids):
-            raise GARConfigError(f"span {(start, end)} outside a sequence of {len(ids)} tokens")
     attn_paths = [sites.path(layer).rsplit(".", 1)[0] for layer in range(n_layers)]
     call = attention_call(model, attn_paths[0])
     site_paths = [sites.path(layer) for layer in range(n_layers)]
@@ -455,6 +454,6 @@ def got_span(tokenizer: Any, text: str, begin: str = " Is", stop: str = " Answer
     return ids, (start, end)
 
 
-__all__ = ["FALSE_HEADS", "PAPER_HEADS", "ProbeResult", "TRUE_HEADS", "attention_feature", "batched_head_features",
-           "evaluate_cv", "evaluate_got", "evaluate_snli", "evaluate_split", "got_span", "head_features",
+__all__ = ["FALSE_HEADS", "PAPER_HEADS", "ProbeResult", "TRUE_HEADS", "attention_call", "attention_feature",
+           "batched_head_features", "checked_feature_args", "evaluate_cv", "evaluate_got", "evaluate_snli", "evaluate_split", "got_span", "head_features",
            "kfold_indices", "load_feature_csv", "snli_span", "traced_head_features", "train_probe", "unit_directions"]

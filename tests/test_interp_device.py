@@ -1,7 +1,9 @@
 """The device path of the interp core without a GPU: ``--device cpu`` and ``--device auto`` (no GPU
-visible: plain CPU) give the same scores as the code before the core refactor, bit for bit in float32
-(recorded in ``tests/data/interp_golden_f32.npz`` by ``tests/interp_golden.py`` at commit 3cb0bed),
-for every interp command; and the loader's device logic (device maps, checks, input device)."""
+visible: plain CPU) give the same scores, bit for bit, and those of the code before the core refactor
+(recorded in ``tests/data/interp_golden_f32.npz`` by ``tests/interp_golden.py`` at commit 3cb0bed) to
+float32 rounding, for every interp command; and the loader's device logic (device maps, checks, input
+device). The recording is compared within float32 rounding, not bit for bit: another CPU's kernels
+(AVX-512 or not, Intel or AMD) round float32 sums differently (seen: 1e-7 on scores of 0.1)."""
 
 from __future__ import annotations
 
@@ -21,17 +23,24 @@ def golden():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("device", ["cpu", "auto"])
-def test_scores_bit_for_bit_as_before(tmp_path_factory, golden, device):
+def test_scores_as_before_on_every_device_name(tmp_path_factory, golden):
     import torch
 
     assert not torch.cuda.is_available()  # this checks the CPU path (auto without a GPU is plain CPU)
-    got = run_all(tmp_path_factory.mktemp(device), ["--device", device])
-    assert sorted(got) == sorted(golden)
+    cpu = run_all(tmp_path_factory.mktemp("cpu"), ["--device", "cpu"])
+    auto = run_all(tmp_path_factory.mktemp("auto"), ["--device", "auto"])
+    assert sorted(cpu) == sorted(auto) == sorted(golden)
     assert len(golden) > 300 and {k.split(".")[0] for k in golden} == {
         "patch", "heads", "intervene_ablate", "intervene_label", "intervene_mean", "probe"}
-    different = [k for k in golden if not np.array_equal(got[k], golden[k], equal_nan=True)]
-    assert different == []
+    assert [k for k in golden if not np.array_equal(cpu[k], auto[k], equal_nan=True)] == []
+
+    def same(a, b) -> bool:
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype.kind != "f" or b.dtype.kind != "f":
+            return a.shape == b.shape and bool((a == b).all())
+        return a.shape == b.shape and bool(np.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True))
+
+    assert [k for k in golden if not same(cpu[k], golden[k])] == []
 
 
 @pytest.mark.unit

@@ -138,7 +138,10 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     onehot_f = batch.role_onehot(torch.float64)
     layers = model.model.layers
     # ---------------------------------------------------------------------------------------
-    # traced code below: plain torch on captured values only (it must run on NDIF as is)
+    # traced code below: plain torch on captured values only (it must run on NDIF as is). What one
+    # trace leaves for the next travels in the dict `st` (mutated, never rebound): on NDIF a name
+    # bound inside one trace of a session is not seen by the next. No comment line may stand in the
+    # session body outside its traces (nnsight's line mapping of the compiled body skips them).
     with frozen(model), model.session(remote=remote):
         weights = []
         for lyr in range(L):
@@ -147,8 +150,6 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
             wts += [at.v_proj.bias, at.o_proj.weight, layers[lyr].input_layernorm.weight]
             wts.append(layers[lyr].post_attention_layernorm.weight)
             weights.append(wts)
-        # What one trace leaves for the next travels in this dict (mutated, never rebound): on NDIF
-        # a name bound inside one trace of a session is not seen by the next.
         st = {}
         if corrupt_in is not None:
             with model.trace(corrupt_in):
