@@ -99,6 +99,18 @@ class PairBatch:
     def answer_position(self) -> int:
         return self.width - 1
 
+    def role_weights(self, roles: Sequence[str]) -> "torch.Tensor":
+        """``[rows, width, len(roles)]`` float64: 1 on each token of a role (once per span holding it),
+        for reducing per-position terms to roles in one contraction."""
+        import torch
+
+        w = torch.zeros(self.size, self.width, len(roles), dtype=torch.float64)
+        for b, row_roles in enumerate(self.roles):
+            for k, role in enumerate(roles):
+                for s, e in row_roles.get(role, []):
+                    w[b, s:e, k] += 1
+        return w
+
 
 @dataclass
 class Pairs:

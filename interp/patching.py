@@ -92,9 +92,15 @@ def _prepare(model: Any, pairs: Pairs, remote: Remote, tokenizer: Any) -> tuple[
 # attribution patching
 
 
-def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -> "np.ndarray":
+def attribution_batch(model: Any, batch: PairBatch, *, roles: Sequence[str] | None = None,
+                      remote: Remote = False) -> "np.ndarray":
     """AtP terms of one batch: ``[pairs, positions, layers, heads]`` (positions of the padded
     batch, ending at the answer position; padding contributes 0).
+
+    With ``roles`` the terms are reduced where they are computed (on NDIF, what travels back no
+    longer grows with the sequence length): ``[layers, heads, 1 + len(roles)]`` float64, index 0
+    summed over every row and position, index ``1 + k`` over the tokens of role ``k``
+    (:meth:`PairBatch.role_weights`).
 
     ``model`` must be an nnsight model (see :func:`interp.model.as_nnsight`); the lower-level
     building block of :func:`attribution_scores`, for callers that checkpoint per batch.
@@ -109,6 +115,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
     clean_target, corrupt_target = batch.clean_target[:, None], batch.corrupt_target[:, None]
     real = batch.attention_mask.bool()[:, :, None]  # padding adds exactly 0, even were it NaN
     corrupt_in, clean_in = _split_inputs(model, batch, request_device(model, remote))
+    weights = None if roles is None else batch.role_weights(roles)
     # One session (one request when remote): the corrupted rows in a forward that builds no graph
     # (nothing requires grad), then the clean rows forward + backward. Two passes rather than one
     # batch of both, so the backward runs over the clean rows only: ~1/3 less compute and half
@@ -135,7 +142,13 @@ def attribution_batch(model: Any, batch: PairBatch, *, remote: Remote = False) -
                     term = (delta * x.grad).reshape(n, width, n_heads, head_dim).sum(-1).to(device)
                     terms.append(torch.where(real.to(device), term, torch.zeros_like(term)))
                 terms.reverse()
-                out = nnsight.save(torch.stack(terms, 2).detach().float().cpu())
+                stacked = torch.stack(terms, 2).detach()
+                if weights is None:
+                    out = nnsight.save(stacked.float().cpu())
+                else:
+                    t = stacked.double()
+                    by_role = torch.einsum("btlh,btr->lhr", t, weights.to(t.device))
+                    out = nnsight.save(torch.cat([t.sum((0, 1))[..., None], by_role], -1).cpu())
     return out.numpy()
 
 
@@ -247,16 +260,12 @@ def attribution_scores(model: Any, pairs: Pairs, batch_size: int = 8, *, per_pos
             if progress is not None:
                 progress(done, len(pairs))
             continue
-        terms = attribution_batch(nn_model, batch, remote=remote)  # [B, T, L, H]
         if per_position:
+            terms = attribution_batch(nn_model, batch, remote=remote)  # [B, T, L, H]
             total[..., positions - batch.width:] += terms.sum(0).transpose(1, 2, 0)
-        elif roles:
-            for b, row_roles in enumerate(batch.roles):
-                for k, role in enumerate(roles):
-                    for s, e in row_roles.get(role, []):
-                        total[..., k] += terms[b, s:e].sum(0)
         else:
-            total += terms.sum((0, 1))
+            reduced = attribution_batch(nn_model, batch, roles=roles, remote=remote)  # [L, H, 1 + R]
+            total += reduced[..., 1:] if roles else reduced[..., 0]
         done += batch.size
         if progress is not None:
             progress(done, len(pairs))

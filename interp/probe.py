@@ -455,5 +455,6 @@ def got_span(tokenizer: Any, text: str, begin: str = " Is", stop: str = " Answer
 
 
 __all__ = ["FALSE_HEADS", "PAPER_HEADS", "ProbeResult", "TRUE_HEADS", "attention_call", "attention_feature",
-           "batched_head_features", "checked_feature_args", "evaluate_cv", "evaluate_got", "evaluate_snli", "evaluate_split", "got_span", "head_features",
-           "kfold_indices", "load_feature_csv", "snli_span", "traced_head_features", "train_probe", "unit_directions"]
+           "batched_head_features", "checked_feature_args", "evaluate_cv", "evaluate_got", "evaluate_snli",
+           "evaluate_split", "got_span", "head_features", "kfold_indices", "load_feature_csv", "snli_span",
+           "traced_head_features", "train_probe", "unit_directions"]

@@ -14,7 +14,8 @@
 # Without deploy arguments, up deploys gar-eval/organism (the model organism) and gar-eval/smollm2
 # (the embedded, Q4_1-dequantised SmolLM2-135M-Instruct). Settings (environment): NDIF_LOCAL_DIR
 # (default .cache/ndif-local in the project), NDIF_LOCAL_PORT (API, default 18801), NDIF_LOCAL_TIMEOUT
-# (seconds to wait for readiness, default 240), NDIF_LOCAL_DTYPE (float32), PY312 (the Python 3.12),
+# (seconds to wait for readiness, default 240), NDIF_LOCAL_DTYPE (float32), NDIF_LOCAL_THREADS (torch
+# threads of the CPU model actor, default all cores), PY312 (the Python 3.12),
 # GAR_PY (the project's Python, default .venv/bin/python).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -401,7 +401,7 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                     write_json(out / "spot.json", spot)
             files = sorted({Path(p).name for p in res["paths"].values()} | ({"spot.json"} if spot else set())
                            | ({"scores_half1.npz", "scores_half2.npz"} if half1 is not None else set()))
-            info = {"model": m.desc, "model_arg": args.model, "model_fingerprint": fingerprint,
+            info = {"model": m.desc, "model_arg": args.model, "model_fingerprint": fingerprint, "server": m.server,
                     "args": args.to_json(), "slices": [asdict(s) for s in slices], "rows": len(task.cf),
                     "counts": task.counts, "rejected": task.rejected, "record_ids": task.record_ids,
                     "meta": scores.meta, "n_edges_graph": scores.n_edges(), "circuit": {k: v for k, v in res.items()

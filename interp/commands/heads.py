@@ -218,6 +218,7 @@ def run_heads(args: HeadsArgs, progress: Progress | None = None, log: Callable[[
                      "records of task t, F = -N; labelled if consistency >= min_consistency and score > 0",
         }
     info["model_fingerprint"] = m.fingerprint
+    info["server"] = m.server
     with locked_dir(out):
         check_out(out, locked=True)  # again, under the lock
         with timings("write"):

@@ -227,7 +227,8 @@ def run_intervene(args: InterveneArgs, log: Callable[[str], Any] | None = None) 
             base, targ, rand = run_arms(m.model, enc, plan, controls, means, args.batch_size, timings, log)
     rows, overall = summarize(enc, base, targ, rand)
     info = {"command": "intervene", "settings": {**asdict(args), "model_desc": m.desc},
-            "model_type": sites.model_type, "n_layers": sites.n_layers, "n_heads": sites.n_heads,
+            "server": m.server, "model_type": sites.model_type, "n_layers": sites.n_layers,
+            "n_heads": sites.n_heads,
             "heads_source": source["heads"], "means_source": means_source, "targeted_heads": plan.to_dict(),
             "random_draws": [{"seed": args.seed + i, **c.to_dict()} for i, c in enumerate(controls)],
             "tasks": rows, "overall": overall, "versions": versions(), "timings_s": timings}

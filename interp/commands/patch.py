@@ -107,18 +107,6 @@ def choose_pairs(args: PatchArgs, tokenizer: Any, slices: list[Slice],
     return out
 
 
-def role_sums(terms: Any, batch: Any, roles: list[str]) -> Any:
-    """``[L, H, roles]``: AtP terms ``[B, T, L, H]`` summed over each role's tokens."""
-    import numpy as np
-
-    out = np.zeros(terms.shape[2:] + (len(roles),))
-    for b, row_roles in enumerate(batch.roles):
-        for k, role in enumerate(roles):
-            for s, e in row_roles.get(role, []):
-                out[..., k] += terms[b, s:e].sum(0)
-    return out
-
-
 class FamilyRun:
     """The three checkpointed passes (AtP, GradDrop, exact) of one family's pairs."""
 
@@ -139,8 +127,8 @@ class FamilyRun:
 
         def compute(i: int) -> dict[str, Any]:
             batch = self.pairs.batch(self.batches[i])
-            terms = P.attribution_batch(self.model, batch, remote=self.remote)  # [B,T,L,H]
-            return {"atp": terms.sum((0, 1)), "roles": role_sums(terms, batch, roles)}
+            reduced = P.attribution_batch(self.model, batch, roles=roles, remote=self.remote)  # [L, H, 1 + R]
+            return {"atp": reduced[..., 0], "roles": reduced[..., 1:]}
 
         for d in self._loop("atp", compute):
             atp += d["atp"]
@@ -263,7 +251,8 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
                 "model_type": m.sites.model_type, "n_layers": m.sites.n_layers, "n_heads": m.sites.n_heads,
                 "tasks": args.tasks, "config": args.config, "slices": [asdict(s) for s in slices], "n": args.n,
                 "batch_size": args.batch_size, "dtype": args.dtype, "device": args.device,
-                "verify_top": args.verify_top, "seed": args.seed, "remote": args.remote, "grad_drop": args.grad_drop,
+                "verify_top": args.verify_top, "seed": args.seed, "remote": args.remote, "server": m.server,
+                "grad_drop": args.grad_drop,
                 "resumed": resumed, "batches": dict(ckpt.counts), "families": results, "plots": [],
                 "versions": versions(), "timings_s": timings}
         with timings("write"):

@@ -9,9 +9,11 @@ request takes the path it takes on a GPU server. On a machine with GPUs the acto
 
 import gc
 import logging
+import os
 from typing import Dict
 
 import ray
+import torch
 from ndif.services.ray.deployments.modeling.base import BaseModelDeployment
 from nnsight.modeling.huggingface import HuggingFaceModel
 
@@ -22,6 +24,8 @@ class CPUModelDeployment(BaseModelDeployment):
     """ndif's model deployment with its weights on the CPU."""
 
     def load_from_disk(self):
+        # Ray starts an actor without CPUs (num_cpus=0) on one thread; compute like a local run does
+        torch.set_num_threads(int(os.environ.get("NDIF_LOCAL_THREADS") or os.cpu_count() or 1))
         model = HuggingFaceModel.from_model_key(self.model_key, dispatch=True, dtype=self.dtype_name, device="cpu",
                                                 **self.kwargs)
         model._module.requires_grad_(False)
