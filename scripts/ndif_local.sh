@@ -62,11 +62,12 @@ client_env() {
 log() { printf '%6ss ndif-local: %s\n' "$SECONDS" "$*" >&2; }
 die() { echo "ndif-local: error: $*" >&2; exit 1; }
 
-find_py312() {
-  if [ -n "${PY312:-}" ]; then echo "$PY312"; return; fi
-  command -v python3.12 2>/dev/null && return
-  local root; root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
-  ls -d "$root"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1
+find_py312() {  # the first candidate that really runs Python 3.12 (a pyenv shim may not)
+  local root c; root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+  for c in ${PY312:-} $(ls -d "$root"/versions/3.12*/bin/python3.12 2>/dev/null | sort -rV) \
+           $(command -v python3.12 2>/dev/null); do
+    if "$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then echo "$c"; return; fi
+  done
 }
 
 pip_q() {  # quiet pip without the machine's noise about missing local indexes
@@ -81,7 +82,7 @@ setup() {
       || die "cannot install redis-server (see $W/logs/apt.log)"
   fi
   local py; py=$(find_py312)
-  [ -x "$py" ] || die "ndif needs Python 3.12 (none found; set PY312)"
+  [ -n "$py" ] || die "ndif needs Python 3.12 (none found; set PY312)"
   if [ ! -f "$W/venv/.complete" ]; then
     log "building the server venv with $py (several minutes)"
     rm -rf "$W/venv"
