@@ -15,7 +15,9 @@
 # (the embedded, Q4_1-dequantised SmolLM2-135M-Instruct). Settings (environment): NDIF_LOCAL_DIR
 # (default .cache/ndif-local in the project), NDIF_LOCAL_PORT (API, default 18801), NDIF_LOCAL_TIMEOUT
 # (seconds to wait for readiness, default 240), NDIF_LOCAL_DTYPE (float32), NDIF_LOCAL_THREADS (torch
-# threads of the CPU model actor, default all cores), PY312 (the Python 3.12),
+# threads of the CPU model actor, default all cores), NDIF_LOCAL_SANDBOX (1, the default: the CPU actor
+# runs untrusted requests in a separate process, as ndif's sandboxed actor does; 0: in-process only),
+# PY312 (the Python 3.12),
 # GAR_PY (the project's Python, default .venv/bin/python).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +52,14 @@ server_env() {  # everything the stack's processes read; all addresses on 127.0.
   if [ "${NDIF_LOCAL_GPU:-0}" != 1 ]; then
     # ndif's placement manages only nodes with a GPU resource: declare one, and run models on the CPU.
     export RAY_OVERRIDE_RESOURCES='{"GPU": 1, "CPU": 4, "cuda_memory_bytes": 16000000000}'
-    export NDIF_DEFAULT_MODEL_ACTOR_CLASS=cpu_actor.CPUModelActor
+    # the sandboxed actor: untrusted requests (trusted: false) run in a runner process, as on a
+    # shared deployment; trusted ones (the default without auth) in-process, as ndif's base does
+    if [ "${NDIF_LOCAL_SANDBOX:-1}" = 1 ]; then
+      export NDIF_DEFAULT_MODEL_ACTOR_CLASS=cpu_actor.CPUSandboxModelActor
+      export NDIF_SANDBOX_POOL_SIZE=${NDIF_SANDBOX_POOL_SIZE:-1}  # each warm runner holds ~0.5 GB
+    else
+      export NDIF_DEFAULT_MODEL_ACTOR_CLASS=cpu_actor.CPUModelActor
+    fi
   fi
 }
 
@@ -91,6 +100,12 @@ setup() {
     pip_q "$W/venv/bin/python" -m pip install -q "$NDIF_PIN" "$TRANSFORMERS_PIN"
     touch "$W/venv/.complete"
   fi
+  # Offline for every process of the stack, the sandbox's runners included: ndif starts them with an
+  # allowlisted environment that drops HF_HUB_OFFLINE, and a runner asking the Hub for files its
+  # cache lacks times out instead of starting.
+  local site; site=$("$W/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo 'import os; os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")' \
+    > "$site/gar_ndif_local_offline.pth"
   if [ ! -f "$W/s3venv/.complete" ]; then
     log "building the object store venv"
     rm -rf "$W/s3venv"
@@ -219,14 +234,19 @@ for k, v in json.load(sys.stdin).get("deployments", {}).items():
 down() {
   server_env
   cd "$W" 2>/dev/null || return 0
-  local s p
+  local s p i pids=()
   for s in api moto redis; do
     if p=$(cat "logs/$s.pid" 2>/dev/null); then
       kill -TERM -- "-$p" 2>/dev/null || true
+      pids+=("$p")
       rm -f "logs/$s.pid"
     fi
   done
   if [ -x "$W/venv/bin/ray" ]; then ray stop > logs/ray_stop.log 2>&1 || true; fi
+  for p in "${pids[@]}"; do  # gone before the ports are needed again: 10 s, then KILL
+    for i in $(seq 50); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$p" 2>/dev/null || true
+  done
   log "stopped"
 }
 

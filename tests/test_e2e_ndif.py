@@ -172,3 +172,48 @@ def test_a_server_that_is_down_is_one_line_within_seconds(ndif, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "does not answer" in lines[0], r.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+# what a shared deployment does with a request it does not trust: run it in a separate runner process
+UNTRUSTED = ("import sys; from nnsight.schema.request import RequestModel; "
+             "RequestModel.metadata = lambda self: self.model_dump_json()[:-1] + ', \"trusted\": false}'; "
+             "from gar_tasks.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def sandbox_runners() -> set[int]:
+    r = subprocess.run(["pgrep", "-f", "ndif.services.ray.sandbox.runner"], capture_output=True, text=True)
+    return {int(p) for p in r.stdout.split()}
+
+
+def untrusted(ndif: dict[str, str], *argv) -> subprocess.CompletedProcess:
+    import sys
+
+    full = {**os.environ, **ndif, "HF_HUB_OFFLINE": "1"}
+    full.pop("NDIF_API_KEY", None)
+    return subprocess.run([sys.executable, "-c", UNTRUSTED, *map(str, argv)], env=full, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+
+
+def test_untrusted_requests_run_in_the_sandbox(ndif, tmp_path):
+    """ndif's sandboxed path (the block runs in a runner process that drives the actor's model over a
+    socket; a runner serves one request and is discarded) gives the local run's numbers for a
+    forward-only command; ndif 0.1.2's sandbox cannot read gradients inside ``backward()``, so the
+    gradient commands (patch, heads, circuit) come back as one error line naming its message."""
+    before = sandbox_runners()
+    if not before:
+        pytest.skip("the local NDIF runs no sandboxed actor (NDIF_LOCAL_SANDBOX=0)")
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    args = ["intervene", "--mode", "ablate", "--heads", "0:2;3:6", "--random-draws", "1", "--config", "v1", "--n", "4"]
+    r = untrusted(ndif, *args, "--model", REMOTE_ID, "--remote", "--out", remote, "-q")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert before - sandbox_runners(), "no sandbox runner was used (the request ran in-process)"
+    gar({}, *args, "--model", "organism", "--out", local, "-q")
+    got, want = (json.loads((d / "intervene.json").read_text())["overall"] for d in (remote, local))
+    assert got["baseline"]["acc"] == want["baseline"]["acc"] and got["targeted"]["acc"] == want["targeted"]["acc"]
+    assert got["targeted"]["metric"] == pytest.approx(want["targeted"]["metric"], rel=1e-6, abs=2e-5)
+
+    r = untrusted(ndif, "patch", "--model", REMOTE_ID, "--remote", "--tasks", "gen_nr0", "--config", "v1", "--n", "2",
+                  "--out", tmp_path / "patch")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "failed the request" in lines[0], r.stderr[-2000:]
+    assert "OutOfOrderError" in lines[0] and ".grad" in lines[0]

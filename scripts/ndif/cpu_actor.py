@@ -15,6 +15,7 @@ from typing import Dict
 import ray
 import torch
 from ndif.services.ray.deployments.modeling.base import BaseModelDeployment
+from ndif.services.ray.sandbox.model import SandboxHost
 from nnsight.modeling.huggingface import HuggingFaceModel
 
 logger = logging.getLogger("ndif.modeling")
@@ -51,3 +52,27 @@ class CPUModelDeployment(BaseModelDeployment):
 @ray.remote(num_cpus=0, max_restarts=-1)
 class CPUModelActor(CPUModelDeployment):
     """The Ray actor ndif starts per deployed model."""
+
+
+class CPUSandboxModelDeployment(SandboxHost, CPUModelDeployment):
+    """The CPU deployment that runs untrusted requests (``trusted: false``) in a separate runner
+    process, as ndif's own sandboxed actor does; trusted ones run in-process as above."""
+
+    def __init__(self, *args, pool_size=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.open_pool(pool_size)
+
+    def interrupt(self) -> None:
+        if self.execution_sandbox is not None:
+            self.execution_sandbox.stop()
+        super().interrupt()
+
+    def execute(self, request):
+        if request.trusted:
+            return super().execute(request)
+        return self.run_in_runner(request, None)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class CPUSandboxModelActor(CPUSandboxModelDeployment):
+    """The Ray actor of the sandboxed CPU deployment (``NDIF_LOCAL_SANDBOX=1``)."""
