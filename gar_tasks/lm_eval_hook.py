@@ -31,7 +31,7 @@ TARGET = "lm_eval.tasks.manager"
 MODELS_MODULE = "lm_eval.models"
 _PATCHED = "_gar_include_path_patched"
 # our lm-eval model types: name -> lazy "module:Class" placeholder (imported only when requested)
-MODELS = {"gar-hf-intervened": "interp.lm_eval_model:InterventionHFLM"}
+MODELS = {"gar-hf-intervened": "interp.lm_eval_model:InterventionHFLM", "gar-ndif": "interp.lm_eval_remote:NDIFLM"}
 
 
 def tasks_dir() -> "Path":

@@ -138,6 +138,34 @@ def test_circuit_remote_equals_local(ndif, tmp_path):
     assert info["circuit"]["n_edges"] == json.loads((local / "circuit.json").read_text())["circuit"]["n_edges"]
 
 
+def test_lm_eval_on_ndif_equals_the_hf_model(ndif, tmp_path):
+    """``lm_eval --model gar-ndif`` (log-likelihoods computed on the server) scores every document as
+    lm-eval's ``hf`` model does on the same weights here."""
+    tasks = "gar_v1_cls_nr0_gender_city,gar_v1_gen_nr1_gender_kind"
+    common = ["eval", "--tasks", tasks, "--limit", "6", "--batch_size", "8", "--log_samples"]
+    gar({**ndif, "HF_DATASETS_OFFLINE": "1"}, *common, "--model", "gar-ndif", "--model_args",
+        f"pretrained={REMOTE_ID}", "--output_path", tmp_path / "remote")
+    gar({"HF_DATASETS_OFFLINE": "1"}, *common, "--model", "hf", "--model_args", "pretrained=organism,dtype=float32",
+        "--output_path", tmp_path / "local")
+
+    def scores(folder: Path) -> dict:
+        out = {}
+        for f in sorted(folder.rglob("samples_*.jsonl")):
+            task = f.name.split("samples_")[1].rsplit("_", 1)[0]
+            for line in f.read_text().splitlines():
+                s = json.loads(line)
+                out[(task, s["doc_id"])] = ([float(r[0][0]) for r in s["resps"]], s["acc"])
+        return out
+
+    got, want = scores(tmp_path / "remote"), scores(tmp_path / "local")
+    assert got.keys() == want.keys() and len(got) == 12
+    for k, (lls, acc) in want.items():
+        assert got[k][1] == acc, k
+        assert got[k][0] == pytest.approx(lls, rel=1e-5, abs=1e-5), k
+    info = json.loads(next((tmp_path / "remote").rglob("results_*.json")).read_text())
+    assert info["config"]["model_args"] == {"pretrained": REMOTE_ID}
+
+
 def test_a_server_error_is_one_line(ndif, tmp_path):
     """A model the server has not deployed: the server's own message, one line, exit 2."""
     import shutil

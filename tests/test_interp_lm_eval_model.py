@@ -103,3 +103,31 @@ def test_lm_eval_cli_runs_intervened_model(llama_dir, tmp_path):
     assert all(data["n-samples"][t]["effective"] == 1 for t in leaves)
     assert data["config"]["model"] == "gar-hf-intervened"
     assert data["config"]["gar_intervention"]["heads"] == [[0, 1], [1, N_HEADS - 1]]
+
+
+@pytest.mark.integration
+def test_ndif_model_gives_the_hf_models_loglikelihoods(llama_dir):
+    """``gar-ndif`` (its traced code through nnsight's serialise/deserialise path, ``remote=local``)
+    scores every request as lm-eval's ``hf`` model does, in batches of mixed lengths, on a cls-like
+    choice, a multi-token continuation and an empty context; its registry entry is lazy."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+
+    from interp.lm_eval_remote import NDIFLM
+
+    pairs = REQUESTS + [("Is it true that cats bark? Answer:", " Yes"), ("", "Hello there"),
+                        ("A long context that goes on and on about nothing in particular, then", " stops here now")]
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    with one_thread():
+        want = HFLM(pretrained=str(llama_dir), dtype="float32", device="cpu", batch_size=2).loglikelihood(
+            reqs, disable_tqdm=True)
+        ndif = NDIFLM(pretrained=str(llama_dir), remote="local", batch_size=2)
+        got = ndif.loglikelihood(reqs, disable_tqdm=True)
+    assert [g for _, g in got] == [g for _, g in want]
+    for (ll, _), (ref, _) in zip(got, want):
+        assert ll == pytest.approx(ref, rel=1e-5, abs=1e-5)
+    assert len({round(ll, 3) for ll, _ in got}) == len(pairs)  # distinct scores: nothing was mixed up
+    assert get_model("gar-ndif") is NDIFLM
+    with pytest.raises(Exception, match="scores log-likelihoods"):
+        ndif.generate_until([])
