@@ -261,6 +261,9 @@ def test_server_failures_become_one_line():
     with pytest.raises(GARConfigError):  # our own errors pass unchanged
         with server_errors(SELF_HOSTED):
             raise GARConfigError("bad")
+    with pytest.raises(ValueError, match="ours"):  # a bug of ours during a remote run stays itself
+        with server_errors(SELF_HOSTED):
+            raise ValueError("ours")
     with pytest.raises(ValueError):  # a local run is not a server's business
         with server_errors(False):
             raise ValueError("local")

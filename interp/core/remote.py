@@ -165,13 +165,29 @@ def server_errors(remote: Any) -> Iterator[None]:
         yield
     except GARError:
         raise
-    except Exception as e:  # noqa: BLE001 - nnsight's RemoteError, httpx/websocket transport errors
-        from nnsight.intervention.backends.remote import RemoteError
-
-        what = "failed the request" if isinstance(e, RemoteError) else "could not be reached"
+    except Exception as e:
+        what = transport_failure(e)
+        if what is None:  # not the server's: a bug of ours stays a bug, with its traceback
+            raise
         raise GARRemoteError(f"the NDIF server at {host(remote)} {what}: {last_line(e)}") from None
     finally:
         CONFIG.APP.REMOTE_LOGGING = shown
+
+
+def transport_failure(e: BaseException) -> str | None:
+    """How a request went wrong when ``e`` is the server's failure or the connection's, else None."""
+    import httpx
+    from nnsight.intervention.backends.remote import RemoteError
+
+    if isinstance(e, RemoteError):
+        return "failed the request"
+    try:
+        from websocket import WebSocketException
+    except ImportError:  # pragma: no cover - nnsight depends on websocket-client
+        WebSocketException = ()  # noqa: N806
+    if isinstance(e, (httpx.HTTPError, OSError, WebSocketException)):
+        return "could not be reached"
+    return None
 
 
 def last_line(e: BaseException) -> str:
@@ -181,4 +197,5 @@ def last_line(e: BaseException) -> str:
 
 
 __all__ = ["DRIFT_PACKAGES", "GARRemoteError", "PUBLIC_DOMAIN", "TASK", "api_key", "host", "key_problem", "last_line",
-           "model_key", "needs_key", "one_line", "pin_repo_id", "preflight", "server_errors", "skeleton"]
+           "model_key", "needs_key", "one_line", "pin_repo_id", "preflight", "server_errors", "skeleton",
+           "transport_failure"]
