@@ -12,6 +12,11 @@ models as lazy placeholders, which keeps it cheap), our model types (:data:`MODE
 are registered in its ``model_registry`` as lazy ``"module:Class"`` placeholders, so
 ``lm_eval --model gar-hf-intervened`` works and nothing of ours is imported until it is used.
 
+The wrapped ``TaskManager.__init__`` also drops one message of lm-eval's for GAR tasks: every task
+with a ``custom_dataset`` logs "Custom kwargs can be passed to ``--metadata``..." when it loads, one
+identical warning per leaf (192 on ``gar_v1``); GAR's one such kwarg, ``gar_source``, is in the
+README. Every other message, and this one for other tasks, passes.
+
 Trade-off: a ``.pth`` line runs in every interpreter of the environment, so it must stay cheap and
 must never fail (errors are swallowed; set ``GAR_NO_LM_EVAL_HOOK=1`` to switch it off). hatchling
 installs the file for ``pip install`` and ``pip install -e`` and ``pip uninstall`` removes it.
@@ -61,6 +66,27 @@ def _with_ours(include_path: Any) -> list:
     return [ours, *paths]
 
 
+CUSTOM_KWARGS_NOTICE = "Custom kwargs can be passed to `--metadata`"
+TASK_LOGGER = "lm_eval.api.task"
+
+
+class _GarNoticeFilter:
+    """A ``logging`` filter (duck-typed) dropping lm-eval's custom-kwargs notice for GAR tasks."""
+
+    def filter(self, record: Any) -> bool:
+        msg = record.getMessage()
+        return not (CUSTOM_KWARGS_NOTICE in msg and msg.startswith("gar"))
+
+
+def quiet_custom_kwargs_notice() -> None:
+    """Install :class:`_GarNoticeFilter` on lm-eval's task logger (idempotent)."""
+    import logging
+
+    logger = logging.getLogger(TASK_LOGGER)
+    if not any(isinstance(f, _GarNoticeFilter) for f in logger.filters):
+        logger.addFilter(_GarNoticeFilter())
+
+
 def patch_task_manager(module: Any) -> None:
     """Wrap ``module.TaskManager.__init__`` to add our tasks folder (idempotent)."""
     import functools
@@ -76,6 +102,7 @@ def patch_task_manager(module: Any) -> None:
     def __init__(self, *args, **kwargs):
         bound = sig.bind(self, *args, **kwargs)
         bound.arguments["include_path"] = _with_ours(bound.arguments.get("include_path"))
+        quiet_custom_kwargs_notice()
         original(*bound.args, **bound.kwargs)
 
     setattr(__init__, _PATCHED, True)

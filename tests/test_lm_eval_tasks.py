@@ -111,6 +111,30 @@ def test_hook_is_cheap_and_idempotent():
     assert sum(isinstance(f, lm_eval_hook._Finder) for f in sys.meta_path) <= 1
 
 
+@pytest.mark.integration
+def test_loading_gar_tasks_logs_no_custom_kwargs_notice(caplog):
+    """lm-eval logs "Custom kwargs can be passed to `--metadata`" once per task with a custom_dataset:
+    the hook drops it for GAR tasks (one per leaf otherwise) and for nothing else."""
+    import logging
+
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    from gar_tasks.lm_eval_hook import CUSTOM_KWARGS_NOTICE, TASK_LOGGER
+
+    with caplog.at_level(logging.WARNING, logger=TASK_LOGGER):
+        tasks = get_task_dict(["gar_cls_nr0", "gar_v1_gen_nr2"], TaskManager())
+        other = logging.getLogger(TASK_LOGGER)
+        other.warning("squad: %s in console", CUSTOM_KWARGS_NOTICE)  # another task's notice passes
+        other.warning("gar_cls_nr0: something else")  # and so does any other message of a GAR task
+    def leaves(d) -> list[str]:
+        return [n for k, v in d.items() for n in (leaves(v) if isinstance(v, dict) else [k])]
+
+    assert len(leaves(tasks)) >= 10  # the leaves really loaded (each would have logged the notice)
+    texts = [r.getMessage() for r in caplog.records if r.name == TASK_LOGGER]
+    assert [t for t in texts if CUSTOM_KWARGS_NOTICE in t] == [f"squad: {CUSTOM_KWARGS_NOTICE} in console"]
+    assert "gar_cls_nr0: something else" in texts
+
+
 # ---------------------------------------------------------------------------------------------
 # oracle: a model that always knows the answer scores 1.0 everywhere, one that never does 0.0
 
