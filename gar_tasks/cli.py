@@ -274,6 +274,28 @@ def lm_eval_argv(passed: Sequence[str]) -> list[str]:
     return ["run", *argv]
 
 
+def token_out_of_model_args(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """``argv`` without a ``token=`` in its ``--model_args`` (key=value form), and that token.
+
+    lm-eval writes ``model_args`` verbatim into ``results_*.json`` (twice): a Hub token given there
+    would land on disk. ``gar eval`` takes it out and hands it to the Hub client as ``HF_TOKEN``
+    for the run instead, which ``from_pretrained`` reads as it would the argument."""
+    token = None
+    out = []
+    for i, a in enumerate(argv):
+        if a.startswith("--model_args=") or argv[i - 1:i] == ["--model_args"]:
+            prefix = "--model_args=" if a.startswith("--model_args=") else ""
+            kept = []
+            for part in a[len(prefix):].split(","):
+                if part.strip().startswith("token="):
+                    token = part.split("=", 1)[1]
+                else:
+                    kept.append(part)
+            a = prefix + ",".join(kept)
+        out.append(a)
+    return out, token
+
+
 def _resolve_embedded(arg: str) -> str:
     """``pretrained=organism`` (any embedded model name that is not a path here) becomes
     ``pretrained=<its folder>``, so ``gar eval --model_args pretrained=organism`` works like
@@ -359,13 +381,18 @@ class _Masked:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import os
+
     passed = list(args.lm_eval_args)
     _check_eval_args(passed)
-    argv = lm_eval_argv(passed)
+    argv, token = token_out_of_model_args(lm_eval_argv(passed))
     print(mask_secrets("lm_eval " + " ".join(argv)), file=sys.stderr)
     from lm_eval.__main__ import cli_evaluate
 
     old = sys.argv, sys.stdout, sys.stderr
+    old_token = os.environ.get("HF_TOKEN")
+    if token:
+        os.environ["HF_TOKEN"] = token
     sys.argv = ["lm_eval", *argv]
     sys.stdout, sys.stderr = _Masked(sys.stdout), _Masked(sys.stderr)
     try:
@@ -378,6 +405,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise
     finally:
         sys.argv, sys.stdout, sys.stderr = old
+        if token:
+            if old_token is None:
+                os.environ.pop("HF_TOKEN", None)
+            else:
+                os.environ["HF_TOKEN"] = old_token
     return 0
 
 

@@ -313,6 +313,29 @@ def test_gar_eval_runs_lm_eval_in_process(tmp_path, capsys):
     assert list(out.rglob("results_*.json"))
 
 
+@pytest.mark.integration
+def test_gar_eval_writes_no_hub_token_to_any_file(tmp_path, capsys, tiny_dir, monkeypatch):
+    """A token in --model_args reaches the Hub client as HF_TOKEN for the run, never a file of
+    lm-eval's (results and samples record model_args verbatim) nor the console."""
+    from gar_tasks import cli
+
+    secret = "hf_" + "Zq9" * 12
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    argv, token = cli.token_out_of_model_args(["run", "--model_args", f"pretrained=x,token={secret},dtype=float32",
+                                               f"--model_args=token={secret}"])
+    assert token == secret and argv == ["run", "--model_args", "pretrained=x,dtype=float32", "--model_args="]
+    out = tmp_path / "res"
+    rc = cli.main(["eval", "--model", "hf", "--model_args", f"pretrained={tiny_dir},token={secret},dtype=float32",
+                   "--tasks", "gar_cls_nr0_gender_city", "--limit", "2", "--output_path", str(out), "--log_samples"])
+    printed = capsys.readouterr()
+    assert rc == 0
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert any(f.name.startswith("results_") for f in files) and any(f.name.startswith("samples_") for f in files)
+    assert all(secret not in f.read_text() for f in files)
+    assert secret not in printed.out + printed.err
+    assert "HF_TOKEN" not in __import__("os").environ  # handed over for the run only
+
+
 @pytest.mark.e2e
 def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
     """`pip install` (non-editable) gets the hook, the YAML tasks and the data; RECORD lists the
