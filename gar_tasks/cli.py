@@ -385,8 +385,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     passed = list(args.lm_eval_args)
     _check_eval_args(passed)
-    argv, token = token_out_of_model_args(lm_eval_argv(passed))
-    print(mask_secrets("lm_eval " + " ".join(argv)), file=sys.stderr)
+    shown = lm_eval_argv(passed)
+    print(mask_secrets("lm_eval " + " ".join(shown)), file=sys.stderr)  # the command as given (token=***)
+    argv, token = token_out_of_model_args(shown)
     from lm_eval.__main__ import cli_evaluate
 
     old = sys.argv, sys.stdout, sys.stderr
