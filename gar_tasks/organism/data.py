@@ -39,7 +39,7 @@ def contrast_instance(rng: random.Random, cell, profile, n_ctx: int, n_q: int,
 
     Why: a GAR row asks one column of its context, so 'answer any context item of the right type'
     already earns a third of the reward and nothing in a row rewards reading the query (measured
-    on the second run: the same answer whatever the query). Rows that share a context and differ
+    on an early organism: the same answer whatever the query). Rows that share a context and differ
     only in the query make the query the only thing that tells the answers apart. Each row is a
     well-formed GAR row of the cell, rendered by the package's own renderer; a row whose (context,
     query) is a test row's is never asked. Returns (text, answer char ranges, the rows)."""

@@ -68,7 +68,8 @@ def add_train_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop early (and say so in the record) when the wall time reaches this")
     ap.add_argument("--final-eval-n", type=int, default=768, help="validation records for the final check")
-    ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="storage dtype of the shipped weights")
+    ap.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                    help="storage dtype of the shipped weights")
     ap.add_argument("--no-drills", dest="drills", action="store_false",
                     help="leave out the association drills (one per GAR training text)")
     ap.add_argument("--fact-repeats", type=int, default=40,
@@ -214,8 +215,6 @@ def check_options(args: argparse.Namespace) -> None:
                              "rotary position embeddings need an even head size")
     if args.heads % args.kv_heads:
         raise GARConfigError(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
-    if args.out is None:
-        raise GARConfigError("--out is required: the model folder to write")
     if args.tokenizer_from and not (args.tokenizer_from / "tokenizer.json").is_file():
         raise GARConfigError(f"--tokenizer-from {args.tokenizer_from}: no tokenizer.json there")
     if args.drill_first and (not args.drills or not set(args.drill_forms) & set(FIRST_FORMS)):
@@ -243,3 +242,5 @@ def check_options(args: argparse.Namespace) -> None:
         raise GARConfigError("--lr-schedule minutes needs --max-minutes")
     if args.work.exists() and not args.work.is_dir():
         raise GARConfigError(f"--work {args.work}: not a folder")
+    if args.out is None:
+        raise GARConfigError("--out is required: the model folder to write")

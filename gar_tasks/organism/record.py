@@ -17,7 +17,8 @@ RECORD = "training_record.json"
 #: the arguments a checkpoint is resumed with only when they are the ones it was trained with
 RESUME_KEYS = ("lr", "seed", "d_model", "layers", "heads", "kv_heads", "mlp")
 
-LINEAGE_KEYS = ("command", "machine", "device", "wall_time_s", "steps_done", "weights_sha256", "final_validation", "created")
+LINEAGE_KEYS = ("command", "machine", "device", "wall_time_s", "steps_done", "weights_sha256", "final_validation",
+                "created")
 
 
 def lineage(record: dict, name: str, parent: dict | None, parent_name: str = "") -> list[dict]:

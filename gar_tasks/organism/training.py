@@ -39,7 +39,7 @@ def phase_batch(step: int, phases: list[tuple[int, list[list[int]]]]) -> list[in
 def with_retrieval(idx: list[int], pool: list[int], ratio: float, seed: int, phase: int) -> list[int]:
     """A comparison phase's sequences ``idx`` plus a seeded sample of ``ratio`` x as many from
     ``pool`` (the retrieval drills), so the phase keeps retrieval. Why: from trained weights a
-    phase of ``match`` alone forms the comparison and erases retrieval (m1: at-key 0.00)."""
+    phase of ``match`` alone forms the comparison and erases retrieval (measured: at-key 0.00 after such a phase)."""
     n = round(ratio * len(idx))
     if n <= 0 or not pool:
         return list(idx)
