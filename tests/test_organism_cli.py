@@ -120,3 +120,15 @@ def test_the_shipped_recipe_is_the_recorded_lineage_run_for_run():
         assert parsed(args) == parsed(recorded + phase.get("added_to_recorded", [])), phase["name"]
         assert phase["ran_on"] == run["machine"]
         assert (init is None) == (phase is recipe["phases"][0])
+
+
+def test_a_gpu_run_without_a_gpu_stops_before_any_work(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert "torch sees 0 CUDA device(s) here" in refused(capsys, tmp_path, *TINY, "--device", "cuda",
+                                                         "--out", str(tmp_path / "m"))
+    line = refused(capsys, tmp_path, "--recipe", "shipped", "--out", str(tmp_path / "o"))
+    assert "recipe shipped, phase v3: device cuda" in line  # the lineage's first runs were on a GPU
+    assert "not cpu, cuda" in refused(capsys, tmp_path, *TINY, "--device", "tpu", "--out", str(tmp_path / "m"))

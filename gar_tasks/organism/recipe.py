@@ -16,6 +16,7 @@ from typing import Callable
 from ..errors import GARConfigError
 from .options import MANAGED, parse_train_args, to_argv
 from .record import read_record
+from .training import resolve_device
 
 SHIPPED = Path(__file__).with_name("recipe.json")
 MANIFEST = "replay.json"
@@ -99,7 +100,7 @@ def replay(recipe: dict, out: Path, work: Path, train: Callable[..., dict], devi
     done = check_replay_folder(out, recipe)
     for phase in recipe["phases"]:  # all checked first; the parents are made by the replay
         try:
-            parse_train_args(phase_argv(phase, out, work, None, device))
+            resolve_device(parse_train_args(phase_argv(phase, out, work, None, device)).device)
         except GARConfigError as e:
             raise GARConfigError(f"recipe {recipe.get('name')}, phase {phase['name']}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)

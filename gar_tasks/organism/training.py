@@ -278,6 +278,26 @@ def check_init_from(folder: Path, args) -> None:
         raise GARConfigError(f"{folder}: its weights do not fit this model: {', '.join(diff)}")
 
 
+def resolve_device(name: str):
+    """The torch device ``name`` (cpu | cuda | cuda:N | auto) stands for; GARConfigError when it
+    is not there, so a run asking for a GPU on a machine without one stops before any work."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise GARConfigError(f"device {name!r}: not cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise GARConfigError(f"device {name}: torch sees {torch.cuda.device_count()} CUDA device(s) here; "
+                             "train on cpu, or on a machine with that GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise GARConfigError(f"device {name!r}: not cpu, cuda, cuda:N or auto")
+    return device
+
+
 def machine_name(device, threads: int) -> str:
     """The machine a run trained on, as the record and the lineage name it."""
     import torch
@@ -296,6 +316,7 @@ def train(args, command: str) -> dict:
     from tqdm import tqdm
 
     check_output_folder(args.out)
+    device = resolve_device(args.device)
     if args.init_from:
         check_init_from(args.init_from, args)
     ckpt = args.work / "checkpoint.pt"
@@ -308,7 +329,6 @@ def train(args, command: str) -> dict:
     random.seed(args.seed)
     args.work.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: the model is small, steps are many
     prev_wall = state["wall_s"] if state else 0.0
