@@ -132,3 +132,39 @@ def test_a_gpu_run_without_a_gpu_stops_before_any_work(capsys, tmp_path):
     line = refused(capsys, tmp_path, "--recipe", "shipped", "--out", str(tmp_path / "o"))
     assert "recipe shipped, phase v3: device cuda" in line  # the lineage's first runs were on a GPU
     assert "not cpu, cuda" in refused(capsys, tmp_path, *TINY, "--device", "tpu", "--out", str(tmp_path / "m"))
+
+
+def test_the_shipped_recipe_replays_as_a_chain_of_runs(tmp_path):
+    """The replay of recipe.json, with a stand-in for training: every phase gets the recorded
+    options, the shipped tokenizer, its own folders, the previous phase's folder as its start and
+    the device asked for; the manifest names each phase's device and machine as it goes."""
+    from gar_tasks.organism.recipe import replay
+
+    calls = []
+
+    def fake_train(args, command):
+        calls.append((args, command))
+        args.out.mkdir(parents=True)
+        rec = {"model": "organism", "device": args.device, "machine": "stand-in",
+               "weights_sha256": f"sha-{args.out.name}", "steps_done": args.steps}
+        (args.out / "training_record.json").write_text(json.dumps(rec))
+        (args.out / "config.json").write_text("{}")
+        return rec
+
+    out = tmp_path / "out"
+    manifest = replay(load_recipe("shipped"), out, tmp_path / "work", fake_train, device="cpu", log=lambda s: None)
+    names = [p["name"] for p in load_recipe("shipped")["phases"]]
+    assert [a.out for a, _ in calls] == [out / n for n in names]
+    assert [a.work for a, _ in calls] == [tmp_path / "work" / n for n in names]
+    assert [a.init_from for a, _ in calls] == [None] + [out / n for n in names[:-1]]
+    assert all(a.tokenizer_from == embedded_model_path("organism") and a.device == "cpu" for a, _ in calls)
+    assert [a.steps for a, _ in calls] == [1000000, 1000000, 8000, 12000]
+    assert calls[0][0].compare_mixed and not calls[1][0].compare_mixed
+    assert all(cmd.startswith("gar organism train ") for _, cmd in calls)
+    assert [(p["name"], p["status"], p["device"], p["recorded_on"][:6]) for p in manifest["phases"]] == [
+        ("v3", "done", "cpu", "NVIDIA"), ("s1", "done", "cpu", "NVIDIA"), ("e5b", "done", "cpu", "2 core"),
+        ("e5c", "done", "cpu", "2 core")]
+    assert json.loads((out / MANIFEST).read_text()) == manifest
+    calls.clear()
+    replay(load_recipe("shipped"), out, tmp_path / "work", fake_train, device="cpu", log=lambda s: None)
+    assert calls == []  # every phase done: nothing runs again
