@@ -41,6 +41,51 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def training_record(args, command: str, data: dict, run: dict, folder: Path) -> dict:
+    """The record of a run with options ``args`` whose model folder is ``folder`` (weights
+    written): its command, options, data and phase sizes (``data``: counts, ``phases`` as
+    (steps, sequences)), what the run did (``run``: steps, time, machine, device, history,
+    validation), the weights' sha256, and, when it started from a folder, the lineage."""
+    import datetime
+
+    data = dict(data)
+    record = {
+        "model": "organism",
+        "command": command,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "data": {"profile": "v1", "split": "train", "n_per_task": args.n_per_task,
+                 "seeds": list(range(args.chunks)), "sequences": data["sequences"], "tokens": data["tokens"],
+                 "target_tokens": data["target_tokens"], "facts": data["facts"],
+                 "fact_sequences": data["fact_sequences"], "association_drills": data["association_drills"],
+                 "question_drills": data["question_drills"], "cls_question_drills": data["cls_question_drills"],
+                 "contrast_instances": data["contrast_instances"],
+                 "phases": [{"steps": n, "sequences": m} for n, m in data["phases"]],
+                 "epochs_seen": data["epochs_seen"]},
+        "model_size": {"parameters": run["parameters"], "storage_dtype": args.dtype,
+                       "vocab_size": run["vocab_size"]},
+        "steps_done": run["steps_done"],
+        "stopped_early_at_step": run["stopped_early_at_step"],
+        "wall_time_s": round(run["wall_time_s"], 1),
+        "data_generation_s": round(run["data_generation_s"], 1),
+        "machine": run["machine"],
+        "device": run["device"],
+        "history": run["history"],
+        "final_validation": run["final_validation"],
+        "weights_sha256": sha256(folder / "model.safetensors"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "tokenizers")},
+    }
+    if args.init_from:  # a parent folder without a record stands in the chain by its name alone
+        parent = read_record(args.init_from) or {}
+        record["lineage"] = lineage(record, args.out.name, parent, args.init_from.name)
+    return record
+
+
+def write_record(folder: Path, record: dict) -> None:
+    """``record`` as ``folder``'s training_record.json."""
+    (folder / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+
+
 def read_record(folder: Path) -> dict | None:
     """The organism record in ``folder``, or None when there is none (or it is not one)."""
     path = folder / RECORD

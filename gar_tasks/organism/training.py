@@ -9,7 +9,6 @@ give the same weights. torch and transformers are imported inside the functions.
 
 from __future__ import annotations
 
-import datetime
 import math
 import os
 import random
@@ -24,7 +23,7 @@ from ..errors import GARConfigError
 from .data import (SPECIALS, build_contrast, build_question_drills, build_records, build_tokenizer, encode,
                    entity_tokens, fact_sentences, pack_facts, vocabulary_words)
 from .drills import DRILL_FORMS, LABEL_FORMS, association_drills, compare_forms, drill_indices
-from .record import RECORD, check_output_folder, check_resume, lineage, read_record, sha256
+from .record import check_output_folder, check_resume, training_record, write_record
 
 def phase_batch(step: int, phases: list[tuple[int, list[list[int]]]]) -> list[int] | None:
     """The batch of ``step`` in the drill phases ((steps, batches) in order, each cycling through
@@ -464,38 +463,15 @@ def train(args, command: str) -> dict:
         shipped_tok = AutoTokenizer.from_pretrained(tmp_out)
         final_val = evaluate(shipped, shipped_tok, val, args.final_eval_n)
         print(f"shipped weights on {args.final_eval_n} v1 validation records: {final_val}", flush=True)
-        record = {
-            "model": "organism",
-            "command": command,
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "data": {"profile": "v1", "split": "train", "n_per_task": args.n_per_task,
-                     "seeds": list(range(args.chunks)), "sequences": len(data), "tokens": sum(lengths),
-                     "target_tokens": n_targets, "facts": c["facts"],
-                     "fact_sequences": c["fact_sequences"], "association_drills": c["association_drills"],
-                     "question_drills": c["question_drills"], "cls_question_drills": c["cls_question_drills"],
-                     "contrast_instances": c["contrast_instances"],
-                     "phases": [{"steps": n, "sequences": len(idx)} for n, idx in phases],
-                     "epochs_seen": round(epoch + pos / max(1, len(order)), 3)},
-            "model_size": {"parameters": n_params, "storage_dtype": args.dtype,
-                           "vocab_size": len(tokenizer)},
-            "steps_done": step,
-            "stopped_early_at_step": stopped_early,
-            "wall_time_s": round(wall, 1),
-            "data_generation_s": round(td.data_seconds, 1),
-            "machine": machine_name(device, args.threads),
-            "device": device.type,
-            "history": history,
-            "final_validation": final_val,
-            "weights_sha256": sha256(tmp_out / "model.safetensors"),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "tokenizers")},
-        }
-        if args.init_from:  # a parent folder without a record stands in the chain by its name alone
-            parent = read_record(args.init_from) or {}
-            record["lineage"] = lineage(record, args.out.name, parent, args.init_from.name)
-        import json
-
-        (tmp_out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        data_facts = {"sequences": len(data), "tokens": sum(lengths), "target_tokens": n_targets, **c,
+                      "phases": [(n, len(idx)) for n, idx in phases],
+                      "epochs_seen": round(epoch + pos / max(1, len(order)), 3)}
+        run = {"parameters": n_params, "vocab_size": len(tokenizer), "steps_done": step,
+               "stopped_early_at_step": stopped_early, "wall_time_s": wall, "data_generation_s": td.data_seconds,
+               "machine": machine_name(device, args.threads), "device": device.type, "history": history,
+               "final_validation": final_val}
+        record = training_record(args, command, data_facts, run, tmp_out)
+        write_record(tmp_out, record)
         replace_folder(tmp_out, args.out)
     except BaseException:
         shutil.rmtree(tmp_out, ignore_errors=True)
