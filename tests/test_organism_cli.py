@@ -138,12 +138,15 @@ def test_the_shipped_recipe_replays_as_a_chain_of_runs(tmp_path):
     """The replay of recipe.json, with a stand-in for training: every phase gets the recorded
     options, the shipped tokenizer, its own folders, the previous phase's folder as its start and
     the device asked for; the manifest names each phase's device and machine as it goes."""
+    import shutil
+
     from gar_tasks.organism.recipe import replay
 
     calls = []
 
     def fake_train(args, command):
         calls.append((args, command))
+        shutil.rmtree(args.out, ignore_errors=True)
         args.out.mkdir(parents=True)
         rec = {"model": "organism", "device": args.device, "machine": "stand-in",
                "weights_sha256": f"sha-{args.out.name}", "steps_done": args.steps}
@@ -168,3 +171,7 @@ def test_the_shipped_recipe_replays_as_a_chain_of_runs(tmp_path):
     calls.clear()
     replay(load_recipe("shipped"), out, tmp_path / "work", fake_train, device="cpu", log=lambda s: None)
     assert calls == []  # every phase done: nothing runs again
+    # a phase whose folder was lost runs again, and so does every phase after it (new parent weights)
+    shutil.rmtree(out / "s1")
+    replay(load_recipe("shipped"), out, tmp_path / "work", fake_train, device="cpu", log=lambda s: None)
+    assert [a.out.name for a, _ in calls] == ["s1", "e5b", "e5c"]

@@ -94,8 +94,9 @@ def replay(recipe: dict, out: Path, work: Path, train: Callable[..., dict], devi
     """Run ``recipe``'s phases in order into ``out / <phase>`` (work folders under ``work``), each
     from the previous phase's weights, with ``train(args, command)`` (``training.train``).
     ``device``: every phase on this device instead of the recipe's. Every phase's arguments are
-    checked before the first one runs. A phase already done in ``out`` (its record's weights are
-    the manifest's) is kept, so an interrupted replay continues where it stopped. Returns the
+    checked before the first one runs. The phases already done in ``out`` before the first one
+    that is not (their records' weights are the manifest's) are kept, so an interrupted replay
+    continues where it stopped. Returns the
     manifest: per phase its command, device, machine, steps, minutes and weights' sha256."""
     done = check_replay_folder(out, recipe)
     for phase in recipe["phases"]:  # all checked first; the parents are made by the replay
@@ -107,11 +108,12 @@ def replay(recipe: dict, out: Path, work: Path, train: Callable[..., dict], devi
     manifest = done or {"recipe": recipe.get("name"), "phases": [
         {"name": p["name"], "recorded_on": p.get("ran_on"), "status": "pending"} for p in recipe["phases"]]}
     _write_manifest(out, manifest)
-    parent = None
+    parent, ran = None, False
     for phase, entry in zip(recipe["phases"], manifest["phases"]):
         folder = out / phase["name"]
         rec = read_record(folder)
-        if entry.get("status") == "done" and rec and rec.get("weights_sha256") == entry.get("weights_sha256"):
+        if (not ran and entry.get("status") == "done" and rec
+                and rec.get("weights_sha256") == entry.get("weights_sha256")):
             log(f"phase {phase['name']}: done before ({folder})")
             parent = folder
             continue
@@ -119,6 +121,7 @@ def replay(recipe: dict, out: Path, work: Path, train: Callable[..., dict], devi
         command = " ".join(["gar organism train", *to_argv(args)])
         log(f"phase {phase['name']}: {command}")
         rec = train(args, command)
+        ran = True  # every later phase starts from these new weights: it runs again too
         entry.update({"status": "done", "command": command, "device": rec.get("device"),
                       "machine": rec.get("machine"), "steps_done": rec.get("steps_done"),
                       "wall_time_s": rec.get("wall_time_s"), "weights_sha256": rec.get("weights_sha256"),
