@@ -1,6 +1,6 @@
 """The ``gar`` command line: ``gar generate``, ``gar validate``, ``gar push``, ``gar models``, ``gar eval``,
-``gar report`` here, and the commands other installed packages declare in the ``gar.commands``
-entry-point group (``interp``: ``gar patch``, ``gar heads``, ``gar intervene``, ``gar probe``; see
+``gar report`` here, ``gar organism`` (``gar_tasks.organism.cli``), and the commands other installed
+packages declare in the ``gar.commands`` entry-point group (``interp``: ``gar patch``, ``gar heads``, ``gar intervene``, ``gar probe``; see
 :func:`add_entry_point_commands`), so this data package never imports them.
 
 Commands are thin wrappers over the library. Heavy modules (datasets, tqdm, the generator) are
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the report (default: RESULTS_DIR; required with several folders)")
     r.set_defaults(func=cmd_report)
 
+    from .organism.cli import register as register_organism
+
+    register_organism(sub)
     add_entry_point_commands(sub)
     return parser
 

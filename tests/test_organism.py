@@ -1,7 +1,7 @@
 """The GAR model organism shipped in the package: it loads offline, its weights are the ones
 the training record describes, its tokenizer agrees with the record spans and with lm-eval's
-encoding, lm-eval scores it doc by doc as plain torch does, its accuracy on both families is far
-above what a broken loader, tokenizer or scoring path gives (the issue's 0.8), and the heads the
+encoding, lm-eval scores it doc by doc as plain torch does, its accuracy on both families (at least
+0.8) is far above what a broken loader, tokenizer or scoring path gives, and the heads the
 package's tools find carry its generation and its classification (CI never retrains). The shipped
 checkpoint solves GAR's held-out test split (docs/results.md: gen 0.92, cls 0.94)."""
 
@@ -160,11 +160,11 @@ def test_train_split_never_asks_a_test_question():
 
 
 def test_lm_eval_accuracy_is_far_above_a_broken_path_on_both_families(folder):
-    """The issue's floor, through lm-eval: 0.8 on a few cls and gen leaves of each n_r (16 docs
-    each). A broken loader, tokenizer or scoring path gives about 0 on exact-match generation and
-    0.5 on classification (one label: SmolLM2, the organism before session 9). Measured here:
-    the shipped one 0.96 on cls and 0.96 on gen (0.92-0.99 per leaf over all its test docs,
-    docs/results.md); e5b, shipped in session 9, 0.56 on cls and 0.71 on gen."""
+    """A floor of 0.8, through lm-eval, on a few cls and gen leaves of each n_r (16 docs each). A
+    broken loader, tokenizer or scoring path gives about 0 on exact-match generation and 0.5 on
+    classification (one label: SmolLM2, and the organism's runs before the label cue). Measured
+    here: the shipped one 0.96 on cls and 0.96 on gen (0.92-0.99 per leaf over all its test docs,
+    docs/results.md); e5b, the lineage's third run, 0.56 on cls and 0.71 on gen."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -211,7 +211,7 @@ def test_lm_eval_n_r_0_generation_selects_the_item_by_the_query(nr0_plain):
 
 def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_heads(folder, loaded, nr0_plain,
                                                                                     tmp_path):
-    """The issue's intervention check, on generation: the heads `gar patch` ranks first on gen
+    """The intervention check on generation: the heads `gar patch` ranks first on gen
     n_r = 0 query-swap pairs are zeroed through lm-eval (`gar-hf-intervened`), and n_r = 0
     accuracy falls to about the 1/3 of copying any context item, below five draws of as many
     random heads (measured on these 24 docs: 1.00 -> 0.25; random 1.00, 0.04, 0.38, 0.96, 0.96;
@@ -237,7 +237,7 @@ def test_ablating_the_heads_gar_patch_finds_drops_generation_more_than_random_he
 
 
 def test_true_and_false_heads_gar_heads_finds_carry_the_classification(tmp_path):
-    """The issue's check on classification, on n_r = 0 (0.98 on the test split, docs/results.md).
+    """The same check on classification, on n_r = 0 (0.98 on the test split, docs/results.md).
     `gar heads` labels True and False heads; zeroing its top three of each (0.1, 1.4, 3.1; 0.2,
     3.6, 3.5) takes accuracy from 0.99 to 0.53 and the Yes/No margin (logit(gold) - logit(other))
     from 5.8 to 0.1; ten draws of as many random heads: 0.68 +- 0.18 and 2.3 +- 2.3 (the first
