@@ -137,7 +137,10 @@ HEADER_LINEAGE = """\
 
 Each run starts from the weights of the one before (`--init-from`). Generated from
 `training_record.json`; the scores here are the training script's own check on validation
-records (gen / cls, with n_r = 0 / 1 / 2), not lm-eval.
+records (gen / cls, with n_r = 0 / 1 / 2), not lm-eval. The commands below are the recorded
+ones (`scripts/train_organism.py` is `gar organism train`). `gar organism train --recipe shipped
+--out DIR` replays the lineage phase by phase (`gar_tasks/organism/recipe.json`; add
+`--device cpu` without a GPU) and writes `DIR/replay.json` (which phase ran on which device).
 """
 
 
@@ -292,7 +295,7 @@ def ingredients_section() -> str:
     """What mattered in the recipe, as measured."""
     lines = ["## What mattered in the recipe", "",
              "Each row compares the runs that isolated that ingredient most closely (figures: lm-eval on",
-             "`gar_v1`'s test split, drill accuracy from `scripts/eval_drills.py`, or the retrieval probe).", "",
+             "`gar_v1`'s test split, drill accuracy from `gar organism eval`, or the retrieval probe).", "",
              "| ingredient | option | measured effect |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in INGREDIENTS]
     return "\n".join(lines) + "\n"
