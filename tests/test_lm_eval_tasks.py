@@ -13,7 +13,7 @@ import yaml
 from lm_eval.api.model import LM
 
 from gar_tasks.configs import CONFIGS
-from gar_tasks.lm_eval_glue import chat_doc_to_text, render_yaml_files, task_tree
+from gar_tasks.lm_eval_glue import TASK_README, chat_doc_to_text, render_task_readme, render_yaml_files, task_tree
 from gar_tasks.lm_eval_hook import tasks_dir
 from gar_tasks.load import load_records
 from gar_tasks.records import GARRecord
@@ -35,6 +35,9 @@ def test_yaml_files_are_generated_and_up_to_date():
     have = {p.name: p.read_text(encoding="utf-8") for p in GAR_DIR.glob("*.yaml")}
     assert set(have) == set(want), "run scripts/make_yaml_tasks.py"
     assert all(have[n] == want[n] for n in want), "run scripts/make_yaml_tasks.py"
+    # the task card (lm-eval's task README) is generated from the same tree
+    assert (GAR_DIR / TASK_README).read_text(encoding="utf-8") == render_task_readme(GAR_DIR), \
+        "run scripts/make_yaml_tasks.py"
 
 
 @pytest.mark.integration
@@ -400,3 +403,29 @@ def test_api_extra_is_lm_evals_own_and_installed():
         distribution(re.split(r"[<>=!~ \[]", req)[0])  # raises if missing
     for name in ("fastapi", "uvicorn"):  # transformers serve
         distribution(name)
+
+
+@pytest.mark.unit
+def test_task_card_changelog_follows_metadata_version(tmp_path):
+    """A version bump in a template without its changelog line fails the card (and so the stale test);
+    the card lists every group, tag and grid leaf of the tree."""
+    import shutil
+
+    from gar_tasks.errors import GARConfigError
+    from gar_tasks.lm_eval_glue import TASK_CHANGELOG, template_versions
+
+    for p in GAR_DIR.glob("_template_*"):
+        shutil.copy(p, tmp_path / p.name)
+    card = render_task_readme(tmp_path)
+    assert set(template_versions(tmp_path).values()) <= set(TASK_CHANGELOG)
+    for heading in ("### Paper", "### Citation", "### Groups, Tags, and Tasks", "### Checklist", "### Changelog"):
+        assert heading in card
+    tree = task_tree()
+    assert all(f"* `{g.name}`:" in card for g in tree.groups)
+    assert all(f"* `{t}`:" in card for t in tree.tags)
+    assert all(f"`{leaf.name}`" in card or leaf.n_r is not None for leaf in tree.leaves)
+    assert "- [ ]" not in card and "* [ ]" not in card  # the checklist is filled
+    gen = tmp_path / "_template_gen"
+    gen.write_text(gen.read_text().replace("version: 1.0", "version: 9.1"))
+    with pytest.raises(GARConfigError, match="9.1"):
+        render_task_readme(tmp_path)
