@@ -355,6 +355,10 @@ def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
     assert "gar_tasks/data/vocab/person_adjs.json" in names and "gar_tasks/data/card.md" in names
     record = next(n for n in names if n.endswith(".dist-info/RECORD"))
     assert "gar_eval_lm_eval.pth," in zipfile.ZipFile(wheel).read(record).decode()
+    # the task card and its template, and the upstream-proposed plugin entry points in the metadata
+    assert {"yaml_tasks/gar/README.md", "gar_tasks/data/task_readme.md"} <= names
+    eps = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert "[lm_eval.tasks]\ngar = yaml_tasks\n" in eps and "[lm_eval.models]" in eps
 
 
 @pytest.mark.integration
