@@ -17,8 +17,10 @@ variable ``GAR_SOURCE`` does the same. ``gar_revision`` picks a Hub revision.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .configs import CONFIGS
@@ -262,3 +264,127 @@ def render_yaml_files() -> dict[str, str]:
         name = item.name
         files[f"{name}.yaml"] = GENERATED_HEADER + yaml.safe_dump(item.yaml_dict(), sort_keys=False, width=120)
     return files
+
+
+# ---------------------------------------------------------------------------------------------
+# the task card (yaml_tasks/gar/README.md, lm-eval's task README template), written beside the YAML
+
+TASK_README = "README.md"
+# metadata.version of the task YAMLs -> what that version changed; every version a template or a
+# group carries needs its line here, so the card's changelog cannot miss a version bump
+TASK_CHANGELOG = {
+    "1.0": "first version: the `gar`, `gar_v1`, chat, sub-question and free-generation trees; `paper` "
+           "reproduces the published 4,608 instances byte for byte.",
+}
+_VERSION_LINE = re.compile(r"^metadata:\s*\n\s+version:\s*([^\s#]+)", re.MULTILINE)
+_FAMILY_WORDS = {"gen": "generation", "cls": "classification"}
+
+
+def template_versions(folder: Path) -> dict[str, str]:
+    """``metadata.version`` of every leaf template (``_template_*``) in ``folder``."""
+    out = {}
+    for path in sorted(folder.glob("_template_*")):
+        found = _VERSION_LINE.search(path.read_text(encoding="utf-8"))
+        if found is None:
+            raise GARConfigError(f"{path.name} has no metadata.version")
+        out[path.name] = found.group(1)
+    return out
+
+
+def _groups_top_down(tree: TaskTree) -> list[tuple[Group, Leaf]]:
+    """Every group, each root followed by its subgroups depth first, with one of its leaves."""
+    groups = {g.name: g for g in tree.groups}
+    leaves = {leaf.name: leaf for leaf in tree.leaves}
+    children = {t for g in tree.groups for t in g.tasks}
+
+    def first_leaf(name: str) -> Leaf:
+        return leaves[name] if name in leaves else first_leaf(groups[name].tasks[0])
+
+    out: list[tuple[Group, Leaf]] = []
+
+    def walk(name: str) -> None:
+        if name in groups:
+            out.append((groups[name], first_leaf(name)))
+            for t in groups[name].tasks:
+                walk(t)
+
+    for g in tree.groups:
+        if g.name not in children:
+            walk(g.name)
+    return out
+
+
+def _group_line(group: Group, leaf: Leaf, tree: TaskTree) -> str:
+    route = "chat" if "chat" in leaf.template else "log-likelihood"
+    members = [t for t in group.tasks if t in {x.name for x in tree.leaves}]
+    if leaf.n_r is None:
+        what = "compositionality sub-questions"
+    elif members:
+        what = f"{_FAMILY_WORDS[leaf.family]}, n_r = {leaf.n_r}"
+    elif group.name.endswith("_" + leaf.family):
+        what = f"{_FAMILY_WORDS[leaf.family]}, every n_r"
+    else:
+        what = "generation + classification"
+    kind = "tasks" if members else "groups"
+    return (f"* `{group.name}`: {what}; config `{leaf.config}`, {route}, metric `{group.metric}` "
+            f"({len(group.tasks)} {kind}: {', '.join(f'`{t}`' for t in group.tasks) if not members else 'below'})")
+
+
+def _task_tables(tree: TaskTree) -> str:
+    """One compact table per benchmark tree (schema pair x family x n_r) plus the other tasks."""
+    grid = [leaf for leaf in tree.leaves if leaf.n_r is not None]
+    prefixes = sorted({leaf.name.split(f"_{leaf.family}_nr")[0] for leaf in grid}, key=lambda p: (len(p), p))
+    cols = sorted({(leaf.family, leaf.n_r) for leaf in grid}, key=lambda c: (FAMILIES.index(c[0]), c[1]))
+    pairs = sorted({leaf.pair for leaf in grid})
+    have = {leaf.name for leaf in tree.leaves}
+    lines = []
+    for prefix in prefixes:
+        lines += [f"`{prefix}`: leaf `{prefix}_{{family}}_nr{{n_r}}_{{pair}}` (x = the leaf exists), "
+                  f"tag `{prefix}_pair_{{pair}}`", "",
+                  "| pair | " + " | ".join(f"{fam} nr{n}" for fam, n in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        for pair in pairs:
+            marks = ["x" if f"{prefix}_{fam}_nr{n}_{pair}" in have else "" for fam, n in cols]
+            lines.append(f"| `{pair}` | " + " | ".join(marks) + " |")
+        lines.append("")
+    for leaf in tree.leaves:
+        if leaf.n_r is None:
+            route = "chat" if "chat" in leaf.template else "log-likelihood"
+            what = ("free generation, exact match of the first line" if "greedy" in leaf.template
+                    else f"sub-question `{leaf.family}`")
+            lines.append(f"* `{leaf.name}`: {what}; config `{leaf.config}`, {route}")
+    return "\n".join(lines)
+
+
+def render_task_readme(folder: Path | None = None) -> str:
+    """The task card of ``yaml_tasks/gar/`` in lm-eval's task README template, from the task tree,
+    the templates' ``metadata.version`` and :data:`TASK_CHANGELOG`."""
+    import string
+    from importlib import resources
+
+    from .lm_eval_hook import tasks_dir
+
+    folder = folder or tasks_dir() / "gar"
+    tree = task_tree()
+    versions = template_versions(folder)
+    by_version: dict[str, list[str]] = {}
+    for name, version in versions.items():
+        by_version.setdefault(version, []).append(f"`{name}`")
+    for group in tree.groups:
+        by_version.setdefault(str(group.yaml_dict()["metadata"]["version"]), []).append("groups")
+    missing = sorted(set(by_version) - set(TASK_CHANGELOG))
+    if missing:
+        raise GARConfigError(f"task metadata.version {', '.join(missing)} has no TASK_CHANGELOG entry")
+    changelog = "\n".join(
+        f"* version {v} ({', '.join(sorted(set(by_version[v])))}): {TASK_CHANGELOG[v]}"
+        for v in sorted(by_version, key=lambda v: tuple(int(x) for x in v.split(".")), reverse=True))
+    tag_lines = []
+    for tag in sorted(tree.tags, key=lambda t: (len(t.rsplit('_pair_', 1)[0]), t)):
+        members = [leaf.name for leaf in tree.leaves if tag in leaf.tags]
+        tag_lines.append(f"* `{tag}`: the `{tag.rsplit('_pair_', 1)[1]}` leaves of "
+                         f"`{tag.rsplit('_pair_', 1)[0]}` ({len(members)} tasks)")
+    body = resources.files("gar_tasks").joinpath("data", "task_readme.md").read_text(encoding="utf-8")
+    return string.Template(body).substitute(
+        generated_note="<!-- " + GENERATED_HEADER.strip("# \n") + " -->",
+        groups="\n".join(_group_line(g, leaf, tree) for g, leaf in _groups_top_down(tree)),
+        tags="\n".join(tag_lines), tasks=_task_tables(tree), changelog=changelog)

@@ -1,7 +1,11 @@
 """Let the plain ``lm_eval`` CLI find the GAR tasks without ``--include_path``.
 
-lm-eval 0.4.13 discovers tasks only under its own ``lm_eval/tasks/`` or through ``include_path``
-(its entry-point plugin PR is still open). The installed ``gar_eval_lm_eval.pth`` runs
+lm-eval 0.4.13 discovers tasks only under its own ``lm_eval/tasks/`` or through ``include_path``.
+The package also declares the entry point proposed upstream for task plugins
+(EleutherAI/lm-evaluation-harness#4015: group ``lm_eval.tasks``, value the package holding the YAML,
+here ``yaml_tasks``; and ``lm_eval.models`` for our model types). A lm-eval that reads that group
+finds our tasks itself: the hook then leaves ``include_path`` alone, so the folder is indexed once
+(see :func:`lm_eval_reads_task_plugins`). The installed ``gar_eval_lm_eval.pth`` runs
 ``install()`` at interpreter start. ``install()`` only appends a tiny import hook to
 ``sys.meta_path`` (no lm-eval, torch or datasets import: a few microseconds). When, and only
 when, a process imports ``lm_eval.tasks.manager``, the hook wraps ``TaskManager.__init__`` so that
@@ -33,6 +37,8 @@ if False:  # typing.TYPE_CHECKING without importing typing (7 ms at every interp
     from typing import Any
 
 TARGET = "lm_eval.tasks.manager"
+TASKS_ENTRY_POINT_GROUP = "lm_eval.tasks"  # the group lm-eval's task plugins are read from
+TASKS_PACKAGE = "yaml_tasks"  # our entry point's value in that group (pyproject.toml)
 MODELS_MODULE = "lm_eval.models"
 _PATCHED = "_gar_include_path_patched"
 # our lm-eval model types: name -> lazy "module:Class" placeholder (imported only when requested)
@@ -87,8 +93,25 @@ def quiet_custom_kwargs_notice() -> None:
         logger.addFilter(_GarNoticeFilter())
 
 
+def task_plugin_declared() -> bool:
+    """Whether an installed distribution declares our tasks package in the ``lm_eval.tasks`` group."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value.split(":", 1)[0].strip() == TASKS_PACKAGE
+               for ep in entry_points(group=TASKS_ENTRY_POINT_GROUP))
+
+
+def lm_eval_reads_task_plugins(module: Any) -> bool:
+    """Whether this lm-eval's task manager discovers ``lm_eval.tasks`` entry points and ours is
+    declared: then lm-eval indexes our folder itself and the hook must not add it again."""
+    reads = getattr(module, "TASKS_ENTRY_POINT_GROUP", None) == TASKS_ENTRY_POINT_GROUP or \
+        hasattr(module, "discover_plugin_task_paths")
+    return reads and task_plugin_declared()
+
+
 def patch_task_manager(module: Any) -> None:
-    """Wrap ``module.TaskManager.__init__`` to add our tasks folder (idempotent)."""
+    """Wrap ``module.TaskManager.__init__`` to add our tasks folder, unless lm-eval finds it through
+    the entry point, and to drop the custom-kwargs notice of GAR tasks (idempotent)."""
     import functools
     import inspect
 
@@ -97,11 +120,13 @@ def patch_task_manager(module: Any) -> None:
         return
     original = cls.__init__
     sig = inspect.signature(original)
+    add_path = not lm_eval_reads_task_plugins(module)
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
         bound = sig.bind(self, *args, **kwargs)
-        bound.arguments["include_path"] = _with_ours(bound.arguments.get("include_path"))
+        if add_path:
+            bound.arguments["include_path"] = _with_ours(bound.arguments.get("include_path"))
         quiet_custom_kwargs_notice()
         original(*bound.args, **bound.kwargs)
 

@@ -1,4 +1,4 @@
-"""Memory across batches of the interp batch loops (nnsight issues #169 and #538 report leaks there).
+"""Memory across batches of the interp batch loops (ndif-team/nnsight#169 and #538 report leaks there).
 
 Runs ``--batches`` AtP batches (``interp.patching.attribution_batch``) and as many ``gar heads`` effect
 batches (``interp.heads.effect_batch``) of GAR cls records through the interp core's loader on

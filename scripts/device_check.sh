@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check (scripts/device_check.py: lm-eval and gar patch/heads/circuit on the device
-# against the CPU, timings, peak GPU memory; one JSON). On a lent GPU machine, where nothing can be
+# against the CPU, timings, peak GPU memory; one JSON). On a GPU machine where nothing can be
 # installed from the network, the packages its image lacks travel as wheels in .whl (made here by
 # scripts/device_wheels.sh). With --device cpu it is the smoke test CI runs.
 #   bash scripts/device_check.sh --device cuda --out "$OUT/device_check.json"
@@ -10,7 +10,7 @@ if [ -n "${GAR_PY:-}" ]; then
   PY=$GAR_PY
 elif [ -x .venv/bin/python ]; then  # a machine set up by scripts/setup.sh
   PY=.venv/bin/python
-else  # the lent GPU machine: its image's python3, plus the carried wheels
+else  # an offline GPU machine: its image's python3, plus the carried wheels
   PY=python3
   if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/gar-site .whl/*.whl

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wheels of what scripts/device_check.sh needs and the lent GPU machine's image lacks (it has torch,
+# Wheels of what scripts/device_check.sh needs and an offline GPU machine's image lacks (it has torch,
 # transformers, accelerate, numpy, pandas, pyarrow, ... but no lm-eval, nnsight or datasets; nothing
 # can be fetched there). Downloads them for CPython 3.12 on x86-64 into .whl (git-ignored), which the
 # device tool carries (carry: [".whl"]); the check installs them with --no-deps.

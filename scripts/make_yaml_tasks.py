@@ -1,8 +1,10 @@
-"""Write the lm-eval YAML leaves and groups of yaml_tasks/gar/ from the task grid and configs.
+"""Write the lm-eval YAML leaves and groups of yaml_tasks/gar/, and its task card README.md, from
+the task grid and configs.
 
 Usage: python scripts/make_yaml_tasks.py [--check]
-Every ``*.yaml`` in that folder is generated: stale ones are removed. ``--check`` writes nothing
-and exits 1 if the folder is out of date (the test suite runs the same comparison).
+Every ``*.yaml`` in that folder and ``README.md`` are generated: stale YAML files are removed.
+``--check`` writes nothing and exits 1 if the folder is out of date (the test suite runs the same
+comparison).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gar_tasks.lm_eval_glue import render_yaml_files  # noqa: E402
+from gar_tasks.lm_eval_glue import TASK_README, render_task_readme, render_yaml_files  # noqa: E402
 
 FOLDER = ROOT / "yaml_tasks" / "gar"
 
@@ -25,6 +27,10 @@ def main() -> int:
     args = ap.parse_args()
     want = render_yaml_files()
     have = {p.name: p.read_text(encoding="utf-8") for p in FOLDER.glob("*.yaml")}
+    readme = FOLDER / TASK_README
+    want[TASK_README] = render_task_readme(FOLDER)
+    if readme.is_file():
+        have[TASK_README] = readme.read_text(encoding="utf-8")
     if args.check:
         stale = sorted(set(have) ^ set(want) | {n for n in want if have.get(n) != want[n]})
         print("\n".join(stale) or "up to date")
@@ -34,7 +40,7 @@ def main() -> int:
     for name, text in want.items():
         if have.get(name) != text:
             (FOLDER / name).write_text(text, encoding="utf-8")
-    print(f"{len(want)} YAML files in {FOLDER.relative_to(ROOT)}")
+    print(f"{len(want) - 1} YAML files and {TASK_README} in {FOLDER.relative_to(ROOT)}")
     return 0
 
 

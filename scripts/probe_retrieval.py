@@ -17,7 +17,7 @@ three tasks, with the organism's architecture, so a recipe change can be judged 
 
 * ``match`` — the comparison a verification needs, alone: ``x y SEP label`` repeated, label Yes
   when ``y`` is ``x`` (half of the time), else No (chance 1/2). The organism's ``match`` drills
-  (``So Tokyo Paris? No.``) stayed at chance for thousands of steps (docs/results.md, session 8).
+  (``So Tokyo Paris? No.``) stayed at chance for thousands of steps (docs/results.md, the organism's recipe).
 
 ``--mix-prev`` adds the organism's previous-token auxiliary task (``train_organism.py
 --prev-aux``) to each batch; ``--mix-dup`` a duplicate-token task (random ids from a small range,

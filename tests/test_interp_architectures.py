@@ -1,4 +1,4 @@
-"""Architectures of issue 11 (item 6) on tiny random models: Qwen3, Gemma-3 (text model and the
+"""Architectures beyond Llama / Mistral / Qwen2 on tiny random models: Qwen3, Gemma-3 (text model and the
 multimodal wrapper), Phi-3 and OLMo-2.
 
 For each: the site table resolves to real modules of the right width, nnsight finds them, AtP,

@@ -1,4 +1,4 @@
-"""Issue 14's interp cases, on the command line with tiny models: ``--restart`` deletes only checkpoint
+"""A user's files are safe from the interp commands, on the command line with tiny models: ``--restart`` deletes only checkpoint
 files we recognise; a second writer on the same ``--out`` (another process) is refused; a checkpoint
 and the probe's feature cache are keyed by what the model is (a swapped model folder is refused, not
 mixed); a user's same-named files are never overwritten (manifest); heads found on another model and

@@ -13,7 +13,7 @@ import yaml
 from lm_eval.api.model import LM
 
 from gar_tasks.configs import CONFIGS
-from gar_tasks.lm_eval_glue import chat_doc_to_text, render_yaml_files, task_tree
+from gar_tasks.lm_eval_glue import TASK_README, chat_doc_to_text, render_task_readme, render_yaml_files, task_tree
 from gar_tasks.lm_eval_hook import tasks_dir
 from gar_tasks.load import load_records
 from gar_tasks.records import GARRecord
@@ -35,6 +35,9 @@ def test_yaml_files_are_generated_and_up_to_date():
     have = {p.name: p.read_text(encoding="utf-8") for p in GAR_DIR.glob("*.yaml")}
     assert set(have) == set(want), "run scripts/make_yaml_tasks.py"
     assert all(have[n] == want[n] for n in want), "run scripts/make_yaml_tasks.py"
+    # the task card (lm-eval's task README) is generated from the same tree
+    assert (GAR_DIR / TASK_README).read_text(encoding="utf-8") == render_task_readme(GAR_DIR), \
+        "run scripts/make_yaml_tasks.py"
 
 
 @pytest.mark.integration
@@ -352,6 +355,10 @@ def test_wheel_ships_tasks_data_and_the_startup_hook(tmp_path):
     assert "gar_tasks/data/vocab/person_adjs.json" in names and "gar_tasks/data/card.md" in names
     record = next(n for n in names if n.endswith(".dist-info/RECORD"))
     assert "gar_eval_lm_eval.pth," in zipfile.ZipFile(wheel).read(record).decode()
+    # the task card and its template, and the upstream-proposed plugin entry points in the metadata
+    assert {"yaml_tasks/gar/README.md", "gar_tasks/data/task_readme.md"} <= names
+    eps = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert "[lm_eval.tasks]\ngar = yaml_tasks\n" in eps and "[lm_eval.models]" in eps
 
 
 @pytest.mark.integration
@@ -400,3 +407,151 @@ def test_api_extra_is_lm_evals_own_and_installed():
         distribution(re.split(r"[<>=!~ \[]", req)[0])  # raises if missing
     for name in ("fastapi", "uvicorn"):  # transformers serve
         distribution(name)
+
+
+@pytest.mark.unit
+def test_task_card_changelog_follows_metadata_version(tmp_path):
+    """A version bump in a template without its changelog line fails the card (and so the stale test);
+    the card lists every group, tag and grid leaf of the tree."""
+    import shutil
+
+    from gar_tasks.errors import GARConfigError
+    from gar_tasks.lm_eval_glue import TASK_CHANGELOG, template_versions
+
+    for p in GAR_DIR.glob("_template_*"):
+        shutil.copy(p, tmp_path / p.name)
+    card = render_task_readme(tmp_path)
+    assert set(template_versions(tmp_path).values()) <= set(TASK_CHANGELOG)
+    for heading in ("### Paper", "### Citation", "### Groups, Tags, and Tasks", "### Checklist", "### Changelog"):
+        assert heading in card
+    tree = task_tree()
+    assert all(f"* `{g.name}`:" in card for g in tree.groups)
+    assert all(f"* `{t}`:" in card for t in tree.tags)
+    assert all(f"`{leaf.name}`" in card or leaf.n_r is not None for leaf in tree.leaves)
+    assert "- [ ]" not in card and "* [ ]" not in card  # the checklist is filled
+    gen = tmp_path / "_template_gen"
+    gen.write_text(gen.read_text().replace("version: 1.0", "version: 9.1"))
+    with pytest.raises(GARConfigError, match="9.1"):
+        render_task_readme(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the lm_eval.tasks entry point and the startup hook: our folder is registered once
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.unit
+def test_pyproject_declares_the_lm_eval_plugin_entry_points():
+    from gar_tasks import lm_eval_hook
+
+    eps = _pyproject()["project"]["entry-points"]
+    tasks = eps[lm_eval_hook.TASKS_ENTRY_POINT_GROUP]
+    assert list(tasks.values()) == [lm_eval_hook.TASKS_PACKAGE]
+    # the value resolves to our folder the way the upstream proposal resolves it (package directory)
+    import importlib.util
+
+    spec = importlib.util.find_spec(lm_eval_hook.TASKS_PACKAGE)
+    assert Path(list(spec.submodule_search_locations)[0]).resolve() == tasks_dir().resolve()
+    assert eps["lm_eval.models"] == lm_eval_hook.MODELS
+
+
+class _FakeTaskManager:
+    def __init__(self, verbosity=None, include_path=None, include_defaults=True, metadata=None):
+        self.include_path = include_path
+
+
+def _fake_manager_module(reads_plugins: bool):
+    import types
+
+    module = types.ModuleType("fake_lm_eval_tasks_manager")
+    module.TaskManager = type("TaskManager", (_FakeTaskManager,), {})
+    if reads_plugins:
+        module.TASKS_ENTRY_POINT_GROUP = "lm_eval.tasks"
+    return module
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("reads, declared, adds", [(True, True, False), (True, False, True),
+                                                     (False, True, True), (False, False, True)])
+def test_hook_adds_our_folder_once_unless_lm_eval_reads_the_entry_point(monkeypatch, reads, declared, adds):
+    import logging
+
+    from gar_tasks import lm_eval_hook
+
+    monkeypatch.setattr(lm_eval_hook, "task_plugin_declared", lambda: declared)
+    module = _fake_manager_module(reads)
+    lm_eval_hook.patch_task_manager(module)
+    lm_eval_hook.patch_task_manager(module)  # idempotent
+    ours = tasks_dir()
+    for given in (None, [ours], "/elsewhere"):
+        got = module.TaskManager(include_path=given).include_path
+        if not adds:
+            assert got == given  # lm-eval indexes the folder from the entry point: no second copy
+        else:
+            paths = [Path(p) for p in (got if isinstance(got, list) else [got])]
+            assert [p.resolve() for p in paths].count(ours.resolve()) == 1
+            assert paths[0] == ours or given == [ours]
+    assert any(isinstance(f, lm_eval_hook._GarNoticeFilter)
+               for f in logging.getLogger(lm_eval_hook.TASK_LOGGER).filters)  # the notice filter either way
+
+
+@pytest.mark.unit
+def test_task_plugin_declared_reads_the_entry_point_group(monkeypatch):
+    import importlib.metadata as md
+
+    from gar_tasks import lm_eval_hook
+
+    ours = md.EntryPoint(name="gar", value="yaml_tasks", group="lm_eval.tasks")
+    other = md.EntryPoint(name="x", value="other_pkg.tasks", group="lm_eval.tasks")
+    groups: dict[str, list] = {"lm_eval.tasks": [other, ours]}
+    monkeypatch.setattr(md, "entry_points", lambda group: groups.get(group, []))
+    assert lm_eval_hook.task_plugin_declared()
+    groups["lm_eval.tasks"] = [other]
+    assert not lm_eval_hook.task_plugin_declared()
+
+
+@pytest.mark.integration
+def test_installed_lm_eval_gets_our_folder_from_the_hook_exactly_once():
+    """lm-eval 0.4.13 reads no ``lm_eval.tasks`` group: the hook registers the folder, once, also
+    when the user passes it again."""
+    import lm_eval.tasks.manager as manager
+
+    from gar_tasks import lm_eval_hook
+
+    assert not lm_eval_hook.lm_eval_reads_task_plugins(manager)
+    for given in (None, str(tasks_dir())):
+        tm = manager.TaskManager(include_path=given)
+        assert [Path(p).resolve() for p in tm.include_path].count(tasks_dir().resolve()) == 1
+        paths = [e.yaml_path for e in tm.task_index.values() if e.yaml_path and Path(e.yaml_path).parent == GAR_DIR]
+        assert len(paths) == len(set(paths)) == len(list(GAR_DIR.glob("*.yaml")))
+
+
+@pytest.mark.integration
+def test_loader_documents_do_not_depend_on_the_hash_seed(tmp_path):
+    """``accelerate launch`` builds the dataset once per rank: every rank must see the same documents,
+    whatever its ``PYTHONHASHSEED`` (set/dict order of strings would differ between ranks)."""
+    code = textwrap.dedent("""
+        import hashlib, json
+        from gar_tasks.lm_eval_glue import load_docs
+        h = hashlib.sha256()
+        for args in [("paper", "cls", 1, "gender_city"), ("paper", "gen", 2, None), ("v1", "gen", 0, None),
+                     ("v1", "cls", None, "occupation_usage"), ("sub", "sub_hop1", None, None)]:
+            for split, ds in sorted(load_docs(*args).items()):
+                h.update(split.encode())
+                for doc in ds:
+                    h.update(json.dumps(doc, sort_keys=True).encode())
+        print(h.hexdigest())
+    """)
+    digests = []
+    for seed in ("0", "4242"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, GAR_NO_LM_EVAL_HOOK="1", PYTHONPATH=str(ROOT))
+        env.pop("GAR_SOURCE", None)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+        digests.append(res.stdout.strip())
+    assert len(digests[0]) == 64 and digests[0] == digests[1]

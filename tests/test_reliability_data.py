@@ -1,4 +1,4 @@
-"""Issue 14, data side: the data commands (generate, validate, push, eval's checks) never delete
+"""A user's files and bad input, data side: the data commands (generate, validate, push, eval's checks) never delete
 or overwrite a user's files, answer bad input with one line ``gar: error: ...`` (exit 2) instead of
 a traceback, stream records, and clean up on SIGTERM as on Ctrl-C.
 

@@ -96,7 +96,7 @@ def one_thread_module() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------
-# Architectures of issue 11 (item 6): same sizes (2 layers, 4 query heads, 2 KV heads, head_dim 8)
+# Architectures beyond Llama / Mistral / Qwen2: same sizes (2 layers, 4 query heads, 2 KV heads, head_dim 8)
 
 
 def _decoder_kwargs() -> dict[str, Any]:

@@ -1,1 +1,1 @@
-"""Role-level circuit discovery (issue 12): edge attribution, exact edge patching, circuits, loops."""
+"""Role-level circuit discovery: edge attribution, exact edge patching, circuits, loops."""

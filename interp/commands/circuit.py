@@ -1,4 +1,4 @@
-"""``gar circuit`` and ``gar circuit-overlap``: role-level circuits of GAR tasks (issue 12).
+"""``gar circuit`` and ``gar circuit-overlap``: role-level circuits of GAR tasks.
 
 ``gar circuit`` composes the interp core (model loading, record selection, checkpoint, manifest,
 lock) with the circuit library (:mod:`interp.circuit`): counterfactual items -> batches -> EAP sums
