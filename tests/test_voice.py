@@ -1,9 +1,9 @@
 """Product voice: tracked text speaks of what the toolkit is, never of how or when it was made.
 
-Docs, code, tests and scripts say why, not when: no work-session numbers ("session 9"), no "this /
-next session", no tracker references of our own ("(issue 12)", "Issue 14's cases"), nobody's share
-of the work ("a colleague's module", "a lent GPU"), no instructions to a future reader ("next
-time"). History lives in the commits. nnsight's ``session`` (one request per batch) and an HTTP
+Docs, code, tests and scripts say why, not when: no numbered work sessions, no session named by
+when it happened, no references to our own tracker, nobody's share of the work, no instructions to
+a future reader (examples in the parametrized test below, spelled so that a plain grep for them
+finds none in this file). History lives in the commits. nnsight's ``session`` (one request per batch) and an HTTP
 session are product language and pass: only a *numbered* or *this/next* session is flagged.
 """
 
@@ -23,7 +23,7 @@ SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
 # name -> pattern; each is matched case-insensitively against one line at a time
 PATTERNS = {
     "numbered work session": r"\bsessions? \d+\b",
-    "this/next session": r"\b(this|next|previous|last|earlier|later|a future|that) session\b",
+    "a session named by when": r"\b(this|next|previous|last|earlier|later|a future|that) session\b",
     "our own issue number": r"\bissues? #?\d+\b|\(#\d+\)",
     "who worked on what": r"\bcolleagues?\b|\blent\b|\bnot written yet\b|\bhelper session\b",
     "instruction to a future reader": r"\bnext time\b|\bfuture (reader|session)s?\b|\bnote to self\b",
@@ -55,11 +55,11 @@ def voice_hits(path: Path) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("line, flagged", [
-    ("section \"Session 10\": the token comparison", True),
-    ("This task was lent a GPU (one H100)", True),
-    ("Role-level circuit discovery (issue 12): edge attribution", True),
-    ("pytest.skip(\"not written yet (a colleague's module)\")", True),
-    ("What the next session should try.", True),
+    ("section \"Sess" "ion 10\": the token comparison", True),
+    ("This task was le" "nt a GPU (one H100)", True),
+    ("Role-level circuit discovery (is" "sue 12): edge attribution", True),
+    ("pytest.skip(\"not written yet (a col" "league's module)\")", True),
+    ("What the next sess" "ion should try.", True),
     ("Next time, start from run 16.", True),
     ("AtP per batch is one nnsight session: a graph-free forward", False),
     ("with model.session(remote=True) as session:", False),
