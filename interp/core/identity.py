@@ -33,6 +33,11 @@ DIGITS = 16
 _MEMO: dict[str, tuple[list[int], str]] = {}
 
 
+def forget_memo() -> None:
+    """Forget this process's memo of file hashes (the cache file is then the only shortcut)."""
+    _MEMO.clear()
+
+
 def hash_cache_path() -> Path:
     """Where the per-file hashes are cached (see the module docstring)."""
     return Path(os.environ.get(HASH_CACHE_ENV) or DEFAULT_HASH_CACHE).expanduser()
@@ -147,5 +152,5 @@ def same_model(what_a: str, model_a: Any, id_a: Any, what_b: str, model_b: Any, 
         raise GARConfigError(f"{what_a} used model {model_a!r} ({id_a}), {what_b} model {model_b!r} ({id_b}): {why}")
 
 
-__all__ = ["DEFAULT_HASH_CACHE", "HASH_CACHE_ENV", "TOKENIZER_FILES", "WEIGHT_SUFFIXES", "comparable", "file_sha256",
+__all__ = ["DEFAULT_HASH_CACHE", "HASH_CACHE_ENV", "TOKENIZER_FILES", "WEIGHT_SUFFIXES", "comparable", "file_sha256", "forget_memo",
            "folder_identity", "hash_cache_path", "model_files", "remote_identity", "same_model"]
