@@ -84,6 +84,10 @@ def listed(out):
     return set(json.loads((Path(out) / MANIFEST).read_text())["files"])
 
 
+def listed_if_any(out):
+    return listed(out) if (Path(out) / MANIFEST).exists() else set()
+
+
 def files_in(out):
     return {p.relative_to(out).as_posix() for p in Path(out).rglob("*") if p.is_file() and p.name != MANIFEST}
 
@@ -102,8 +106,8 @@ def test_interrupted_circuit_resumes_and_restarts_after_each_write_phase(tmp_pat
     rc, _, err = run(capsys, "circuit", "--model", tiny_dir, *CIRCUIT, "--out", full)
     assert rc == 0, err
     total = len(files_in(full))
-    assert listed(full) == files_in(full) and total > 10
     # the checkpoint's start, a finished batch, the first outputs, everything but circuit.json
+    manifests = []
     for n in (0, 1, 3, 6, total - 1):
         out = tmp_path / f"cut{n}"
         written = fail_after(monkeypatch, out, n)
@@ -111,7 +115,7 @@ def test_interrupted_circuit_resumes_and_restarts_after_each_write_phase(tmp_pat
             run_circuit(circuit_args(tiny_dir, out))
         monkeypatch.undo()
         assert written["n"] == n
-        assert files_in(out) <= listed(out), n  # every file of ours is listed, from the first byte
+        left, listed_then = files_in(out), listed_if_any(out)
         if n == total - 1:  # a user's files beside the interrupted run's: --restart keeps them
             (out / "notes.txt").write_text("mine")
             (out / "checkpoint" / "weights_epoch_00010.npz").write_bytes(b"my weights")
@@ -120,13 +124,17 @@ def test_interrupted_circuit_resumes_and_restarts_after_each_write_phase(tmp_pat
             assert (out / "notes.txt").read_text() == "mine"
             assert (out / "checkpoint" / "weights_epoch_00010.npz").read_bytes() == b"my weights"
             assert not json.loads((out / "circuit.json").read_text())["resumed"]
-            assert "notes.txt" not in listed(out)
         else:
             rc, _, err = run(capsys, "circuit", "--model", tiny_dir, *CIRCUIT, "--out", out)
             assert rc == 0, (n, err)
             info = json.loads((out / "circuit.json").read_text())
             assert info["resumed"] == (n > 0), n
-            assert files_in(out) == files_in(full) == listed(out), n
+            assert files_in(out) == files_in(full), n
+        manifests.append((n, out, left, listed_then))
+    assert listed(full) == files_in(full) and total > 10
+    for n, out, left, listed_then in manifests:
+        assert left <= listed_then, n  # every file the interrupted run wrote was listed, from the first byte
+        assert listed(out) == files_in(out) - {"notes.txt", "checkpoint/weights_epoch_00010.npz"}, n
 
 
 def test_interrupted_heads_and_patch_rerun(tmp_path, capsys, monkeypatch):
@@ -139,10 +147,11 @@ def test_interrupted_heads_and_patch_rerun(tmp_path, capsys, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_heads(HeadsArgs(model=str(model), out=str(heads), tasks="gender_city", n=4, min_consistency=0.5))
     monkeypatch.undo()
-    assert files_in(heads) == {"directions.npz", "heads.png"} <= listed(heads)  # the next one listed before it
+    left, listed_then = files_in(heads), listed_if_any(heads)
     rc, _, err = run(capsys, "heads", "--model", model, *HEADS, "--out", heads)
     assert rc == 0, err
     assert files_in(heads) == {"directions.npz", "heads.png", "summary.md", "heads.json"}
+    assert left == {"directions.npz", "heads.png"} <= listed_then  # (the next file is listed before it appears)
 
     out = tmp_path / "patch"
     pa = PatchArgs(model=str(model), tasks=PATCH_TASK, out=str(out), n=4, batch_size=2, verify_top=2)
@@ -150,20 +159,19 @@ def test_interrupted_heads_and_patch_rerun(tmp_path, capsys, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_patch(pa)
     monkeypatch.undo()
-    assert files_in(out) <= listed(out)
+    left, listed_then = files_in(out), listed_if_any(out)
     rc, _, err = run(capsys, "patch", "--model", model, *PATCH, "--out", out)
     assert rc == 0, err
     assert json.loads((out / "scores.json").read_text())["resumed"]
+    assert left <= listed_then
 
 
 def test_a_copy_is_the_same_model_and_a_same_size_swap_is_not(tmp_path, capsys, monkeypatch):
     from interp.commands.patch import PatchArgs, run_patch
-    from interp.core.identity import folder_identity, forget_memo
 
     model = save_tiny(tmp_path / "model")
     other = save_tiny(tmp_path / "other", seed=1)
     copy = cp_r(model, tmp_path / "copy")
-    assert folder_identity(copy) == folder_identity(model) != folder_identity(other)
 
     # heads found on the model are reused on its copy
     heads = tmp_path / "heads"
@@ -189,15 +197,17 @@ def test_a_copy_is_the_same_model_and_a_same_size_swap_is_not(tmp_path, capsys, 
     assert info["resumed"] and info["batches"]["atp_batches_loaded"] >= 1
 
     # other weights of the same size, the old time put back: another model, named both ways
-    before = folder_identity(copy)
     swap_keeping_time(copy, other)
-    forget_memo()  # as a new process: only the hash cache file remains, keyed by the file's stat
-    assert folder_identity(copy) == folder_identity(other) != before
     assert_error(*run(capsys, "patch", "--model", copy, *PATCH, "--out", out), "checkpoint of another model",
                  str(model), str(copy), "--restart")
     assert_error(*run(capsys, "intervene", "--model", copy, "--heads", heads, "--mode", "ablate", "--tasks", PATCH_TASK,
                       "--n", 2, "-q", "--out", tmp_path / "iv2"), "were discovered on", str(model), str(copy))
     assert not (tmp_path / "iv2").exists()
+    from interp.core.identity import folder_identity
+
+    assert folder_identity(copy) == folder_identity(other) != folder_identity(model)
+    shutil.rmtree(copy)
+    assert folder_identity(cp_r(model, copy)) == folder_identity(model)
 
 
 def test_hash_cache_is_keyed_by_the_files_stat(tmp_path, hash_cache):
