@@ -225,3 +225,24 @@ def test_lock_and_manifest(tmp_path):
     outputs.write_json(out / "scores.json", {"families": {}})  # an output of the version before manifests
     m.check()
     assert m.owned() == {"scores.json", "summary.md", "heatmap_*.png"}
+    # the next run takes such a folder over: its files present move into the manifest file, first
+    (out / "notes.txt").write_text("mine")
+    with m.own({"n": 1}):
+        assert json.loads((out / outputs.MANIFEST).read_text())["files"] == ["heatmap_cls.png", "scores.json",
+                                                                              "summary.md"]
+        outputs.atomic_write(out / "summary.md", "new")  # ours: replaced
+        (out / "sub").mkdir()
+        outputs.atomic_write(out / "sub" / "x.txt", "new")  # in a subfolder: listed by its relative path
+        with pytest.raises(GARConfigError, match="notes.txt exists and was not written by gar patch"):
+            outputs.atomic_write(out / "notes.txt", "overwritten")
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(json.loads((out / outputs.MANIFEST).read_text())["files"]) == [
+        "heatmap_cls.png", "scores.json", "sub/x.txt", "summary.md"]
+    outputs.atomic_write(out / "after.txt", "x")  # outside a run: not listed
+    assert "after.txt" not in m.owned()
+    # a folder of another command, and a manifest gar cannot read, are refused before any work
+    with pytest.raises(GARConfigError, match="outputs of a gar patch run"):
+        outputs.Manifest(out, "heads", "heads.json", [], legacy_key="true_heads").check()
+    (out / outputs.MANIFEST).write_text("{not json")
+    with pytest.raises(GARConfigError, match="cannot read"):
+        m.check()

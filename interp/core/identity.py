@@ -152,5 +152,5 @@ def same_model(what_a: str, model_a: Any, id_a: Any, what_b: str, model_b: Any, 
         raise GARConfigError(f"{what_a} used model {model_a!r} ({id_a}), {what_b} model {model_b!r} ({id_b}): {why}")
 
 
-__all__ = ["DEFAULT_HASH_CACHE", "HASH_CACHE_ENV", "TOKENIZER_FILES", "WEIGHT_SUFFIXES", "comparable", "file_sha256", "forget_memo",
-           "folder_identity", "hash_cache_path", "model_files", "remote_identity", "same_model"]
+__all__ = ["DEFAULT_HASH_CACHE", "HASH_CACHE_ENV", "TOKENIZER_FILES", "WEIGHT_SUFFIXES", "comparable", "file_sha256",
+           "folder_identity", "forget_memo", "hash_cache_path", "model_files", "remote_identity", "same_model"]

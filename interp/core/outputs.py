@@ -235,6 +235,7 @@ class Manifest:
         self.out, self.command, self.main, self.legacy_key = Path(out), command, main, legacy_key
         self.files = list(dict.fromkeys([main, *files]))
         self.listed: list[str] | None = None  # while open (:meth:`own`): the manifest's files
+        self.args: dict[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -303,7 +304,8 @@ class Manifest:
         owned = self.owned()
         foreign = sorted(n for n in present if not self.owns(n, owned))
         if foreign:
-            raise GARConfigError(f"--out {self.out} holds {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, "
+            more = ", ..." if len(foreign) > 3 else ""
+            raise GARConfigError(f"--out {self.out} holds {', '.join(foreign[:3])}{more}, "
                                  f"not written by a previous gar {self.command} run: choose a new or empty folder "
                                  "(nothing is overwritten that another program or you wrote)")
 
@@ -388,10 +390,6 @@ class Checkpoint:
         self.owner = owner
         self.values = ("args.json", *values)
         self.counts: dict[str, int] = {}
-
-    def names(self) -> list[str]:
-        """The value files' names relative to the output folder (for :meth:`Manifest.check`)."""
-        return [f"{self.name}/{v}" for v in self.values]
 
     def check(self) -> bool:
         """True when a checkpoint of this run exists; refuses another run's (reads only)."""
@@ -536,4 +534,5 @@ def cached_arrays(path: str | Path, meta: dict[str, Any], make: Callable[[], dic
 
 
 __all__ = ["Checkpoint", "FILE_MODE", "MANIFEST", "Manifest", "Progress", "Timings", "atomic_write", "cached_arrays",
-           "check_out_dir", "check_unlocked", "glob_escape", "is_cache_file", "is_leftover", "load_npz", "locked_dir", "save_npz", "temporary_of", "versions", "write_json"]
+           "check_out_dir", "check_unlocked", "glob_escape", "is_cache_file", "is_leftover", "load_npz", "locked_dir",
+           "save_npz", "temporary_of", "versions", "write_json"]
