@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -178,8 +179,16 @@ class LoadedModel:
     desc: str
     dtype: str
     device: str
-    fingerprint: str = ""
+    resolved: Resolved | None = None
     server: dict[str, Any] | None = None  # remote: the server's host, versions and drift (preflight)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`model_fingerprint`, computed when a command records it (hashing a large model's files
+        takes a while the first time, and lm-eval runs never need it)."""
+        if self.resolved is None:
+            return ""
+        return model_fingerprint(self.resolved, remote=self.device == "remote")
 
 
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remote: bool = False,
@@ -202,8 +211,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
         if remote:
             server = preflight(True)
             nn_model = skeleton(r.path)
-            return LoadedModel(nn_model, None, tok, head_sites(nn_model), r.desc, dtype, "remote",
-                               model_fingerprint(r, remote=True), server)
+            return LoadedModel(nn_model, None, tok, head_sites(nn_model), r.desc, dtype, "remote", r, server)
         kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "local_files_only": r.local_only}
         dm = device_map(device)
         if dm is not None:
@@ -214,7 +222,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
     except (OSError, ValueError) as e:
         raise GARConfigError(f"cannot load model {r.name!r}: {str(e).splitlines()[0]}") from None
     wrapped = as_nnsight(hf, tok) if nnsight else hf
-    return LoadedModel(wrapped, hf, tok, head_sites(hf), r.desc, dtype, device, model_fingerprint(r))
+    return LoadedModel(wrapped, hf, tok, head_sites(hf), r.desc, dtype, device, r)
 
 
 def request_device(model: Any, remote: Any = False) -> Any:
