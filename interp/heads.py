@@ -446,18 +446,21 @@ def heads_model(path: str | Path) -> dict[str, Any]:
 
 def check_heads_model(path: str | Path, model: str, sites: Any, fingerprint: str) -> None:
     """Refuse heads (and their directions) discovered on another model than ``model``: another
-    architecture or head shape, or (outputs that record it) other weights."""
+    architecture or head shape, or (outputs that record it) other content (a copy of the model
+    is the same model)."""
     got = heads_model(path)
     shape = (got.get("model_type"), got.get("n_layers"), got.get("n_heads"))
     if None not in shape and shape != (sites.model_type, sites.n_layers, sites.n_heads):
         raise GARConfigError(f"the heads in {path} were discovered on {got.get('model_arg')!r}, a {shape[0]} with "
                              f"{shape[1]} layers x {shape[2]} heads; model {model!r} is a {sites.model_type} with "
                              f"{sites.n_layers} x {sites.n_heads}: run gar heads on it first")
+    from .core.identity import comparable
+
     fp = got.get("model_fingerprint")
-    if fp and fp != fingerprint:
-        raise GARConfigError(f"the heads in {path} were discovered on {got.get('model_arg')!r} (fingerprint {fp}), "
-                             f"not on model {model!r} (fingerprint {fingerprint}: other weights or config); heads "
-                             "and their directions belong to the model they were found on: run gar heads on it first")
+    if comparable(fp, fingerprint) and fp != fingerprint:
+        raise GARConfigError(f"the heads in {path} were discovered on {got.get('model_arg')!r} ({fp}), not on model "
+                             f"{model!r} ({fingerprint}: other weights, config or tokenizer); heads and their "
+                             "directions belong to the model they were found on: run gar heads on it first")
 
 
 __all__ = ["OUTPUTS", "Effects", "atp_overlap", "check_heads_model", "heads_model",

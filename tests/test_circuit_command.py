@@ -24,7 +24,8 @@ FILES = ["circuit.dot", "circuit.json", "circuit.png", "faithfulness.json", "fai
 
 
 def outputs(d):
-    return sorted(p.name for p in d.iterdir() if p.is_file()) if d.exists() else []
+    """The folder's files but its manifest (``.gar_manifest.json``)."""
+    return sorted(p.name for p in d.iterdir() if p.is_file() and p.name != ".gar_manifest.json") if d.exists() else []
 
 
 def circuit(capsys, tiny_dir, out, *extra):
@@ -54,6 +55,11 @@ def test_outputs_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     info = json.loads((out / "circuit.json").read_text())
     assert info["rows"] == 6 and info["batches"] == {"eap_batches": 3, "eap_batches_loaded": 0}
     assert sorted(info["written_by"]["files"]) == FILES
+    listed = json.loads((out / ".gar_manifest.json").read_text())
+    assert listed["command"] == "circuit" and listed["args"]["tasks"] == TASK
+    assert sorted(f for f in listed["files"] if "/" not in f) == FILES
+    assert sorted(f for f in listed["files"] if "/" in f) == sorted(
+        f"checkpoint/{p.name}" for p in (out / "checkpoint").iterdir())
     assert info["meta"]["first_differing_role"] == "Q" and "K" in info["meta"]["unreachable_roles"]
     faith = json.loads((out / "faithfulness.json").read_text())
     assert faith["percentages"] == [1.0, 10.0, 100.0] and len(faith["random_f"][0]) == 2

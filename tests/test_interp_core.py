@@ -55,41 +55,63 @@ def test_checkpoint_batches_resume_and_refuse_another_run(tmp_path):
         calls.append(i)
         return {"v": np.array([i, i * i])}
 
-    ck = outputs.Checkpoint(tmp_path, {"run": 1})
-    assert ck.open() is False
+    def manifest():
+        return outputs.Manifest(tmp_path, "patch", "scores.json", ["checkpoint/args.json"], legacy_key="families")
+
+    m = manifest()
+    ck = outputs.Checkpoint(tmp_path, {"run": 1}, m)
     seen = []
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), m.own({"run": 1}):
+        assert ck.open() is False
         for d in ck.batches("atp", "cls", 4, compute, progress=lambda s, done, n: seen.append((s, done, n))):
             if len(seen) == 2:
                 raise KeyboardInterrupt
     assert calls == [0, 1, 2] and seen[0] == ("atp cls", 1, 4)
     assert sorted(p.name for p in ck.dir.iterdir()) == ["args.json", "atp_cls_00000.npz", "atp_cls_00001.npz",
                                                         "atp_cls_00002.npz"]
-    ck2 = outputs.Checkpoint(tmp_path, {"run": 1})
-    assert ck2.open() is True
-    got = [d["v"].tolist() for d in ck2.batches("atp", "cls", 4, compute)]
+    # every file the interrupted run wrote is in its manifest, written before the files
+    listed = json.loads((tmp_path / outputs.MANIFEST).read_text())
+    assert listed["command"] == "patch" and listed["args"] == {"run": 1}
+    assert sorted(listed["files"]) == ["checkpoint/args.json", "checkpoint/atp_cls_00000.npz",
+                                       "checkpoint/atp_cls_00001.npz", "checkpoint/atp_cls_00002.npz"]
+    m2 = manifest()
+    ck2 = outputs.Checkpoint(tmp_path, {"run": 1}, m2)
+    with m2.own():
+        assert ck2.open() is True
+        got = [d["v"].tolist() for d in ck2.batches("atp", "cls", 4, compute)]
+        assert ck2.value("pairs.json", lambda: [1, 2]) == [1, 2]
+        assert ck2.value("pairs.json", lambda: pytest.fail("recomputed")) == [1, 2]
     assert got == [[0, 0], [1, 1], [2, 4], [3, 9]] and calls == [0, 1, 2, 3]
     assert ck2.counts == {"atp_batches": 1, "atp_batches_loaded": 3}
-    assert ck2.value("pairs.json", lambda: [1, 2]) == [1, 2]
-    assert ck2.value("pairs.json", lambda: pytest.fail("recomputed")) == [1, 2]
-    other = outputs.Checkpoint(tmp_path, {"run": 2}, values=("pairs.json",))
-    with pytest.raises(GARConfigError, match=r"other arguments \(run: 1 -> 2\).*--restart"):
-        other.open()
-    (other.dir / "weights.bin").write_bytes(b"a user's file")  # --restart deletes only what it recognises
-    (other.dir / ".pairs.json.ab12.tmp").write_text("")
-    assert other.open(restart=True) is False
-    assert sorted(p.name for p in other.dir.iterdir()) == ["args.json", "weights.bin"]
-    assert json.loads((other.dir / "args.json").read_text()) == {"run": 2}
-    assert other.discard() == ["weights.bin"] and other.dir.is_dir()
-    (other.dir / "weights.bin").unlink()
-    assert other.discard() == [] and not other.dir.exists()
-    fp = outputs.Checkpoint(tmp_path, {"run": 2, "model_fingerprint": "a"})
-    fp.open()
-    with pytest.raises(GARConfigError, match="checkpoint of another model"):
-        outputs.Checkpoint(tmp_path, {"run": 2, "model_fingerprint": "b"}).open()
-    (fp.dir / "args.json").write_text("{not json")
-    with pytest.raises(GARConfigError, match="cannot read the checkpoint file .*--restart"):
+    m3 = manifest()
+    other = outputs.Checkpoint(tmp_path, {"run": 2}, m3, values=("pairs.json",))
+    with m3.own():
+        with pytest.raises(GARConfigError, match=r"other arguments \(run: 1 -> 2\).*--restart"):
+            other.open()
+        # --restart deletes only what the manifest lists: never a user's file, whatever its name
+        (other.dir / "weights.bin").write_bytes(b"a user's file")
+        (other.dir / "weights_epoch_00010.npz").write_bytes(b"a user's file")
+        (other.dir / ".pairs.json.ab12.tmp").write_text("")  # an interrupted write of a listed file
+        assert other.open(restart=True) is False
+        assert sorted(p.name for p in other.dir.iterdir()) == ["args.json", "weights.bin", "weights_epoch_00010.npz"]
+        assert json.loads((other.dir / "args.json").read_text()) == {"run": 2}
+        assert other.discard() == ["weights.bin", "weights_epoch_00010.npz"] and other.dir.is_dir()
+        (other.dir / "weights.bin").unlink()
+        (other.dir / "weights_epoch_00010.npz").unlink()
+        assert other.discard() == [] and not other.dir.exists()
+        assert json.loads((tmp_path / outputs.MANIFEST).read_text())["files"] == []
+        fp = outputs.Checkpoint(tmp_path, {"run": 2, "model": "a", "model_fingerprint": "sha256:a"}, m3)
         fp.open()
+        # the same content under another path is the same model; other content is refused, naming both
+        assert outputs.Checkpoint(tmp_path, {"run": 2, "model": "copy", "model_fingerprint": "sha256:a"}, m3).check()
+        with pytest.raises(GARConfigError, match="checkpoint of another model .'a', content sha256:a; this run's 'b' "
+                                                 "is content sha256:b"):
+            outputs.Checkpoint(tmp_path, {"run": 2, "model": "b", "model_fingerprint": "sha256:b"}, m3).open()
+        with pytest.raises(GARConfigError, match="older gar"):
+            outputs.Checkpoint(tmp_path, {"run": 2, "model_fingerprint": "0123456789abcdef"}, m3).check()
+        (fp.dir / "args.json").write_text("{not json")
+        with pytest.raises(GARConfigError, match="cannot read the checkpoint file .*--restart"):
+            fp.open()
 
 
 def test_cached_arrays_keyed_by_meta(tmp_path):
@@ -203,3 +225,24 @@ def test_lock_and_manifest(tmp_path):
     outputs.write_json(out / "scores.json", {"families": {}})  # an output of the version before manifests
     m.check()
     assert m.owned() == {"scores.json", "summary.md", "heatmap_*.png"}
+    # the next run takes such a folder over: its files present move into the manifest file, first
+    (out / "notes.txt").write_text("mine")
+    with m.own({"n": 1}):
+        assert json.loads((out / outputs.MANIFEST).read_text())["files"] == ["heatmap_cls.png", "scores.json",
+                                                                              "summary.md"]
+        outputs.atomic_write(out / "summary.md", "new")  # ours: replaced
+        (out / "sub").mkdir()
+        outputs.atomic_write(out / "sub" / "x.txt", "new")  # in a subfolder: listed by its relative path
+        with pytest.raises(GARConfigError, match="notes.txt exists and was not written by gar patch"):
+            outputs.atomic_write(out / "notes.txt", "overwritten")
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(json.loads((out / outputs.MANIFEST).read_text())["files"]) == [
+        "heatmap_cls.png", "scores.json", "sub/x.txt", "summary.md"]
+    outputs.atomic_write(out / "after.txt", "x")  # outside a run: not listed
+    assert "after.txt" not in m.owned()
+    # a folder of another command, and a manifest gar cannot read, are refused before any work
+    with pytest.raises(GARConfigError, match="outputs of a gar patch run"):
+        outputs.Manifest(out, "heads", "heads.json", [], legacy_key="true_heads").check()
+    (out / outputs.MANIFEST).write_text("{not json")
+    with pytest.raises(GARConfigError, match="cannot read"):
+        m.check()

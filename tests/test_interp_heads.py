@@ -172,7 +172,8 @@ def test_choose_records_balanced_and_seeded():
 
 
 def files(d):
-    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+    """The folder's files but its manifest (``.gar_manifest.json``)."""
+    return sorted(p.name for p in d.iterdir() if p.name != ".gar_manifest.json") if d.exists() else []
 
 
 def _check_outputs(out, n_layers, n_heads, head_dim, n_records):

@@ -139,7 +139,7 @@ def test_report_has_both_arms_per_task(tiny_dir, tmp_path):
     args = InterveneArgs(model=str(tiny_dir), mode="mean", out=str(out), heads="0:1;1:3", tasks=TASKS, n=4,
                          batch_size=3, random_draws=3, seed=5)
     info = run_intervene(args)
-    assert sorted(p.name for p in out.iterdir()) == ["intervene.json", "intervene.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".gar_manifest.json", "intervene.json", "intervene.md"]
     saved = json.loads((out / "intervene.json").read_text())
     assert saved["targeted_heads"] == {"heads": [[0, 1], [1, 3]]}
     assert [d["seed"] for d in saved["random_draws"]] == [5, 6, 7]

@@ -22,7 +22,8 @@ TASK = "gar_cls_nr1_gender_city"
 
 
 def outputs(d):
-    return sorted(p.name for p in d.iterdir() if p.is_file()) if d.exists() else []
+    """The folder's files but its manifest (``.gar_manifest.json``)."""
+    return sorted(p.name for p in d.iterdir() if p.is_file() and p.name != ".gar_manifest.json") if d.exists() else []
 
 
 @pytest.mark.unit

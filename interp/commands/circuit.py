@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import sys
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,9 +33,10 @@ from typing import Any, Callable, Sequence
 from gar_tasks.errors import GARConfigError
 
 from ..core.loader import check_device, check_dtype, check_model_args, load_config, load_model, model_fingerprint
-from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir,
-                            versions, write_json)
-from ..core.remote import server_errors
+from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, versions,
+                            write_json)
+from ..core.identity import same_model
+from ..core.remote import one_line, server_errors
 from ..core.select import Slice, filter_records, load_records, sample_indices, select_slices
 from . import options
 
@@ -44,6 +46,9 @@ CHECKPOINT_VERSION = 1
 MAIN = "circuit.json"
 OUTPUTS = ("scores.npz", "graph.json", "circuit.dot", "loop.json", "summary.md", "circuit.png", "loop.png",
            "faithfulness.json", "faithfulness.png", "spot.json", "scores_half1.npz", "scores_half2.npz")
+# the checkpoint's files (a user's file of such a name is refused before any work, never replaced)
+CHECKPOINT_FILES = ("checkpoint/args.json", "checkpoint/items.json", "checkpoint/evals.json",
+                    "checkpoint/eap_*_[0-9][0-9][0-9][0-9][0-9].npz")
 OVERLAP_MAIN = "overlap.json"
 OVERLAP_OUTPUTS = ("core_graph.json", "overlap_edges.png", "overlap_nodes.png", "overlap_heads.png", "transfer.png")
 COUNTERFACTUALS = ("pair", "context", "mean")
@@ -360,10 +365,11 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
     timings = Timings()
     slices = check_args(args)
     out = Path(args.out)
-    fingerprint = model_fingerprint(args.model, args.remote)
-    ckpt = Checkpoint(out, {**args.identity(), "model_fingerprint": fingerprint}, values=("items.json", "evals.json"))
-    manifest = Manifest(out, NAME, MAIN, OUTPUTS, legacy_key="circuit")
+    manifest = Manifest(out, NAME, MAIN, [*OUTPUTS, *CHECKPOINT_FILES], legacy_key="circuit")
     manifest.check()
+    fingerprint = model_fingerprint(args.model, args.remote)
+    ckpt = Checkpoint(out, {**args.identity(), "model_fingerprint": fingerprint}, manifest,
+                      values=("items.json", "evals.json"))
     check_unlocked(out)
     if not args.restart:
         ckpt.check()
@@ -377,7 +383,7 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
             resumed_ids = json.loads(ckpt.path("items.json").read_text())
         with timings("items"):
             task = Task(args, m, slices, resumed_ids)  # a counterfactual leaving no pair fails here: nothing written
-        with locked_dir(out):
+        with manifest.own({"command": NAME, **args.to_json()}):
             resumed = ckpt.open(restart=args.restart)
             ckpt.value("items.json", lambda: task.record_ids)
             with timings("eap"), server_errors(args.remote):
@@ -451,7 +457,6 @@ class OverlapArgs:
 
 def run_overlap(args: OverlapArgs, log: Log | None = None) -> dict[str, Any]:
     """Overlap of several ``gar circuit`` runs (same model graph); transfer with ``--model``."""
-    from ..circuit.graph import EdgeScores
     from ..circuit.outputs import write_overlap_outputs
 
     log = log or (lambda msg: None)
@@ -465,13 +470,45 @@ def run_overlap(args: OverlapArgs, log: Log | None = None) -> dict[str, Any]:
     manifest = Manifest(out, OVERLAP_NAME, OVERLAP_MAIN, OVERLAP_OUTPUTS, legacy_key="core")
     manifest.check()
     check_unlocked(out)
+    tasks, halves, runs = read_runs(args.dirs)
+    evaluators = None
+    if args.model is not None:
+        evaluators = overlap_evaluators(args, runs, log)
+    kinds = {s.get("family") for r in runs.values() for s in r.get("slices", [])} - {None}
+    with manifest.own({"command": OVERLAP_NAME, **dataclasses.asdict(args)}):
+        res = write_overlap_outputs(out, tasks, n=n, percent=pct, method=args.method, halves=halves or None,
+                                    evaluators=evaluators, core_fraction=args.core_fraction,
+                                    task_kind=kinds.pop() if len(kinds) == 1 else "any", n_random=args.random,
+                                    seed=args.seed)
+        report = json.loads((out / OVERLAP_MAIN).read_text())
+        report["runs"] = {k: str(Path(d)) for k, d in zip(tasks, args.dirs)}
+        report["models"] = {k: {"model": r.get("model_arg"), "model_fingerprint": r.get("model_fingerprint")}
+                            for k, r in runs.items()}
+        if evaluators is None:
+            report["transfer_skipped"] = ("the transfer matrix and the core circuit's faithfulness need every "
+                                          "task's exact patcher: rerun with --model")
+        files = sorted(Path(p).name for p in res["paths"].values())
+        write_json(out / OVERLAP_MAIN, manifest.stamp(report, files))
+    log(f"wrote {', '.join(files)} to {out}")
+    return report
+
+
+def read_runs(dirs: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Each ``gar circuit`` folder's scores, split-half scores and ``circuit.json``, keyed by a name
+    per run; refuses (one line each) a folder given twice, a folder that is not a readable circuit
+    output, and runs of two different models (each run records what its model is)."""
+    from ..circuit.graph import EdgeScores
+
     tasks: dict[str, Any] = {}
     halves: dict[str, Any] = {}
     runs: dict[str, dict[str, Any]] = {}
-    for d in map(Path, args.dirs):
-        name = d.resolve().name
-        if name in tasks:
-            name = str(d)
+    seen: dict[Path, str] = {}
+    for d in map(Path, dirs):
+        real = d.resolve()
+        if real in seen:
+            raise GARConfigError(f"{d} is given twice (as {seen[real]} and {d}): overlap needs different runs")
+        seen[real] = str(d)
+        name = real.name if real.name not in tasks else str(d)
         f = d / "scores.npz"
         if not f.is_file():
             raise GARConfigError(f"{d} holds no scores.npz: not a gar circuit output folder")
@@ -480,27 +517,19 @@ def run_overlap(args: OverlapArgs, log: Log | None = None) -> dict[str, Any]:
             if (d / "scores_half1.npz").is_file() and (d / "scores_half2.npz").is_file():
                 halves[name] = (EdgeScores.load(d / "scores_half1.npz"), EdgeScores.load(d / "scores_half2.npz"))
             runs[name] = json.loads((d / MAIN).read_text()) if (d / MAIN).is_file() else {}
-        except (OSError, ValueError) as e:
-            raise GARConfigError(f"cannot read {d}: {e}") from None
+            if not isinstance(runs[name], dict):
+                raise ValueError(f"{MAIN} is not a JSON object")
+        except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:  # a damaged file
+            raise GARConfigError(f"cannot read the gar circuit output {d} ({one_line(e)}): rerun gar circuit "
+                                 "there, or leave it out") from None
+    named = [(k, r.get("model_arg"), r.get("model_fingerprint")) for k, r in runs.items()]
+    for k, model, fp in named[1:]:
+        same_model(f"run {named[0][0]}", named[0][1], named[0][2], f"run {k}", model, fp,
+                   "circuits of two different models do not overlap")
     shapes = {(s.resid.shape, s.attn.shape) for s in tasks.values()}
     if len(shapes) > 1:
         raise GARConfigError("the runs' graphs differ (other model or role schema): overlap needs one graph")
-    evaluators = None
-    if args.model is not None:
-        evaluators = overlap_evaluators(args, runs, log)
-    kinds = {s.get("family") for r in runs.values() for s in r.get("slices", [])} - {None}
-    res = write_overlap_outputs(out, tasks, n=n, percent=pct, method=args.method, halves=halves or None,
-                                evaluators=evaluators, core_fraction=args.core_fraction,
-                                task_kind=kinds.pop() if len(kinds) == 1 else "any", n_random=args.random, seed=args.seed)
-    report = json.loads((out / OVERLAP_MAIN).read_text())
-    report["runs"] = {k: str(Path(d)) for k, d in zip(tasks, args.dirs)}
-    if evaluators is None:
-        report["transfer_skipped"] = ("the transfer matrix and the core circuit's faithfulness need every task's "
-                                      "exact patcher: rerun with --model")
-    files = sorted(Path(p).name for p in res["paths"].values())
-    write_json(out / OVERLAP_MAIN, manifest.stamp(report, files))
-    log(f"wrote {', '.join(files)} to {out}")
-    return report
+    return tasks, halves, runs
 
 
 def overlap_evaluators(args: OverlapArgs, runs: dict[str, dict[str, Any]], log: Log) -> dict[str, Any]:
@@ -514,8 +543,8 @@ def overlap_evaluators(args: OverlapArgs, runs: dict[str, dict[str, Any]], log: 
             ca = CircuitArgs.from_json(info["args"], model=args.model, device=args.device, remote=False)
             if ca.remote:
                 raise GARConfigError(f"run {name} ran remotely: transfer needs the model locally")
-            if info.get("model_fingerprint") and model_fingerprint(args.model) != info["model_fingerprint"]:
-                raise GARConfigError(f"--model {args.model} is not the model run {name} used")
+            same_model(f"run {name}", info.get("model_arg"), info.get("model_fingerprint"), "--model",
+                       args.model, model_fingerprint(args.model), "transfer needs the model the runs used")
             key = (ca.model, ca.dtype)
             if key not in loaded:
                 loaded[key] = load_model(ca.model, ca.dtype, ca.device)

@@ -18,7 +18,7 @@ from gar_tasks.errors import GARConfigError
 
 from ..core.encode import ClsPrompts, encode_cls
 from ..core.loader import check_dtype, check_device, check_model_args, load_model
-from ..core.outputs import (Manifest, Timings, atomic_write, check_out_dir, check_unlocked, is_leftover, locked_dir,
+from ..core.outputs import (MANIFEST, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, is_leftover,
                             save_npz, versions, write_json)
 from ..core.remote import server_errors
 from ..core.select import Selection, Slice, choose_twins, load_records, select_slices
@@ -68,9 +68,12 @@ def check_out(out: Path, locked: bool = False) -> None:
     check_out_dir(out)
     if not locked:
         check_unlocked(out)
-    manifest(out).check()
+    m = manifest(out)
+    m.check()
     if out.is_dir():
-        other = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and not is_leftover(p.name, OUTPUTS))
+        owned = m.owned()
+        other = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS and p.name != MANIFEST
+                       and not is_leftover(p.name, OUTPUTS) and not m.owns(p.name, owned))
         if other:
             raise GARConfigError(f"--out {out} is not empty and is not a previous gar heads output "
                                  f"(it holds {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
@@ -219,8 +222,7 @@ def run_heads(args: HeadsArgs, progress: Progress | None = None, log: Callable[[
         }
     info["model_fingerprint"] = m.fingerprint
     info["server"] = m.server
-    with locked_dir(out):
-        check_out(out, locked=True)  # again, under the lock
+    with manifest(out).own({"command": NAME, **asdict(args)}, check=lambda: check_out(out, locked=True)):
         with timings("write"):
             write_outputs(out, info, rs, eff, sc)
         timings.total()

@@ -18,8 +18,7 @@ from gar_tasks.errors import GARConfigError
 
 from ..core.encode import ClsPrompts, encode_cls
 from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint, model_sites
-from ..core.outputs import (Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir, versions,
-                            write_json)
+from ..core.outputs import Manifest, Timings, atomic_write, check_out_dir, check_unlocked, versions, write_json
 from ..core.remote import server_errors
 from ..core.select import Selection, choose_balanced, load_records, select_slices
 from ..heads import check_heads_model, load_heads
@@ -234,8 +233,7 @@ def run_intervene(args: InterveneArgs, log: Callable[[str], Any] | None = None) 
             "tasks": rows, "overall": overall, "versions": versions(), "timings_s": timings}
     md = report_md(info)
     timings.total()
-    with locked_dir(out):
-        manifest.check()  # again, under the lock
+    with manifest.own({"command": NAME, **asdict(args)}):
         atomic_write(out / "intervene.md", md)
         write_json(out / "intervene.json", manifest.stamp(info, OUTPUTS))
     info["markdown"] = md

@@ -26,8 +26,8 @@ from gar_tasks.errors import GARConfigError
 from .. import patching as P
 from ..core.encode import FAMILIES
 from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint
-from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, locked_dir,
-                            save_npz, versions, write_json)
+from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, save_npz,
+                            versions, write_json)
 from ..core.remote import server_errors
 from ..core.select import Slice, filter_records, load_records, sample_indices, select_slices
 from ..pairs import Pairs, make_pairs
@@ -37,6 +37,9 @@ from . import options
 NAME = "patch"
 CHECKPOINT_VERSION = 1
 OUTPUTS = ("scores.npz", "scores.json", "summary.md")
+# the checkpoint's files (a user's file of such a name is refused before any work, never replaced)
+CHECKPOINT_FILES = ("checkpoint/args.json", "checkpoint/pairs.json", "checkpoint/heads_*.json",
+                    *(f"checkpoint/{k}_*_[0-9][0-9][0-9][0-9][0-9].npz" for k in ("atp", "graddrop", "exact")))
 # the roles reported per head (the test row's token roles; "other" = every other token)
 ROLE_ORDER = ("K", "V", "K'", "V'", "Q", "R", "A", "END")
 Progress = Callable[[str, int, int], Any]
@@ -224,17 +227,17 @@ def run_patch(args: PatchArgs, progress: Progress | None = None, log: Callable[[
     timings = Timings()
     slices = check_args(args)
     out = Path(args.out)
-    fingerprint = model_fingerprint(args.model, args.remote)
-    ckpt = Checkpoint(out, {**args.identity(), "model_fingerprint": fingerprint},
-                      values=("pairs.json", "heads_*.json"))
-    manifest = Manifest(out, NAME, "scores.json", [*OUTPUTS, "heatmap_*.png"], legacy_key="families")
+    manifest = Manifest(out, NAME, "scores.json", [*OUTPUTS, "heatmap_*.png", *CHECKPOINT_FILES], legacy_key="families")
     manifest.check()
+    fingerprint = model_fingerprint(args.model, args.remote)
+    ckpt = Checkpoint(out, {**args.identity(), "model_fingerprint": fingerprint}, manifest,
+                      values=("pairs.json", "heads_*.json"))
     check_unlocked(out)
     if not args.restart:
         ckpt.check()  # refuse another run's checkpoint before loading the model
     with timings("load"):
         m = load_model(args.model, args.dtype, args.device, remote=args.remote)
-    with locked_dir(out):
+    with manifest.own({"command": NAME, **asdict(args)}):
         with timings("pairs"):
             resumed = ckpt.open(restart=args.restart)
             fams = ckpt.value("pairs.json", lambda: choose_pairs(args, m.tokenizer, slices, log),

@@ -12,15 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from gar_tasks.errors import GARConfigError
 
 from ..core.loader import check_device, check_dtype, check_model_args, load_model, model_fingerprint, model_sites
-from ..core.outputs import (Manifest, Timings, atomic_write, cached_arrays, check_out_dir, check_unlocked, is_cache_file,
-                            locked_dir, versions, write_json)
+from ..core.outputs import (Manifest, Timings, atomic_write, cached_arrays, check_out_dir, check_unlocked, versions,
+                            write_json)
 from ..core.remote import server_errors
 from ..heads import check_heads_model
 from ..intervene import random_heads
@@ -167,8 +167,9 @@ def plan_model_probe(args: ProbeArgs) -> ModelPlan:
             if n != "snli" and len(labels) < GOT_FOLDS:
                 raise GARConfigError(f"{n}: {len(labels)} items, {GOT_FOLDS}-fold CV needs more")
             f = Path(args.out) / f"features_{feature_tag(n, s)}.npz"
-            if f.exists() and not is_cache_file(f):
-                raise GARConfigError(f"--out {args.out} holds {f.name}, which is not a gar probe feature cache: "
+            if f.exists() and not manifest(args.out).owns(f.name):
+                raise GARConfigError(f"--out {args.out} holds {f.name}, not a gar probe feature cache that a previous "
+                                     "gar probe run wrote there: "
                                      "choose a new or empty folder (nothing is overwritten that gar did not write)")
     return plan
 
@@ -217,7 +218,8 @@ def extract_features(args: ProbeArgs, plan: ModelPlan, timings: Timings, log: Lo
                 f["labels"] = np.asarray(labels, dtype=np.int64)
                 return f
 
-            feats[n][s], loaded = cached_arrays(out / f"features_{tag}.npz", meta, make)
+            # the model is compared by what it is (model_fingerprint), not by its name or path
+            feats[n][s], loaded = cached_arrays(out / f"features_{tag}.npz", meta, make, ignore=("model", "model_desc"))
             cache_info[tag] = "loaded" if loaded else "extracted"
             if loaded:
                 log(f"{tag}: {len(texts)} items, features loaded from features_{tag}.npz")
@@ -296,12 +298,9 @@ def run_model_probe(args: ProbeArgs, log: Log | None = None, progress: Progress 
 
 def write_report(out: Path, info: dict[str, Any], md: str) -> None:
     """probe.md and probe.json (with the manifest of the files gar probe wrote)."""
-    out.mkdir(parents=True, exist_ok=True)
-    m = manifest(out)
-    m.check()
     atomic_write(out / "probe.md", md)
     features = [f"features_{tag}.npz" for tag in info.get("cache", {})]
-    write_json(out / "probe.json", m.stamp(info, ["probe.md", *features]))
+    write_json(out / "probe.json", manifest(out).stamp(info, ["probe.md", *features]))
 
 
 def run_probe(args: ProbeArgs, log: Log | None = None, progress: Progress | None = None
@@ -313,11 +312,11 @@ def run_probe(args: ProbeArgs, log: Log | None = None, progress: Progress | None
         info = run_seed_features(args, log)
         md = probe_md(info)
         if args.out:
-            with locked_dir(args.out) as out:
+            with manifest(args.out).own({"command": NAME, **asdict(args)}) as out:
                 write_report(out, info, md)
         return info, md
     plan = plan_model_probe(args)
-    with locked_dir(args.out) as out:
+    with manifest(args.out).own({"command": NAME, **asdict(args)}) as out:
         info = run_model_probe(args, log, progress, plan)
         md = probe_md(info)
         write_report(out, info, md)

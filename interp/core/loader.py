@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -131,36 +132,27 @@ def config_dtype(model: str | Resolved, remote: bool = False) -> str:
     return name if name in DTYPES else "float32"
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
-
-
 def model_fingerprint(model: str | Resolved, remote: bool = False) -> str:
-    """What a model *is*, for checkpoints and caches (a name can point at other weights tomorrow):
-    sha256 over its ``config.json`` bytes and each weight file's path, size and mtime, in its folder
-    (an embedded model's converted folder, a local folder, or a cached Hub id's snapshot); for a
-    remote model, its Hub id. 16 hex digits."""
-    import hashlib
+    """What a model *is*, for checkpoints, reused heads, caches and overlaps (a name can point at other
+    weights tomorrow, and a copy is the same model): the content hash of its config, weight and
+    tokenizer files (:func:`interp.core.identity.folder_identity`, cached per file; ``sha256:...``) in
+    its folder (an embedded model's converted folder, a local folder, or a cached Hub id's snapshot);
+    for a remote model, its Hub id and revision (:func:`interp.core.identity.remote_identity`,
+    ``ndif:ID@REV``)."""
+    from .identity import folder_identity, remote_identity
 
     r = model if isinstance(model, Resolved) else resolve_model(model, remote)
-    h = hashlib.sha256()
+    if remote:
+        return remote_identity(r.path)
     folder = Path(r.path).expanduser()
-    if not folder.is_dir() and not remote:
+    if not folder.is_dir():
         try:
             from huggingface_hub import snapshot_download
 
             folder = Path(snapshot_download(r.path, local_files_only=True))
         except Exception:  # noqa: BLE001 - not in the cache in the expected layout: the id is all we know
-            folder = Path("/nonexistent")
-    if not folder.is_dir():
-        h.update(f"hub:{r.path}".encode())
-        return h.hexdigest()[:16]
-    cfg = folder / "config.json"
-    h.update(cfg.read_bytes() if cfg.is_file() else b"no config")
-    for f in sorted(folder.rglob("*")):
-        if f.suffix in WEIGHT_SUFFIXES and f.is_file():
-            st = f.stat()
-            h.update(f"|{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
+            return remote_identity(r.path)
+    return folder_identity(folder)
 
 
 def device_map(device: str) -> Any:
@@ -187,8 +179,16 @@ class LoadedModel:
     desc: str
     dtype: str
     device: str
-    fingerprint: str = ""
+    resolved: Resolved | None = None
     server: dict[str, Any] | None = None  # remote: the server's host, versions and drift (preflight)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`model_fingerprint`, computed when a command records it (hashing a large model's files
+        takes a while the first time, and lm-eval runs never need it)."""
+        if self.resolved is None:
+            return ""
+        return model_fingerprint(self.resolved, remote=self.device == "remote")
 
 
 def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remote: bool = False,
@@ -211,8 +211,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
         if remote:
             server = preflight(True)
             nn_model = skeleton(r.path)
-            return LoadedModel(nn_model, None, tok, head_sites(nn_model), r.desc, dtype, "remote",
-                               model_fingerprint(r, remote=True), server)
+            return LoadedModel(nn_model, None, tok, head_sites(nn_model), r.desc, dtype, "remote", r, server)
         kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "local_files_only": r.local_only}
         dm = device_map(device)
         if dm is not None:
@@ -223,7 +222,7 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
     except (OSError, ValueError) as e:
         raise GARConfigError(f"cannot load model {r.name!r}: {str(e).splitlines()[0]}") from None
     wrapped = as_nnsight(hf, tok) if nnsight else hf
-    return LoadedModel(wrapped, hf, tok, head_sites(hf), r.desc, dtype, device, model_fingerprint(r))
+    return LoadedModel(wrapped, hf, tok, head_sites(hf), r.desc, dtype, device, r)
 
 
 def request_device(model: Any, remote: Any = False) -> Any:
