@@ -26,6 +26,16 @@ def pytest_collection_modifyitems(config, items):
                                 + "\n  ".join(bad[:20]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_hash_cache(tmp_path_factory):
+    """Model identities hashed by the tests go to a cache of the test run, not the user's
+    ``~/.cache/gar/hashes.json`` (subprocesses inherit the variable)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GAR_HASH_CACHE", str(tmp_path_factory.mktemp("gar_hash_cache") / "hashes.json"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama and its offline BPE tokenizer saved as a model folder (``--model DIR``)."""
