@@ -26,6 +26,11 @@ _SUFFIXES = {".jsonl": "jsonl", ".parquet": "parquet"}
 # records per Parquet row group: memory while writing is bounded by one group, not the file
 ROW_GROUP = 1000
 PARQUET_BUFFER = 1 << 20  # bytes read at a time from a Parquet column chunk
+# Parquet rows turned into Python objects at a time: decoding a whole row group at once scatters the
+# few strings a consumer keeps per record (validate: ids, pair ids) over the heap pages of a thousand
+# records, which then cannot be given back (peak memory grew ~0.45 KB per record; in 16-row slices
+# it grows as with JSON Lines: scripts/bench_validate_memory.py, docs/benchmarks.md)
+DECODE_ROWS = 16
 # longest JSON line read (characters): a GAR record is a few KB; /dev/zero must not read forever
 MAX_LINE = 8 * 1024 * 1024
 
@@ -230,11 +235,10 @@ def _iter_parquet(p: Path) -> Iterator[tuple[str, Any]]:
         raise bad(e) from None
     i = 0
     try:
-        # one reader per row group: a reader over the whole file keeps what it has read of every row
-        # group until it ends (peak memory grew with the file, ~0.4 KB per record); per group it is
-        # released after each, so memory is one row group's whatever the file's size
+        # one reader per row group, released after it: Arrow holds one group at most, whatever the
+        # file's size; rows are decoded DECODE_ROWS at a time (see there)
         for g in range(pf.num_row_groups):
-            for batch in pf.iter_batches(batch_size=ROW_GROUP, row_groups=[g]):
+            for batch in pf.iter_batches(batch_size=DECODE_ROWS, row_groups=[g]):
                 for r in batch.to_pylist():
                     i += 1
                     yield f"row {i}", r

@@ -1,7 +1,9 @@
-"""Benchmark: peak memory of ``gar validate`` on Parquet files of growing size, with the row-group
-reader (``gar_tasks.io``) and, for comparison, one reader over the whole file (how it read before).
+"""Benchmark: peak memory of ``gar validate`` on files of growing size: Parquet with today's reader
+(``gar_tasks.io``: a reader per row group, rows decoded ``DECODE_ROWS`` at a time) and, for
+comparison, the reader before (one reader over the whole file, a thousand rows decoded at once);
+JSON Lines files with the one reader there is.
 
-Usage: .venv/bin/python scripts/bench_validate_memory.py FILE.parquet [FILE.parquet ...] [--repeats 1]
+Usage: .venv/bin/python scripts/bench_validate_memory.py FILE.parquet|FILE.jsonl [...] [--repeats 1]
 Make the files with ``gar generate --profile v1 --per-task N --out FILE.parquet`` (N = 200: 115,200
 records, 28 MiB; N = 1000: 576,000 records). Each measurement is a fresh process validating one
 file; peak memory is its ru_maxrss. Prints one JSON line per (file, reader).
@@ -24,7 +26,7 @@ sys.path.insert(0, sys.argv[3])
 from gar_tasks import io
 from gar_tasks.validate import validate_file
 
-if sys.argv[2] == "whole":  # the reader before: one iter_batches over every row group, pre-buffered
+if sys.argv[2] == "before":  # one iter_batches over every row group, pre-buffered, 1000 rows decoded at once
     import pyarrow.parquet as pq
 
     def whole(p):
@@ -54,7 +56,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="processes per (file, reader); the median is shown")
     args = ap.parse_args()
     for f in args.files:
-        for reader in ("row_groups", "whole"):
+        for reader in ("now", "before") if f.suffix == ".parquet" else ("now",):
             runs = [measure(f, reader) for _ in range(args.repeats)]
             print(json.dumps({"file": f.name, "mib": round(f.stat().st_size / 2**20), "reader": reader,
                               "records": runs[0]["records"],
