@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import json, resource, sys, time
 sys.path.insert(0, sys.argv[3])
 from gar_tasks import io
 from gar_tasks.validate import validate_file
+
+assert io.__file__.startswith(sys.argv[3]), io.__file__  # measuring this checkout
 
 if sys.argv[2] == "before":  # one iter_batches over every row group, pre-buffered, 1000 rows decoded at once
     import pyarrow.parquet as pq
@@ -45,8 +48,10 @@ print(json.dumps({"records": rep.n_records, "ok": rep.ok, "seconds": round(time.
 
 
 def measure(path: Path, reader: str) -> dict:
+    # this checkout's gar_tasks first (an installed one may be imported at start-up by the lm-eval hook)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     p = subprocess.run([sys.executable, "-c", CHILD, str(path), reader, str(ROOT)], capture_output=True,
-                       text=True, check=True)
+                       text=True, check=True, env=env)
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
