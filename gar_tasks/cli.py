@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import GARConfigError, GARDataError, GARError
+from .knobs import GENERATE, SEED, add_bounded
 
 PROG = "gar"
 ENTRY_POINT_GROUP = "gar.commands"
@@ -49,6 +50,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with a one-line usage error (``gar: error: ...``, exit 2) instead of a usage block."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        # a knob out of its bound: "--n must be at most ..." rather than "argument --n: must be ..."
+        message = re.sub(r"^argument (-\S+): must ", r"\1 must ", message)
         _error(f"{message} (see `{self.prog} --help`)")
         raise SystemExit(2)
 
@@ -65,6 +68,7 @@ def add_entry_point_commands(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+
     parser = _Parser(
         prog=PROG, description="GAR (Generalized Associative Recall) benchmark toolkit.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -73,11 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate GAR records and write them atomically to --out.")
     g.add_argument("--profile", required=True, metavar="PROFILE",
                    help="paper (the published benchmark; takes no knobs) or v1")
-    g.add_argument("--cxt-len", type=int, metavar="N", help="context items per row, 2..8 (default 3)")
-    g.add_argument("--demos", type=int, metavar="N", help="demonstration rows, 0..4 (default 1)")
-    g.add_argument("--per-task", type=int, metavar="N",
-                   help="instances (classification: pairs) per task, 1..10000 (default 8)")
-    g.add_argument("--seed", type=int, metavar="N", help="random seed (default 42)")
+    # the generator's own ranges (GeneratorConfig checks them too); unset knobs keep its defaults
+    add_bounded(g, "--cxt-len", GENERATE["cxt_len"], "context items per row", metavar="N", shown_default=3)
+    add_bounded(g, "--demos", GENERATE["n_demos"], "demonstration rows", metavar="N", shown_default=1)
+    add_bounded(g, "--per-task", GENERATE["n_per_task"],
+                "instances (classification: pairs) per task", metavar="N",
+                shown_default=8)
+    add_bounded(g, "--seed", SEED, "random seed", metavar="N", shown_default=42)
     g.add_argument("--split", metavar="SPLIT", help="test (default), validation, or train (the organism's training data)")
     g.add_argument("--out", required=True, metavar="PATH", help="output file (.jsonl or .parquet)")
     g.add_argument("--format", choices=("jsonl", "parquet"),

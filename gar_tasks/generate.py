@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 from .errors import GARConfigError, GARDataError
 from .grid import Cell, iter_cells
+from .knobs import GENERATOR_RANGES
 from .profiles import PROFILES, Profile, load_profile
 from .records import DELIMITER, TERMINATOR, GARRecord, RowInfo
 from .render import DRAW_PREAMBLE, render_instance
@@ -20,7 +21,7 @@ from .schemas import Relation, Schema, TreeSchema
 
 SPLITS = ("test", "validation", "train")  # train: the organism's training data (scripts/train_organism.py)
 PAPER_SEED = 42
-KNOB_RANGES = {"cxt_len": (2, 8), "n_demos": (0, 4), "n_per_task": (1, 10_000)}
+KNOB_RANGES = GENERATOR_RANGES  # (lo, hi) per knob; the CLI shows and checks the same
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,10 +83,11 @@ def build_folder(out: str | Path, configs: Sequence[str] | None = None, repo_id:
     """Write the Hub folder to ``out``; return the files we wrote (card first, then parquet).
 
     ``out`` may be absent or empty (the folder is built aside and renamed into place), or a folder
-    holding our card (one we built before, or a clone of the Hub repo): then only our files are
-    replaced, one atomic rename each, and our stale parquet files removed; everything else in it
-    (``.git``, a licence, notes) is left as it is. Any other folder is refused: nothing of the
-    user's is ever deleted.
+    holding our card (one we built before, or a clone of the Hub repo): then only the card and
+    ``data/<config>/`` of the configs built now are replaced, one atomic rename each, and our stale
+    parquet files in those folders removed; other configs' data stays, and the card keeps declaring
+    them (their sizes from the old card); everything else in it (``.git``, a licence, notes) is left
+    as it is. Any other folder is refused: nothing of the user's is ever deleted.
     """
     out = shown = Path(out).expanduser()
     if out.is_symlink():  # build where the link points, and keep the link
@@ -137,12 +138,16 @@ def build_folder(out: str | Path, configs: Sequence[str] | None = None, repo_id:
                     _fsync(path)
                     rel.append(path.relative_to(tmp).as_posix())
                     sizes[name][split], nbytes[name][split] = len(ds), ds.data.nbytes
+            if update:  # configs not built now keep their data and their place in the card
+                for name, (s, b) in _kept_configs(out, names).items():
+                    sizes[name], nbytes[name] = s, b
+                sizes = {n: sizes[n] for n in CONFIGS if n in sizes}
             card = tmp / "README.md"
             card.write_text(card_text(sizes, nbytes, repo_id), encoding="utf-8")
             _fsync(card)
             _publish_modes(tmp)
             if update:
-                _update_ours(tmp, out, rel)
+                _update_ours(tmp, out, rel, names)
             else:
                 os.replace(tmp, out)  # out is absent or an empty folder
         except OSError as e:
@@ -189,10 +194,11 @@ def _our_files(folder: Path) -> list[str]:
     return ours
 
 
-def _update_ours(tmp: Path, out: Path, rel: list[str]) -> None:
-    """Move the new build's files into ``out`` over ours; remove our stale parquet files (and the
-    data folders they leave empty); touch nothing else. The card goes last."""
-    stale = [r for r in _our_files(out) if r != "README.md" and r not in rel]
+def _update_ours(tmp: Path, out: Path, rel: list[str], names: Sequence[str]) -> None:
+    """Move the new build's files into ``out`` over ours; remove our stale parquet files of the
+    configs built now (``names``; and the data folders they leave empty); touch nothing else, other
+    configs' data included. The card goes last."""
+    stale = [r for r in _our_files(out) if r != "README.md" and r not in rel and r.split("/")[1] in names]
     for r in rel:
         (out / r).parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / r, out / r)
@@ -203,6 +209,28 @@ def _update_ours(tmp: Path, out: Path, rel: list[str]) -> None:
         except OSError:
             pass
     os.replace(tmp / "README.md", out / "README.md")
+
+
+def _kept_configs(out: Path, names: Sequence[str]) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+    """``{config: (rows per split, bytes per split)}`` from the card in ``out`` for the configs not
+    built now whose parquet files are all still there (what the new card keeps declaring)."""
+    import yaml
+
+    try:
+        text = (out / "README.md").read_text(encoding="utf-8")
+        infos = yaml.safe_load(text.split("---\n")[1]).get("dataset_info") or []
+    except (OSError, IndexError, AttributeError, yaml.YAMLError):
+        return {}
+    kept = {}
+    for info in [infos] if isinstance(infos, dict) else infos:
+        name = info.get("config_name") if isinstance(info, dict) else None
+        if name not in CONFIGS or name in names:
+            continue
+        splits = info.get("splits") or []
+        rows = {s["name"]: int(s["num_examples"]) for s in splits}
+        if rows and all((out / "data" / name / f"{s}-00000-of-00001.parquet").is_file() for s in rows):
+            kept[name] = (rows, {s["name"]: int(s.get("num_bytes", 0)) for s in splits})
+    return kept
 
 
 def _to_parquet(ds, path: Path) -> None:
@@ -250,6 +278,7 @@ def push(repo_id: str, *, private: bool = False, revision: str | None = None, dr
 
     if not HUB_ID.match(repo_id):
         raise GARConfigError(f"repo id {repo_id!r} is not of the form ORG/NAME")
+    configs = list(configs) if configs else None
     for n in configs or ():
         get_config(n)
     api = None
@@ -272,13 +301,14 @@ def push(repo_id: str, *, private: bool = False, revision: str | None = None, dr
         out = Path(tmpdir) / "gar"
     keep = False
     try:
-        files = build_folder(out, list(configs) if configs else None, repo_id, progress)
+        files = build_folder(out, configs, repo_id, progress)
         if dry_run:
             keep = True
             return PushResult(Path(out), files, None)
         with _hub_errors(f"upload to {repo_id} failed"):
             info = api.upload_folder(folder_path=str(out), repo_id=repo_id, repo_type="dataset",
-                                     revision=revision, delete_patterns=["data/**"],
+                                     revision=revision,
+                                     delete_patterns=[f"data/{n}/**" for n in (configs or CONFIGS)],
                                      allow_patterns=["README.md", "data/*/*.parquet"],
                                      commit_message=f"GAR datasets built by gar-eval {generator_version()}")
         return PushResult(Path(out), files, str(getattr(info, "commit_url", info)))

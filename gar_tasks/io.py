@@ -25,6 +25,12 @@ _SUFFIXES = {".jsonl": "jsonl", ".parquet": "parquet"}
 
 # records per Parquet row group: memory while writing is bounded by one group, not the file
 ROW_GROUP = 1000
+PARQUET_BUFFER = 1 << 20  # bytes read at a time from a Parquet column chunk
+# Parquet rows turned into Python objects at a time: decoding a whole row group at once scatters the
+# few strings a consumer keeps per record (validate: ids, pair ids) over the heap pages of a thousand
+# records, which then cannot be given back (peak memory grew ~0.45 KB per record; in 16-row slices
+# it grows as with JSON Lines: scripts/bench_validate_memory.py, docs/benchmarks.md)
+DECODE_ROWS = 16
 # longest JSON line read (characters): a GAR record is a few KB; /dev/zero must not read forever
 MAX_LINE = 8 * 1024 * 1024
 
@@ -223,16 +229,19 @@ def _iter_parquet(p: Path) -> Iterator[tuple[str, Any]]:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         return GARDataError(f"{p}: cannot read parquet: {first}")
 
-    try:
-        pf = pq.ParquetFile(p)
+    try:  # column chunks through a small buffer, not pre-buffered whole (see below)
+        pf = pq.ParquetFile(p, pre_buffer=False, buffer_size=PARQUET_BUFFER)
     except Exception as e:  # pyarrow raises many types for a bad file
         raise bad(e) from None
     i = 0
     try:
-        for batch in pf.iter_batches(batch_size=ROW_GROUP):
-            for r in batch.to_pylist():
-                i += 1
-                yield f"row {i}", r
+        # one reader per row group, released after it: Arrow holds one group at most, whatever the
+        # file's size; rows are decoded DECODE_ROWS at a time (see there)
+        for g in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=DECODE_ROWS, row_groups=[g]):
+                for r in batch.to_pylist():
+                    i += 1
+                    yield f"row {i}", r
     except GARDataError:
         raise
     except Exception as e:

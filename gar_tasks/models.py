@@ -294,8 +294,71 @@ def _clean_stale_tmp(root: Path, target: Path) -> None:
             pass
 
 
+# a safetensors header is a few KB per tensor; a length past this is a damaged file, not a header
+MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (None: it is), without reading the weights:
+    its header parses and the file ends exactly where the header's last tensor ends."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, MAX_SAFETENSORS_HEADER):
+                return f"{path.name} is truncated (header of {n} bytes in a {size}-byte file)"
+            header = json.loads(f.read(n))
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except OSError as e:
+        return f"{path.name} is unreadable ({e.strerror or e})"
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return f"{path.name} has no valid safetensors header"
+    if 8 + n + end != size:
+        return f"{path.name} is {'truncated' if size < 8 + n + end else 'longer than its header says'} " \
+               f"({size:,} of {8 + n + end:,} bytes)"
+    return None
+
+
+def folder_problem(folder: Path, marker: bool = True) -> str | None:
+    """Why ``folder`` is not a complete model folder (None: it is): the marker (when ``marker``), a
+    readable ``config.json`` and complete safetensors weights (every shard an index names). Reads
+    the config and the weights' headers only: cheap enough for every call."""
+    if not folder.is_dir():
+        return "no such folder"
+    if marker and not (folder / MARKER).is_file():
+        return f"no {MARKER} (an interrupted build)"
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError
+    except OSError:
+        return "config.json is missing or unreadable"
+    except ValueError:
+        return "config.json is not a JSON object"
+    weights = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{index.name} is unreadable"
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            return f"weight shard {missing[0]} is missing"
+    if not weights:
+        return "no *.safetensors weights"
+    for w in weights:
+        problem = safetensors_problem(w)
+        if problem:
+            return problem
+    return None
+
+
 def _is_complete(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
+    return folder_problem(folder) is None
 
 
 def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[str] | None = None,
@@ -304,7 +367,9 @@ def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[s
     (for a :class:`PackagedModel` such as ``organism``: its folder inside the package, as is).
 
     Built on the first call (~20 s: GGUF load, dequantisation, save), then reused: a folder
-    with the marker ``gar_model.json`` is complete and returned as is (``rebuild=True`` forces a
+    with the marker ``gar_model.json``, a readable config and complete weights (checked from the
+    safetensors headers and file sizes, see :func:`folder_problem`) is returned as is; an
+    incomplete one (truncated weights, config gone) is converted again (``rebuild=True`` forces a
     new conversion). The weights are Q4_1-quantised and dequantised to float32, so results
     are for a quantised SmolLM2. Layout and concurrency guarantees: see the module docstring.
 
@@ -317,8 +382,23 @@ def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[s
     sha = _sha256(gguf)
     root = cache_root(cache_dir)
     target = root / f"{name}-{sha[:12]}"
-    if _is_complete(target) and not rebuild:
+    problem = folder_problem(target) if target.exists() else None
+    if target.exists() and problem is None and not rebuild:
         return target
+    if problem:  # vouch only for a complete folder: this one is ours to rebuild
+        log.warning("the cached model folder %s is incomplete (%s): converting again", target, problem)
+        try:
+            return _build(name, entry, gguf, sha, root, target, replace=True)
+        except OSError as e:
+            raise GARConfigError(f"the cached model folder {target} is incomplete ({problem}) and rebuilding it "
+                                 f"failed ({e.strerror or e}): free space or fix the permissions there, then run "
+                                 f"`gar models {name} --rebuild`") from None
+    return _build(name, entry, gguf, sha, root, target, replace=rebuild)
+
+
+def _build(name: str, entry: EmbeddedModel, gguf: Path, sha: str, root: Path, target: Path, *,
+           replace: bool) -> Path:
+    """Convert the GGUF into ``target`` (built aside, installed by one rename)."""
 
     root.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(root, target)
@@ -333,7 +413,7 @@ def embedded_model_path(name: str = "smollm2", *, cache_dir: str | os.PathLike[s
         for f in tmp.iterdir():  # some writers create 0600 files; the cache may be shared
             f.chmod(0o644)
         _write_marker(tmp, _marker_info(name, entry, gguf, sha, notes))
-        _install(tmp, target, replace=rebuild)
+        _install(tmp, target, replace=replace)
         log.info("converted %s in %.1f s", name, time.perf_counter() - t0)
     finally:
         if tmp.exists():  # failed, or lost the race to another process: leave nothing behind
@@ -348,9 +428,9 @@ def packaged_model_path(entry: PackagedModel) -> Path:
     from importlib import resources
 
     folder = Path(str(resources.files("gar_tasks").joinpath("data", entry.folder)))
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        raise GARConfigError(f"the packaged model folder {folder} is missing or incomplete: "
-                             f"{entry.install_hint}")
+    problem = folder_problem(folder, marker=False)
+    if problem:
+        raise GARConfigError(f"the packaged model folder {folder} is incomplete ({problem}): {entry.install_hint}")
     return folder
 
 
@@ -398,4 +478,5 @@ def load_embedded(name: str = "smollm2", dtype: "torch.dtype | str" = "float32",
     return model.eval(), tokenizer
 
 
-__all__ = ["EMBEDDED_MODELS", "EmbeddedModel", "MARKER", "PackagedModel", "packaged_model_path", "cache_root", "embedded_model_path", "load_embedded"]
+__all__ = ["EMBEDDED_MODELS", "EmbeddedModel", "MARKER", "PackagedModel", "folder_problem", "packaged_model_path",
+           "safetensors_problem", "cache_root", "embedded_model_path", "load_embedded"]

@@ -138,11 +138,13 @@ def test_overwrites_existing_file(tmp_path, capsys):
 @pytest.mark.parametrize("args, needles", [
     (["--profile", "foo"], ["unknown profile 'foo'", "paper, v1"]),
     (["--profile", "v1", "--split", "dev"], ["unknown split 'dev'", "test, validation, train"]),
-    (["--profile", "v1", "--cxt-len", "1"], ["--cxt-len", "[2, 8]", "got 1"]),
-    (["--profile", "v1", "--cxt-len", "9"], ["--cxt-len", "[2, 8]", "got 9"]),
-    (["--profile", "v1", "--demos", "5"], ["--demos", "[0, 4]", "got 5"]),
-    (["--profile", "v1", "--per-task", "0"], ["--per-task", "[1, 10000]", "got 0"]),
-    (["--profile", "v1", "--seed", "-1"], ["--seed", "non-negative"]),
+    (["--profile", "v1", "--cxt-len", "1"], ["--cxt-len must be at least 2", "(2..8)", "got 1"]),
+    (["--profile", "v1", "--cxt-len", "9"], ["--cxt-len must be at most 8", "(2..8)", "got 9"]),
+    (["--profile", "v1", "--demos", "5"], ["--demos must be at most 4", "(0..4)", "got 5"]),
+    (["--profile", "v1", "--per-task", "0"], ["--per-task must be at least 1", "(1..10,000)", "got 0"]),
+    (["--profile", "v1", "--per-task", "10001"], ["--per-task must be at most 10,000", "got 10001"]),
+    (["--profile", "v1", "--seed", "-1"], ["--seed must be at least 0", "got -1"]),
+    (["--profile", "v1", "--seed", "4294967296"], ["--seed must be at most 4,294,967,295", "got 4294967296"]),
     (["--profile", "paper", "--demos", "2"], ["'paper'", "takes no knobs", "--demos=2", "--profile v1"]),
     (["--profile", "paper", "--split", "validation"], ["takes no knobs", "split='validation'"]),
 ])
@@ -154,7 +156,7 @@ def test_bad_config(tmp_path, capsys, args, needles):
 
 @pytest.mark.parametrize("args, needles", [
     (["--format", "csv"], ["--format", "invalid choice: 'csv'", "jsonl", "parquet"]),
-    (["--cxt-len", "abc"], ["--cxt-len", "invalid int value: 'abc'"]),
+    (["--cxt-len", "abc"], ["--cxt-len must be an integer in 2..8, got 'abc'"]),
     ([], ["--profile"]),  # --profile is required
 ])
 def test_usage_errors(tmp_path, capsys, args, needles):
@@ -386,7 +388,7 @@ def test_console_script(tmp_path):
     bad = tmp_path / "bad.jsonl"
     p = subprocess.run([gar, "generate", "--profile", "v1", "--cxt-len", "9", "--out", str(bad)],
                        capture_output=True, text=True, timeout=120)
-    assert_gar_error(p.returncode, p.stdout, p.stderr, "--cxt-len", "[2, 8]")
+    assert_gar_error(p.returncode, p.stdout, p.stderr, "--cxt-len", "2..8")
     assert listing(tmp_path) == ["v1.jsonl"]
 
     p = subprocess.run([sys.executable, "-m", "gar_tasks", "--help"], capture_output=True, text=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -270,7 +271,7 @@ def test_rebuild_and_concurrent_builder(stub_source, monkeypatch, tmp_path):
     def race_fresh(out, info):
         real_write(out, info)
         target = fresh / path.name
-        target.mkdir()
+        shutil.copytree(out, target)  # a complete folder of theirs (a marker alone is not complete)
         (target / "theirs").write_text("x")
         real_write(target, {"winner": "other"})
 

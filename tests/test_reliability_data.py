@@ -97,15 +97,57 @@ def test_push_refuses_a_folder_without_our_card(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["user"]
 
 
-def test_push_rebuild_with_fewer_configs_removes_only_our_stale_files(tmp_path, capsys):
+def test_push_rebuild_removes_only_stale_files_of_the_configs_it_builds(tmp_path, capsys):
     out = tmp_path / "out"
     assert build(capsys, out)[0] == 0
-    stale = out / "data" / "v1" / "test-00000-of-00001.parquet"
-    stale.parent.mkdir()
-    shutil.copy(out / "data/paper/test-00000-of-00001.parquet", stale)  # as an earlier `--config v1` left
-    (out / "data" / "v1" / "keep.md").write_text("mine")
+    stale = out / "data" / "paper" / "validation-00000-of-00001.parquet"  # paper has no such split now
+    shutil.copy(out / "data/paper/test-00000-of-00001.parquet", stale)
+    (out / "data" / "paper" / "keep.md").write_text("mine")
     assert build(capsys, out)[0] == 0
-    assert not stale.exists() and (out / "data" / "v1" / "keep.md").read_text() == "mine"
+    assert not stale.exists() and (out / "data" / "paper" / "keep.md").read_text() == "mine"
+
+
+def test_push_one_config_keeps_the_other_configs_data_and_card_entry(tmp_path, capsys):
+    """A folder built for paper, then `--config v1`: data/paper/ is not v1's to replace; it stays,
+    byte for byte, and the card still declares it (the folder loads both configs)."""
+    out = tmp_path / "out"
+    assert build(capsys, out)[0] == 0
+    paper = out / "data/paper/test-00000-of-00001.parquet"
+    before = paper.read_bytes()
+    rc, _, err = run(capsys, "push", "--repo", "me/gar", "--dry-run", "--out", out, "--config", "v1")
+    assert rc == 0, err
+    assert paper.read_bytes() == before
+    assert (out / "data/v1/test-00000-of-00001.parquet").is_file()
+    import yaml
+
+    card = yaml.safe_load((out / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+    assert [c["config_name"] for c in card["configs"]] == ["paper", "v1"]
+    import datasets
+
+    assert datasets.load_dataset(str(out), "paper", split="test").num_rows == len(GeneratorConfig().build())
+
+
+def test_push_uploads_and_deletes_only_the_configs_it_builds(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class Api:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *a, **k):
+            pass
+
+        def upload_folder(self, **kw):
+            calls.append(kw)
+            return "url"
+
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert run(capsys, "push", "--repo", "me/gar", "--out", tmp_path / "o", "--config", "paper")[0] == 0
+    assert calls[0]["delete_patterns"] == ["data/paper/**"]  # the Hub's data/v1/ is not this push's
 
 
 def test_push_out_is_a_symlink_to_a_folder(tmp_path, capsys):

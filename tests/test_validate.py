@@ -314,3 +314,36 @@ def test_report_to_dict_is_json(sample):
     d = json.loads(json.dumps(rep.to_dict()))
     assert d["ok"] is False and d["n_records"] == 24 and d["error_counts"] == {"span": 1}
     assert d["errors"] == rep.errors
+
+
+def test_parquet_is_read_one_row_group_at_a_time_with_the_jsonl_result(tmp_path, monkeypatch):
+    """A reader per row group, decoded a few rows at a time (peak memory grows as with JSON Lines:
+    scripts/bench_validate_memory.py): every group is read on its own, in order, and the report
+    equals the JSON Lines one."""
+    import pyarrow.parquet as pq
+
+    from gar_tasks import io
+
+    recs = GeneratorConfig(profile="v1", n_per_task=1).build()[:60]
+    recs[5] = replace(recs[5], answer="wrong")  # a finding to compare too
+    monkeypatch.setattr(io, "ROW_GROUP", 7)
+    monkeypatch.setattr(io, "DECODE_ROWS", 3)
+    io.write_records(recs, tmp_path / "r.parquet")
+    io.write_records(recs, tmp_path / "r.jsonl")
+    groups = pq.ParquetFile(tmp_path / "r.parquet").num_row_groups
+    assert groups == 9
+    calls = []
+    real = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **k):
+        calls.append(k.get("row_groups"))
+        for b in real(self, *a, **k):
+            assert b.num_rows <= 3  # decoded a few rows at a time, not a group at once
+            yield b
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    par = validate_file(tmp_path / "r.parquet").to_dict()
+    assert calls == [[g] for g in range(groups)]
+    js = validate_file(tmp_path / "r.jsonl").to_dict()
+    par.pop("source", None), js.pop("source", None)
+    assert par == js and not js["ok"]

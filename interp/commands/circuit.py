@@ -59,6 +59,18 @@ Progress = Callable[[str, int, int], Any]
 Log = Callable[[str], Any]
 
 
+def size_arg(text: str) -> str:
+    """``--size`` checked while the command line is parsed (argparse ``type``): an edge count within
+    ``options.KNOBS['size_edges']`` or a percentage; the text is returned as given."""
+    try:
+        n, _ = parse_size(text)
+    except GARConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if n is not None:
+        options.KNOBS["size_edges"](str(n))
+    return text
+
+
 def parse_size(size: str) -> tuple[int | None, float | None]:
     """``"1%"`` -> (None, 1.0), ``"200"`` -> (200, None): a circuit size as a count or a percentage."""
     s = str(size).strip()
@@ -581,18 +593,19 @@ def register(sub: Any) -> None:
     p.add_argument("--counterfactual", default="pair", choices=COUNTERFACTUALS,
                    help="pair: cls Yes/No twins, gen query swap; context: two context values swap places; "
                         "mean: role-mean ablation (default pair)")
-    p.add_argument("--ig-steps", type=int, default=1, metavar="K", help="EAP-IG steps over the input embeddings "
-                                                                      "(default 1: plain EAP)")
+    options.add_knob(p, "--ig-steps", "EAP-IG steps over the input embeddings (1: plain EAP)", default=1,
+                     metavar="K")
     p.add_argument("--exact-softmax", action="store_true", help="q/k attention edges exact through the softmax")
     p.add_argument("--method", default="topn", choices=METHODS, help="circuit extraction (default topn)")
-    p.add_argument("--size", default="1%", metavar="N|P%", help="circuit size: edges, or a percentage of the "
-                                                               "existing edges (default 1%%)")
-    p.add_argument("--curve", type=float, nargs="*", default=None, metavar="PCT",
-                   help="faithfulness curve at these percentages of the edges (the flag alone: the MIB sizes "
-                        "0.1 ... 100); without it only the circuit's own size is evaluated")
-    p.add_argument("--random", type=int, default=5, metavar="N", help="random circuits per size (default 5)")
-    p.add_argument("--spot", type=int, default=10, metavar="K",
-                   help="exact single-edge patching of the top K edges and K random ones (default 10; 0: skip)")
+    p.add_argument("--size", default="1%", metavar="N|P%", type=size_arg,
+                   help=f"circuit size: edges ({options.KNOBS['size_edges'].range}), or a percentage of the "
+                        "existing edges (default 1%%)")
+    options.add_knob(p, "--curve", "faithfulness curve at these percentages of the edges (the flag alone: the "
+                                   "MIB sizes 0.1 ... 100); without it only the circuit's own size is evaluated",
+                     nargs="*", default=None, metavar="PCT")
+    options.add_knob(p, "--random", "random circuits per size", default=5, metavar="N")
+    options.add_knob(p, "--spot", "exact single-edge patching of the top K edges and K random ones (0: skip)",
+                     default=10, metavar="K")
     options.add_restart(p)
     options.add_out(p)
     p.set_defaults(func=main)
@@ -607,15 +620,17 @@ def register_overlap(sub: Any) -> None:
                                    "also the transfer matrix (each circuit evaluated on each task) and the core "
                                    "circuit against random circuits, by exact patching (transfer.png).")
     o.add_argument("dirs", nargs="+", metavar="DIR", help="gar circuit output folders")
-    o.add_argument("--size", default="1%", metavar="N|P%", help="circuit size per task (default 1%%)")
+    o.add_argument("--size", default="1%", metavar="N|P%", type=size_arg,
+                   help=f"circuit size per task: edges ({options.KNOBS['size_edges'].range}) or a percentage "
+                        "(default 1%%)")
     o.add_argument("--method", default="topn", choices=METHODS, help="circuit extraction (default topn)")
-    o.add_argument("--core-fraction", type=float, default=0.5, metavar="F",
-                   help="core circuit: edges in at least this share of the tasks' circuits (default 0.5)")
+    options.add_knob(o, "--core-fraction", "core circuit: edges in at least this share of the tasks' circuits",
+                     default=0.5, metavar="F")
     options.add_model(o, required=False)
     options.add_device(o)
     options.add_threads(o)
-    o.add_argument("--random", type=int, default=5, metavar="N", help="random circuits (default 5)")
-    o.add_argument("--seed", type=int, default=0, metavar="S", help="random circuits' seed (default 0)")
+    options.add_knob(o, "--random", "random circuits", default=5, metavar="N")
+    options.add_knob(o, "--seed", "random circuits' seed", default=0, metavar="S")
     options.add_quiet(o)
     options.add_out(o)
     o.set_defaults(func=main_overlap)

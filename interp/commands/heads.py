@@ -250,10 +250,10 @@ def register(sub: Any) -> None:
     options.add_selection(p, options.DEFAULT_CLS_TASKS, 64, "records per task, whole Yes/No twin pairs",
                           "record choice", "which GAR tasks (cls slices are used; e.g. cls for all)")
     options.add_run_options(p, 8, "records")
-    p.add_argument("--top", type=int, default=10, metavar="K",
-                   help="report the top K True and K False heads; AtP top-K overlap (default 10)")
-    p.add_argument("--min-consistency", type=float, default=0.75, metavar="C",
-                   help="a head is labelled when its sign holds in at least this fraction of tasks (default 0.75)")
+    options.add_knob(p, "--top", "report the top K True and K False heads; AtP top-K overlap", default=10,
+                     metavar="K")
+    options.add_knob(p, "--min-consistency", "a head is labelled when its sign holds in at least this fraction "
+                                             "of tasks", default=0.75, metavar="C")
     p.set_defaults(func=main)
 
 

@@ -262,14 +262,14 @@ def register(sub: Any) -> None:
     options.add_selection(p, options.DEFAULT_CLS_TASKS, 64, "records per task, label-balanced",
                           "record choice; random draw i uses seed S+i", "which GAR tasks (cls slices are used)")
     options.add_run_options(p, 16, "prompts")
-    p.add_argument("--factor", type=float, metavar="F", help="mode scale: multiply the heads by F")
-    p.add_argument("--up", type=float, default=2.0, metavar="F", help="mode label: strengthen factor (default 2)")
-    p.add_argument("--down", type=float, default=0.0, metavar="F", help="mode label: silence factor (default 0)")
+    options.add_knob(p, "--factor", "mode scale: multiply the heads by F", metavar="F")
+    options.add_knob(p, "--up", "mode label: strengthen factor", "factor", default=2.0, metavar="F")
+    options.add_knob(p, "--down", "mode label: silence factor", "factor", default=0.0, metavar="F")
     p.add_argument("--true-heads", metavar="SPEC", help="mode label: True heads (instead of --heads DIR)")
     p.add_argument("--false-heads", metavar="SPEC", help="mode label: False heads (instead of --heads DIR)")
     p.add_argument("--which", metavar="SET", help="with --heads DIR, modes ablate/mean/scale: true | false | both "
                                                   "(default both)")
-    p.add_argument("--random-draws", type=int, default=5, metavar="R", help="random-head controls (default 5)")
+    options.add_knob(p, "--random-draws", "random-head controls", "random_draws_intervene", default=5, metavar="R")
     p.set_defaults(func=main)
 
 

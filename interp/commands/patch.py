@@ -323,8 +323,8 @@ def register(sub: Any) -> None:
     options.add_model_options(p, remote=True)
     options.add_selection(p, None, 32, "pairs per task family", "pair choice and random heads")
     options.add_run_options(p, 8, "pairs")
-    p.add_argument("--verify-top", type=int, default=10, metavar="K",
-                   help="exact-patch the top K heads by |AtP| plus K random heads (default 10)")
+    options.add_knob(p, "--verify-top", "exact-patch the top K heads by |AtP| plus K random heads", default=10,
+                     metavar="K")
     options.add_restart(p)
     p.add_argument("--grad-drop", action="store_true",
                    help="also compute AtP* GradDrop magnitudes (L times the AtP cost; see interp.patching)")

@@ -346,14 +346,13 @@ def register(sub: Any) -> None:
                    help="the seed's mlp folder (default: $GAR_SHARED_DIR or ../shared, /reference/mlp)")
     p.add_argument("--datasets", default="all", metavar="LIST",
                    help="all | comma list of snli, cities, companies, counterfact, sp_en_trans (default all)")
-    p.add_argument("--k", default="4,8", metavar="K[,K]",
-                   help="discovered heads per probe: top ceil(K/2) True + floor(K/2) False (default 4,8)")
-    p.add_argument("--random-draws", type=int, default=5, metavar="R", help="random-head controls (default 5)")
-    p.add_argument("--runs", type=int, default=5, metavar="N", help="SNLI probe runs (default 5)")
-    p.add_argument("--limit", type=int, metavar="N", help="first N items per file (default all)")
+    options.add_knob(p, "--k", "discovered heads per probe: top ceil(K/2) True + floor(K/2) False", default="4,8",
+                     metavar="K[,K]")
+    options.add_knob(p, "--random-draws", "random-head controls", default=5, metavar="R")
+    options.add_knob(p, "--runs", "SNLI probe runs", default=5, metavar="N")
+    options.add_knob(p, "--limit", "first N items per file", shown_default="all", metavar="N")
     options.add_run_options(p, 32, "texts")
-    p.add_argument("--seed", type=int, default=0, metavar="S",
-                   help="SNLI run i uses seed S+i, random draw i seed S+i (default 0)")
+    options.add_knob(p, "--seed", "SNLI run i uses seed S+i, random draw i seed S+i", default=0, metavar="S")
     p.set_defaults(func=main)
 
 
