@@ -83,6 +83,19 @@ def add_bounded(p: argparse.ArgumentParser, flag: str, bound: Bound | BoundList,
     p.add_argument(flag, type=bound, help=f"{help} ({extra})", **kw)
 
 
+def bound_options(p: argparse.ArgumentParser, bounds: "dict[str, Bound | BoundList]") -> None:
+    """Give the options of ``p`` named in ``bounds`` (by ``dest``) their bound as argparse ``type``
+    and their range (and default) in ``--help``: for a parser whose options are declared as a block."""
+    for action in p._actions:
+        bound = bounds.get(action.dest)
+        if bound is None:
+            continue
+        action.type = bound
+        d = action.default
+        shown = "" if d is None else f", default {' '.join(map(_num, d)) if isinstance(d, list) else _num(d)}"
+        action.help = f"{action.help} ({bound.range}{shown})" if action.help else f"{bound.range}{shown}"
+
+
 # the generator's knobs (GeneratorConfig checks them for library callers): a row holds 2..8 context
 # items and 0..4 demonstrations (the grid the profiles define); 10,000 instances per task is
 # ~5.8 M v1 records, several GB of JSON Lines, far more than any evaluation draws
@@ -94,4 +107,4 @@ SEED = Bound(0, 2**32 - 1)
 # torch threads: more than the cores of any machine we know of is oversubscription, never faster
 THREADS = Bound(0, 1024)
 
-__all__ = ["Bound", "BoundList", "GENERATE", "GENERATOR_RANGES", "SEED", "THREADS", "add_bounded"]
+__all__ = ["Bound", "BoundList", "GENERATE", "GENERATOR_RANGES", "SEED", "THREADS", "add_bounded", "bound_options"]

@@ -14,15 +14,21 @@ from gar_tasks.knobs import Bound, BoundList
 pytestmark = pytest.mark.unit
 
 
-def _commands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+def _commands(parser: argparse.ArgumentParser | None = None, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (sub)command's parser by its name: ``circuit``, ``organism train``, ..."""
+    parser = parser or build_parser()
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, p in action.choices.items():
+                out[prefix + name] = p
+                out |= _commands(p, f"{prefix}{name} ")
+    return out
 
 
 def _numeric(action: argparse.Action) -> bool:
     """An option that takes a number: a numeric type or a numeric default."""
-    if action.nargs == 0:  # flags (store_true, help)
+    if action.nargs == 0 or action.choices is not None:  # flags (store_true, help); a choice list is its own bound
         return False
     typ = action.type
     return typ in (int, float) or isinstance(typ, (Bound, BoundList)) or (
@@ -31,7 +37,8 @@ def _numeric(action: argparse.Action) -> bool:
 
 def test_every_numeric_option_of_every_command_is_bounded_and_shows_its_bound():
     commands = _commands()
-    assert {"generate", "circuit", "circuit-overlap", "heads", "intervene", "patch", "probe"} <= set(commands)
+    assert {"generate", "circuit", "circuit-overlap", "heads", "intervene", "patch", "probe", "organism train",
+            "organism eval"} <= set(commands)
     seen = []
     for name, p in commands.items():
         for a in p._actions:
@@ -44,7 +51,8 @@ def test_every_numeric_option_of_every_command_is_bounded_and_shows_its_bound():
     # the knobs named as unbounded before, and one of each command
     for knob in ("circuit --random", "circuit --spot", "circuit --n", "circuit --batch-size", "circuit --ig-steps",
                  "circuit --curve", "circuit-overlap --core-fraction", "heads --top", "intervene --factor",
-                 "patch --verify-top", "probe --runs", "probe --limit", "generate --per-task", "generate --seed"):
+                 "patch --verify-top", "probe --runs", "probe --limit", "generate --per-task", "generate --seed",
+                 "organism train --steps", "organism train --lr", "organism eval --n"):
         assert knob in seen
 
 

@@ -35,11 +35,11 @@ def refused(capsys, tmp_path: Path, *argv: str) -> str:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps", "-5"], "--steps -5: out of range (allowed: >= 1"),
-    (["--steps", "0"], "--steps 0: out of range"),
-    (["--lr", "0"], "--lr 0.0: out of range (allowed: > 0"),
-    (["--lr", "nan"], "--lr nan: out of range"),
-    (["--drill-compare", "-1"], "--drill-compare -1: out of range"),
+    (["--steps", "-5"], "--steps must be at least 1 (1..10,000,000), got -5"),
+    (["--steps", "0"], "--steps must be at least 1 (1..10,000,000), got 0"),
+    (["--lr", "0"], "--lr must be above 0 and at most 1, got 0"),
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--drill-compare", "-1"], "--drill-compare must be at least 0 (0..10,000,000), got -1"),
     (["--d-model", "30"], "--d-model 30 is not a multiple of --heads 4"),
     (["--d-model", "36", "--heads", "12", "--kv-heads", "4"], "rotary position embeddings need an even head size"),
     (["--kv-heads", "3"], "--heads 4 is not a multiple of --kv-heads 3"),
@@ -88,7 +88,7 @@ def test_a_recipe_takes_no_training_options_and_must_exist(capsys, tmp_path):
     with pytest.raises(GARConfigError, match="sets --out, which the replay chooses"):
         load_recipe(bad)
     bad.write_text(json.dumps({"phases": [{"name": "a", "args": ["--steps", "-1"]}]}))
-    assert "phase a: --steps -1: out of range" in refused(capsys, tmp_path, "--recipe", str(bad),
+    assert f"recipe {bad}, phase a: argument --steps: must be at least 1 (1..10,000,000), got -1" in refused(capsys, tmp_path, "--recipe", str(bad),
                                                           "--out", str(tmp_path / "o"))
     user = tmp_path / "o"
     user.mkdir()

@@ -175,7 +175,7 @@ def test_drills_first_without_such_drills_is_a_usage_error(capsys):
     code, line = gar_organism_error(capsys, "--tokenizer-from", str(SCRIPTS))
     assert code == 2 and "no tokenizer.json there" in line
     code, line = gar_organism_error(capsys, "--main-drill-share", "1.5")
-    assert code == 2 and "not a share between 0 and 1" in line
+    assert code == 2 and "--main-drill-share must be between 0 and 1, got 1.5" in line
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +352,7 @@ def test_drill_evaluation_scores_only_retrieved_values(capsys):
     assert main(["organism", "eval", str(ORGANISM.parent), "--n", "1"]) == 2
     assert "neither a model folder" in capsys.readouterr().err
     assert main(["organism", "eval", str(ORGANISM), "--forms", "sideways"]) == 2
-    assert capsys.readouterr().err.startswith("gar: error: unknown drill form(s) ['sideways']")
+    assert capsys.readouterr().err.startswith("gar: error: argument --forms: invalid choice: 'sideways'")
 
 
 def test_cls_signal_finds_the_generation_answer_before_the_candidate(capsys):
@@ -540,7 +540,7 @@ def test_new_phase_options_refuse_what_they_cannot_do(tmp_path, capsys):
     code, line = last_line("--init-from", str(tmp_path))
     assert code == 2 and "no model folder (config.json) there" in line
     code, line = last_line("--compare-keep", "-0.5")
-    assert code == 2 and "--compare-keep -0.5: not a ratio >= 0" in line
+    assert code == 2 and "--compare-keep must be between 0 and 100, got -0.5" in line
 
 
 def test_question_drills_ask_gar_questions_of_the_n_r_0_generation_cells(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GARConfigError
+from ..knobs import Bound, add_bounded
 
 #: what a replay takes besides the recipe; every other training option comes from the recipe
 REPLAY_OPTIONS = ("out", "work", "device")
@@ -42,12 +43,13 @@ def register(sub: Any) -> None:
                         description="Score the association drills on validation contexts, per form, "
                                     "counting only the retrieved value tokens; print one JSON line.")
     e.add_argument("source", type=Path, help="model folder or training work folder")
-    e.add_argument("--n", type=int, default=150, help="drills per form")
-    e.add_argument("--contexts", type=int, default=400, help="validation records drawn from")
-    e.add_argument("--forms", nargs="+", default=list(DRILL_FORMS), help="drill forms to score")
+    # drills and records scored: the validation split holds ~50,000 records, more is a typo
+    add_bounded(e, "--n", Bound(1, 100_000), "drills per form", default=150)
+    add_bounded(e, "--contexts", Bound(1, 100_000), "validation records drawn from", default=400)
+    e.add_argument("--forms", nargs="+", default=list(DRILL_FORMS), choices=DRILL_FORMS, help="drill forms to score")
     e.add_argument("--label-cue", default="", help="the --label-cue the model was trained with")
-    e.add_argument("--gar-cls", type=int, default=0,
-                   help="also report, on this many GAR cls records, where the label signal is")
+    add_bounded(e, "--gar-cls", Bound(0, 100_000),
+                "also report, on this many GAR cls records, where the label signal is", default=0)
     e.set_defaults(func=cmd_eval)
 
 

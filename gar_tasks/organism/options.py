@@ -7,28 +7,30 @@ before any data is generated; ``BOUNDS`` is every numeric option's range.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import GARConfigError
+from ..knobs import SEED, Bound, bound_options
 from .drills import DRILL_FORMS, FIRST_FORMS, LABEL_FORMS, compare_forms
 
-#: option -> (lowest, highest) value; None: no bound on that side
-BOUNDS: dict[str, tuple[float | None, float | None]] = {
-    "n_per_task": (1, 10_000), "chunks": (1, 1_000), "gen_procs": (1, 256),
-    "d_model": (8, 8192), "layers": (1, 128), "heads": (1, 256), "kv_heads": (1, 256), "mlp": (1, 65_536),
-    "steps": (1, 10_000_000), "batch_tokens": (16, 10_000_000), "lr": (0, 1), "warmup": (0, 10_000_000),
-    "weight_decay": (0, 1), "threads": (1, 1024), "ckpt_every": (1, None), "eval_every": (1, None),
-    "eval_n": (1, 100_000), "lm_weight": (0, 100), "max_minutes": (0, 100_000), "final_eval_n": (1, 100_000),
-    "fact_repeats": (0, 100_000), "facts_per_seq": (1, 1_000), "drill_first": (0, 10_000_000),
-    "drill_then": (0, 10_000_000), "drill_compare": (0, 10_000_000), "cls_question_drills": (0, 100_000),
-    "drill_asks": (0, 1_000), "contrast_per_cell": (0, 100_000), "prev_aux": (0, 100_000),
-    "prev_aux_len": (1, 510), "contrast_chunks": (1, 1_000), "question_drills": (0, 100_000),
-    "contrast_ctx": (1, 100), "contrast_q": (1, 100), "seed": (0, 2**63 - 1),
+#: option -> its range (gar_tasks.knobs: the argparse type, shown in --help, also checked by
+#: check_options for library callers). Shapes up to a 7B-class width; steps and tokens far past
+#: any CPU budget; lr 0 trains nothing and max-minutes 0 stops at once, so both exclude 0
+BOUNDS: dict[str, Bound] = {
+    "n_per_task": Bound(1, 10_000), "chunks": Bound(1, 1_000), "gen_procs": Bound(1, 256),
+    "d_model": Bound(8, 8192), "layers": Bound(1, 128), "heads": Bound(1, 256), "kv_heads": Bound(1, 256),
+    "mlp": Bound(1, 65_536), "steps": Bound(1, 10_000_000), "batch_tokens": Bound(16, 10_000_000),
+    "lr": Bound(0, 1, float, lo_open=True), "warmup": Bound(0, 10_000_000), "weight_decay": Bound(0, 1, float),
+    "threads": Bound(1, 1024), "ckpt_every": Bound(1, 10_000_000), "eval_every": Bound(1, 10_000_000),
+    "eval_n": Bound(1, 100_000), "lm_weight": Bound(0, 100, float), "max_minutes": Bound(0, 100_000, float, lo_open=True),
+    "final_eval_n": Bound(1, 100_000), "fact_repeats": Bound(0, 100_000), "facts_per_seq": Bound(1, 1_000),
+    "drill_first": Bound(0, 10_000_000), "drill_then": Bound(0, 10_000_000), "drill_compare": Bound(0, 10_000_000),
+    "compare_keep": Bound(0, 100, float), "cls_question_drills": Bound(0, 100_000), "drill_asks": Bound(0, 1_000),
+    "contrast_per_cell": Bound(0, 100_000), "prev_aux": Bound(0, 100_000), "prev_aux_len": Bound(1, 510),
+    "contrast_chunks": Bound(1, 1_000), "question_drills": Bound(0, 100_000), "main_drill_share": Bound(0, 1, float),
+    "contrast_ctx": Bound(1, 100), "contrast_q": Bound(1, 100), "seed": SEED,
 }
-#: options a bound excludes at its low end too (lr 0 trains nothing, max-minutes 0 stops at once)
-STRICT_LOW = ("lr", "max_minutes")
 #: options the recipe replay sets for each phase itself
 MANAGED = ("work", "out", "init_from", "resume")
 
@@ -136,6 +138,7 @@ def add_train_arguments(ap: argparse.ArgumentParser) -> None:
                          "(the generation answer the question embeds)")
     ap.add_argument("--contrast-ctx", type=int, default=2, help="contexts per contrast instance")
     ap.add_argument("--contrast-q", type=int, default=3, help="questions per context")
+    bound_options(ap, BOUNDS)
 
 class _RaisingParser(argparse.ArgumentParser):
     """A parser whose usage errors are GARConfigError (a recipe phase is parsed in-process)."""
@@ -183,21 +186,15 @@ def to_argv(args: argparse.Namespace) -> list[str]:
 
 def _bound_errors(args: argparse.Namespace) -> list[str]:
     errors = []
-    for dest, (low, high) in BOUNDS.items():
+    for dest, bound in BOUNDS.items():
         value: Any = getattr(args, dest)
         for v in (value if isinstance(value, list) else [value]):
             if v is None:
                 continue
-            if isinstance(v, float) and not math.isfinite(v):
-                bad = True
-            else:
-                bad = ((low is not None and (v < low or (v == low and dest in STRICT_LOW)))
-                       or (high is not None and v > high))
-            if bad:
-                lo = "" if low is None else (f"> {low}" if dest in STRICT_LOW else f">= {low}")
-                hi = "" if high is None else f"<= {high}"
-                flag = "--" + dest.replace("_", "-")
-                errors.append(f"{flag} {v}: out of range (allowed: {' and '.join(x for x in (lo, hi) if x)})")
+            try:
+                bound(str(v))
+            except argparse.ArgumentTypeError as e:
+                errors.append(f"--{dest.replace('_', '-')} {e}")
     return errors
 
 
@@ -219,8 +216,6 @@ def check_options(args: argparse.Namespace) -> None:
         raise GARConfigError(f"--tokenizer-from {args.tokenizer_from}: no tokenizer.json there")
     if args.drill_first and (not args.drills or not set(args.drill_forms) & set(FIRST_FORMS)):
         raise GARConfigError("--drill-first needs drills of the at-key or adjacent form (--drill-forms)")
-    if not 0.0 <= args.main_drill_share <= 1.0:
-        raise GARConfigError(f"--main-drill-share {args.main_drill_share}: not a share between 0 and 1")
     if args.drill_then and not args.drills:
         raise GARConfigError("--drill-then needs the association drills")
     if any(args.drill_compare) and not args.cls_question_drills and (
@@ -234,8 +229,6 @@ def check_options(args: argparse.Namespace) -> None:
     elif len(args.drill_compare) != n_compare:
         raise GARConfigError(f"--drill-compare: {len(args.drill_compare)} numbers for {n_compare} comparison "
                              f"phases (Yes/No drill forms, and the classification question drills)")
-    if args.compare_keep < 0:
-        raise GARConfigError(f"--compare-keep {args.compare_keep}: not a ratio >= 0")
     if args.init_from and not (args.init_from / "config.json").is_file():
         raise GARConfigError(f"--init-from {args.init_from}: no model folder (config.json) there")
     if args.lr_schedule == "minutes" and args.max_minutes is None:

@@ -35,6 +35,8 @@ def load_recipe(name: str | Path) -> dict:
     phases = recipe.get("phases") if isinstance(recipe, dict) else None
     if not phases or not isinstance(phases, list):
         raise GARConfigError(f"recipe {name}: no phases")
+    if not recipe.get("name"):
+        recipe["name"] = str(name)  # a recipe file without a name is named by its path in messages
     names = [p.get("name") if isinstance(p, dict) else None for p in phases]
     if not all(isinstance(n, str) and n and "/" not in n and not n.startswith(".") for n in names) \
             or len(set(names)) != len(names):
