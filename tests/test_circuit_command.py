@@ -147,6 +147,7 @@ def test_bad_input(tmp_path, tiny_dir, capsys, monkeypatch):
     out = tmp_path / "out"
     gpt2 = tmp_path / "gpt2"
     tiny_model("gpt2").save_pretrained(gpt2)
+    capsys.readouterr()  # transformers' "Writing model shards" progress bar is the test's, not the command's
     assert_error(*run(capsys, "circuit", "--model", gpt2, "--tasks", TASK, "--out", out),
                  "unsupported architecture 'gpt2'")
     bad_schema = tmp_path / "schema.json"
