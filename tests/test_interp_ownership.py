@@ -255,3 +255,16 @@ def test_overlap_refuses_two_models_the_same_folder_twice_and_damaged_scores(tmp
     rc, _, err = run(capsys, "circuit-overlap", a, c, "-q", "--out", ov)
     assert rc == 0, err
     assert listed(ov) == files_in(ov) and "overlap.json" in listed(ov)
+
+
+def test_a_truncated_model_folder_is_one_line_before_any_output(tmp_path, capsys):
+    """A folder whose safetensors stop short (an interrupted copy or download) is refused from its
+    header and size, naming the file, instead of a SafetensorError traceback from transformers."""
+    model = save_tiny(tmp_path / "model")
+    weights = next(model.glob("*.safetensors"))
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    capsys.readouterr()  # the fixture's own "Writing model shards" progress bar
+    out = tmp_path / "heads"
+    assert_error(*run(capsys, "heads", "--model", model, *HEADS, "--out", out), "incomplete", weights.name, "truncated")
+    assert not out.exists()

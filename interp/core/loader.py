@@ -206,6 +206,13 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu", *, remot
     check_device(device)
     r = resolve_model(model, remote, download)
     load_config(r)
+    folder = Path(r.path).expanduser()
+    if not remote and folder.is_dir() and any(folder.glob("*.safetensors")):  # (.bin weights: not checked)
+        from gar_tasks.models import folder_problem
+
+        problem = folder_problem(folder, marker=False)  # the safetensors headers and sizes only: cheap
+        if problem:
+            raise GARConfigError(f"model folder {r.path} is incomplete: {problem}")
     try:
         tok = AutoTokenizer.from_pretrained(r.path, use_fast=True, local_files_only=r.local_only)
         if remote:
