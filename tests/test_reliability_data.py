@@ -127,10 +127,9 @@ def test_push_one_config_keeps_the_other_configs_data_and_card_entry(tmp_path, c
     assert datasets.load_dataset(str(out), "paper", split="test").num_rows == len(GeneratorConfig().build())
 
 
-def test_push_uploads_and_deletes_only_the_configs_it_builds(tmp_path, capsys, monkeypatch):
+def fake_hub(monkeypatch, upload_folder, token: str) -> None:
+    """huggingface_hub's HfApi replaced by one whose upload is ``upload_folder(**kw)``, online, with a token."""
     import huggingface_hub
-
-    calls = []
 
     class Api:
         def __init__(self, token=None):
@@ -140,12 +139,16 @@ def test_push_uploads_and_deletes_only_the_configs_it_builds(tmp_path, capsys, m
             pass
 
         def upload_folder(self, **kw):
-            calls.append(kw)
-            return "url"
+            return upload_folder(**kw)
 
-    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setenv("HF_TOKEN", token)
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def test_push_uploads_and_deletes_only_the_configs_it_builds(tmp_path, capsys, monkeypatch):
+    calls = []
+    fake_hub(monkeypatch, lambda **kw: calls.append(kw) or "url", "hf_x")
     assert run(capsys, "push", "--repo", "me/gar", "--out", tmp_path / "o", "--config", "paper")[0] == 0
     assert calls[0]["delete_patterns"] == ["data/paper/**"]  # the Hub's data/v1/ is not this push's
 
@@ -230,21 +233,10 @@ def test_push_without_network_fails_fast(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("exc", [ConnectionError("[Errno 101] Network is unreachable"),
                                  OSError(errno.ETIMEDOUT, "Connection timed out")])
 def test_push_upload_connection_errors(tmp_path, capsys, monkeypatch, exc):
-    import huggingface_hub
+    def fail(**kw):
+        raise exc
 
-    class Api:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, *a, **k):
-            pass
-
-        def upload_folder(self, **kw):
-            raise exc
-
-    monkeypatch.setenv("HF_TOKEN", SECRET)
-    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    fake_hub(monkeypatch, fail, SECRET)
     assert_push_error(*run(capsys, "push", "--repo", "me/gar", "--out", tmp_path / "o", "--config", "paper"),
                       "upload to me/gar failed: ")
 
