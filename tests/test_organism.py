@@ -56,7 +56,7 @@ def test_the_organism_is_a_folder_inside_the_package(folder):
 
 
 def test_missing_folder_is_a_clear_config_error():
-    with pytest.raises(GARConfigError, match="missing or incomplete"):
+    with pytest.raises(GARConfigError, match=r"no-such-model is incomplete \(no such folder\): reinstall"):
         packaged_model_path(PackagedModel(folder="no-such-model", record="x.json", description=""))
 
 
