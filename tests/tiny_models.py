@@ -67,7 +67,7 @@ BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 @lru_cache(maxsize=None)
 def tiny_model(arch: str, seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
     """Cached per process: do not mutate the returned model."""
-    return BUILDERS[arch](seed=seed, scale=scale, embed_scale=embed_scale)
+    return TABLE_BUILDERS[arch](seed=seed, scale=scale, embed_scale=embed_scale)
 
 
 def tokenizer() -> Any:
@@ -235,5 +235,6 @@ def tiny_gpt_neox(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -
                    scale, embed_scale)
 
 
-BUILDERS.update({"mistral": tiny_mistral, "qwen2": tiny_qwen2, "gemma": tiny_gemma, "gemma2": tiny_gemma2,
-                 "gpt_neox": tiny_gpt_neox})
+#: one builder per row of the architecture table (BUILDERS: the ones the interp analyses are tested on)
+TABLE_BUILDERS = {**BUILDERS, "mistral": tiny_mistral, "qwen2": tiny_qwen2, "gemma": tiny_gemma,
+                  "gemma2": tiny_gemma2, "gpt_neox": tiny_gpt_neox}

@@ -151,7 +151,7 @@ def circuit_shape(model_or_config: Any) -> CircuitShape:
     mt = getattr(cfg, "model_type", None)
     arch = architecture(mt, "circuit")  # refused by name, with the reason, for an architecture it cannot run
     n_heads = int(cfg.num_attention_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+    head_dim = arch.head_dim(cfg)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
     if n_heads % n_kv:
         raise GARConfigError(f"{n_heads} query heads do not split into {n_kv} KV groups")
