@@ -217,22 +217,25 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
     Architecture("qwen2", _llama_like(), Quirks(sliding_window=True)),
     Architecture("qwen3", _llama_like(qk_norm=True), Quirks(qk_norm="per_head", sliding_window=True),
                  _refused("q/k RMSNorm per head")),
-    Architecture("gemma", _llama_like(), _GEMMA, _refused("RMSNorm gain 1 + w, scaled embeddings")),
+    Architecture("gemma", _llama_like(), _GEMMA, _refused("RMSNorm gain 1 + w", "scaled embeddings")),
     Architecture("gemma2", _llama_like(sandwich=True), _GEMMA2,
-                 _refused("sandwich norms, attention logit soft-capping, query_pre_attn_scalar scaling")),
+                 _refused("RMSNorm gain 1 + w", "scaled embeddings", "sandwich norms", "attention logit soft-capping",
+                          "query_pre_attn_scalar scaling")),
     # Gemma3ForCausalLM (the 1B, or a text-only load)
     Architecture("gemma3_text", _llama_like(sandwich=True, qk_norm=True), _GEMMA3,
-                 _refused("sandwich norms, q/k RMSNorm per head, query_pre_attn_scalar scaling")),
+                 _refused("RMSNorm gain 1 + w", "scaled embeddings", "sandwich norms", "q/k RMSNorm per head",
+                          "query_pre_attn_scalar scaling")),
     # Gemma3ForConditionalGeneration: the language model inside the multimodal wrapper
     Architecture("gemma3", _llama_like("model.language_model", sandwich=True, qk_norm=True),
                  dataclasses.replace(_GEMMA3, text_config=True),
-                 _refused("multimodal wrapper, sandwich norms, q/k RMSNorm per head")),
+                 _refused("multimodal wrapper", "RMSNorm gain 1 + w", "scaled embeddings", "sandwich norms",
+                          "q/k RMSNorm per head", "query_pre_attn_scalar scaling")),
     Architecture("phi3", _llama_like(fused=True),
                  Quirks(fused_qkv="qkv_proj", fused_qkv_layout="q|k|v", sliding_window=True, partial_rotary=True),
-                 _refused("fused q/k/v projection, partial rotary")),
+                 _refused("fused q/k/v projection", "partial rotary")),
     Architecture("olmo2", _llama_like(reordered=True, qk_norm=True),
                  Quirks(qk_norm="across_heads", post_attention_norm=True, pre_attention_norm=False),
-                 _refused("norms after attention and MLP (none before), q/k RMSNorm across heads")),
+                 _refused("norms after attention and MLP (none before)", "q/k RMSNorm across heads")),
     Architecture("gpt2", Paths(
         embed="transformer.wte", pos_embed="transformer.wpe", layer="transformer.h.{i}",
         attn="transformer.h.{i}.attn", qkv="transformer.h.{i}.attn.c_attn", o="transformer.h.{i}.attn.c_proj",
@@ -240,7 +243,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
         final_norm="transformer.ln_f", lm_head="lm_head"),
         Quirks(fused_qkv="c_attn", fused_qkv_layout="q|k|v", query_scale="gpt2", norm="layernorm",
                absolute_positions=True, conv1d=True),
-        _refused("LayerNorm with bias, absolute positions, fused Conv1D q/k/v")),
+        _refused("LayerNorm with bias", "absolute positions", "fused Conv1D q/k/v")),
     Architecture("gpt_neox", Paths(
         embed="gpt_neox.embed_in", layer="gpt_neox.layers.{i}", attn="gpt_neox.layers.{i}.attention",
         qkv="gpt_neox.layers.{i}.attention.query_key_value", o="gpt_neox.layers.{i}.attention.dense",
@@ -249,7 +252,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
         rotary="gpt_neox.rotary_emb"),
         Quirks(fused_qkv="query_key_value", fused_qkv_layout="per_head", partial_rotary=True,
                parallel_residual="use_parallel_residual", norm="layernorm"),
-        _refused("LayerNorm with bias, parallel attention and MLP, partial rotary, fused per-head q/k/v")),
+        _refused("LayerNorm with bias", "parallel attention and MLP", "partial rotary", "fused per-head q/k/v")),
 )}
 
 
