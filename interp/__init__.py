@@ -10,15 +10,15 @@ imported inside the functions.
 
 from .core.encode import ClsPrompts, encode_cls, left_pad
 from .core.loader import LoadedModel, load_model
+from .core.model import as_nnsight, check_remote
 from .core.select import Slice, select_slices
+from .core.sites import HEAD_OUTPUT_SITES, HeadSites, head_sites
 from .heads import head_effects, load_heads, score_heads
 from .intervene import intervened, random_heads
-from .model import as_nnsight, check_remote
 from .pairs import Pair, PairBatch, Pairs, make_pairs
 from .patching import (Agreement, ExactResult, agreement, attribution_batch, attribution_scores,
                        exact_patch_batch, exact_patch_scores, select_heads)
 from .plots import heatmap
-from .sites import HEAD_OUTPUT_SITES, HeadSites, head_sites
 
 __all__ = ["Agreement", "ClsPrompts", "ExactResult", "HEAD_OUTPUT_SITES", "HeadSites", "LoadedModel", "Pair",
            "PairBatch", "Pairs", "Slice", "agreement", "as_nnsight", "attribution_batch", "attribution_scores",

@@ -8,7 +8,7 @@ in :func:`interp.pairs._next_tokens`).
 **Per-head effect** of head ``h`` on record ``r``: attribution against mean ablation,
 ``e_h(r) = sum over positions and head_dim of (a_h - mean_h) * dm/da_h`` (first-order estimate of
 ``m(r) - m(r with head h replaced by its mean)``; positive = the head pushes ``Yes``). ``a_h`` is
-the head's slice of the output projection's input (:mod:`interp.sites`), ``mean_h`` its mean over
+the head's slice of the output projection's input (:mod:`interp.core.sites`), ``mean_h`` its mean over
 every real token of the chosen records (per ``head_dim``). Since the effect is linear in
 ``mean_h``, one forward+backward per batch suffices: the batch stores ``sum a*g`` per head and
 ``sum_t g`` per head and ``head_dim``, plus the activation sums that give ``mean_h``, and
@@ -66,8 +66,8 @@ from gar_tasks.errors import GARConfigError
 
 from .core.encode import ClsBatch, ClsPrompts
 from .core.loader import request_device
-from .model import Remote, as_nnsight, check_remote, forward_kwargs, frozen, is_nnsight
-from .sites import head_sites
+from .core.model import Remote, as_nnsight, check_remote, forward_kwargs, frozen, is_nnsight
+from .core.sites import head_sites
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -96,7 +96,7 @@ def effect_batch(model: Any, batch: ClsBatch, *, remote: Remote = False) -> dict
     check_remote(model, remote)
     if not is_nnsight(model):
         raise GARConfigError(f"expected an nnsight TransformersModel, got {type(model).__name__}: "
-                             "wrap it with interp.model.as_nnsight(model, tokenizer)")
+                             "wrap it with interp.core.model.as_nnsight(model, tokenizer)")
     sites = head_sites(model)
     L, H, D = sites.n_layers, sites.n_heads, sites.head_dim
     envoys = [model.get(sites.path(layer)) for layer in range(L)]

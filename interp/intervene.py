@@ -1,7 +1,7 @@
 """Head interventions: ablate, mean-replace, scale, or label-guided scaling of chosen heads.
 
 Mechanism: plain torch ``forward_pre_hook``s on the head-site module of each targeted layer
-(the ``o_proj`` / ``c_proj`` / ``dense`` of :mod:`interp.sites`), whose *input* holds head ``h`` in
+(the ``o_proj`` / ``c_proj`` / ``dense`` of :mod:`interp.core.sites`), whose *input* holds head ``h`` in
 columns ``h * head_dim : (h + 1) * head_dim``. The hook returns a modified copy of that input, so
 only the targeted heads' slices change. Plain hooks rather than nnsight because the intervention
 must persist across arbitrary forward calls made by code we do not control (lm-eval's HFLM
@@ -29,8 +29,8 @@ from typing import Any, Iterator, Sequence
 from gar_tasks.errors import GARConfigError
 
 from .core.loader import input_device
-from .model import frozen
-from .sites import head_sites
+from .core.model import frozen
+from .core.sites import head_sites
 
 Head = tuple[int, int]
 MODES = ("ablate", "mean", "scale", "label")

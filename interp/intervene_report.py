@@ -44,9 +44,9 @@ from gar_tasks.errors import GARConfigError
 
 from .core.encode import ClsPrompts
 from .core.loader import input_device, request_device
+from .core.model import check_remote, forward_kwargs
+from .core.sites import head_sites
 from .intervene import Head, format_heads, head_edits, install, random_heads, traced_logits
-from .model import check_remote, forward_kwargs
-from .sites import head_sites
 
 OUTPUTS = ("intervene.json", "intervene.md")
 ARMS = ("baseline", "targeted", "random")

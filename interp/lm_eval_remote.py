@@ -27,8 +27,8 @@ from lm_eval.models.utils import has_bos_prefix
 from gar_tasks.errors import GARConfigError
 
 from .core.loader import load_model
+from .core.model import frozen
 from .core.remote import server_errors
-from .model import frozen
 
 MODEL_NAME = "gar-ndif"
 DEFAULT_MAX_LENGTH = 2048

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from gar_tasks.errors import GARConfigError
 
 from .core.loader import request_device
-from .model import Remote, as_nnsight, check_remote, forward_kwargs, frozen, is_nnsight
+from .core.model import Remote, as_nnsight, check_remote, forward_kwargs, frozen, is_nnsight
+from .core.sites import HeadSites, head_sites
 from .pairs import PairBatch, Pairs
-from .sites import HeadSites, head_sites
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -74,7 +74,7 @@ def _require_nnsight(model: Any, remote: Remote) -> HeadSites:
     check_remote(model, remote)
     if not is_nnsight(model):
         raise GARConfigError(f"expected an nnsight TransformersModel, got {type(model).__name__}: "
-                             "wrap it with interp.model.as_nnsight(model, tokenizer)")
+                             "wrap it with interp.core.model.as_nnsight(model, tokenizer)")
     return head_sites(model)
 
 
@@ -102,7 +102,7 @@ def attribution_batch(model: Any, batch: PairBatch, *, roles: Sequence[str] | No
     summed over every row and position, index ``1 + k`` over the tokens of role ``k``
     (:meth:`PairBatch.role_weights`).
 
-    ``model`` must be an nnsight model (see :func:`interp.model.as_nnsight`); the lower-level
+    ``model`` must be an nnsight model (see :func:`interp.core.model.as_nnsight`); the lower-level
     building block of :func:`attribution_scores`, for callers that checkpoint per batch.
     """
     import nnsight

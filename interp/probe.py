@@ -31,7 +31,7 @@ from gar_tasks.errors import GARConfigError
 
 from .core.encode import left_pad, length_batches
 from .core.loader import input_device
-from .sites import head_sites
+from .core.sites import head_sites
 
 Head = tuple[int, int]
 PAPER_HEADS: tuple[Head, ...] = ((15, 51), (14, 0), (14, 18), (14, 46))
@@ -290,7 +290,7 @@ def batched_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans:
       over the query span ``spans[i]`` (positions in the unpadded sequence); "first token" is the
       sequence's own first token, not a pad.
     * ``"proj"`` ``[n, layers, heads]`` (only with ``directions`` ``[layers, heads, head_dim]``): the
-      head's output (its columns of the head-site input, :mod:`interp.sites`) at the sequence's
+      head's output (its columns of the head-site input, :mod:`interp.core.sites`) at the sequence's
       last token, dotted with the head's unit direction (:func:`unit_directions`).
 
     Left padding puts every sequence's last token in the last column; explicit ``position_ids``
@@ -374,7 +374,7 @@ def traced_head_features(model: Any, input_ids: Sequence[Sequence[int]], spans: 
     import numpy as np
     import torch
 
-    from .model import frozen
+    from .core.model import frozen
 
     sites = head_sites(model)
     n_layers, n_heads, d = sites.n_layers, sites.n_heads, sites.head_dim

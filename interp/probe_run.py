@@ -15,7 +15,7 @@ Two modes:
 
   - ``attn``: the seed's attention feature (:func:`interp.probe.attention_feature`) over the
     statement's query tokens (SNLI: after the last "So"; GoT: after "Is", before "Answer").
-  - ``proj``: the head's output (its columns of the ``o_proj`` input, :mod:`interp.sites`) at the
+  - ``proj``: the head's output (its columns of the ``o_proj`` input, :mod:`interp.core.sites`) at the
     **last token** of the text, dotted with the head's unit True-minus-False direction
     (positive = "Yes"-like).
 

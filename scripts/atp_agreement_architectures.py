@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from interp.model import as_nnsight  # noqa: E402
+from interp.core.model import as_nnsight  # noqa: E402
 from interp.pairs import make_pairs  # noqa: E402
 from interp.patching import agreement, attribution_scores, exact_patch_scores  # noqa: E402
 from tiny_models import BUILDERS, N_HEADS, N_LAYERS, one_thread, tiny_model  # noqa: E402

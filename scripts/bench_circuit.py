@@ -77,7 +77,7 @@ def main() -> None:
     from interp.circuit.eap import attribution_batch, edge_presence
     from interp.circuit.patch import EdgePatcher, full_masks
     from interp.circuit.roles import load_schema
-    from interp.model import as_nnsight
+    from interp.core.model import as_nnsight
 
     torch.set_num_threads(args.threads)
     model, tok = load_embedded("smollm2", "float32")

@@ -23,7 +23,7 @@ from gar_tasks.errors import GARConfigError
 from interp.circuit.eap import attribution_batch, edge_attribution, edge_presence
 from interp.circuit.patch import EdgePatcher, empty_masks, full_masks, gather_role_means
 from interp.circuit.ports import circuit_shape
-from interp.model import as_nnsight
+from interp.core.model import as_nnsight
 from tiny_models import one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer
 

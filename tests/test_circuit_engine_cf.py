@@ -17,7 +17,7 @@ from interp.circuit.counterfactual import RoleMeans, make_counterfactuals
 from interp.circuit.eap import attribution_batch
 from interp.circuit.patch import EdgePatcher, empty_masks, full_masks
 from interp.circuit.roles import load_schema
-from interp.model import as_nnsight
+from interp.core.model import as_nnsight
 from tiny_models import one_thread_module  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer, gar_records
 

@@ -4,7 +4,7 @@ multimodal wrapper), Phi-3 and OLMo-2.
 For each: the site table resolves to real modules of the right width, nnsight finds them, AtP,
 GradDrop and exact patching match the plain-torch references of ``test_interp_patching`` (one
 pair at a time, unpadded: so left padding is also checked against sliding windows that bite),
-head interventions act on the right slices, and the quirks recorded in ``interp.sites.QUIRKS``
+head interventions act on the right slices, and the quirks recorded in ``interp.core.sites.QUIRKS``
 are what the modules do.
 """
 
@@ -15,9 +15,9 @@ import pytest
 
 from gar_tasks.errors import GARConfigError
 from interp.intervene import intervened
-from interp.model import as_nnsight
+from interp.core.model import as_nnsight
 from interp.patching import attribution_scores, exact_patch_scores
-from interp.sites import HEAD_OUTPUT_SITES, QUIRKS, head_sites
+from interp.core.sites import HEAD_OUTPUT_SITES, QUIRKS, head_sites
 from test_interp_intervene import capture
 from test_interp_patching import pairs, reference_atp, reference_exact, reference_graddrop  # noqa: F401 (fixture)
 from tiny_models import HEAD_DIM, N_HEADS, N_LAYERS, TINY_WINDOW, one_thread_module, tiny_model  # noqa: F401

@@ -71,7 +71,7 @@ def test_device_maps(monkeypatch):
 def test_input_device_is_the_embeddings():
     from tiny_models import tiny_model
 
-    from interp.model import as_nnsight
+    from interp.core.model import as_nnsight
     from tiny_tokenizers import bpe_tokenizer
 
     model = tiny_model("llama")

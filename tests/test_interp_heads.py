@@ -15,7 +15,7 @@ from gar_tasks.errors import GARConfigError
 from interp.core.encode import encode_cls
 from interp.core.select import choose_twins, select_slices
 from interp.heads import OUTPUTS, head_effects, load_heads, score_heads, top_labelled
-from interp.model import as_nnsight
+from interp.core.model import as_nnsight
 from interp.pairs import make_pairs
 from interp.patching import attribution_scores
 from cli_helpers import assert_error, offline_one_thread, run  # noqa: F401 (autouse fixture)

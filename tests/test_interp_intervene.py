@@ -10,7 +10,7 @@ from tiny_models import N_HEADS, N_LAYERS, one_thread, tiny_model
 
 from gar_tasks.errors import GARConfigError
 from interp.intervene import format_heads, head_means, install, intervened, parse_heads, random_heads
-from interp.sites import head_sites
+from interp.core.sites import head_sites
 from torch_reference import capture
 
 pytestmark = pytest.mark.unit

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from gar_tasks.errors import GARConfigError
-from interp.model import as_nnsight
+from interp.core.model import as_nnsight
 from interp.pairs import make_pairs
 from interp.patching import (agreement, attribution_scores, exact_patch_scores, select_heads)
-from interp.sites import head_sites
+from interp.core.sites import head_sites
 from tiny_models import one_thread_module, tiny_model  # noqa: F401 (autouse fixture)
 from tiny_tokenizers import bpe_tokenizer, gar_records
 from torch_reference import reference_atp, reference_exact, reference_graddrop

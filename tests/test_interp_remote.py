@@ -27,7 +27,7 @@ from interp.core.select import choose_balanced, choose_twins, load_records, sele
 from interp.heads import head_effects
 from interp.intervene import head_means, traced_head_means
 from interp.intervene_report import HeadPlan, run_arm, traced_arms
-from interp.model import as_nnsight, check_remote
+from interp.core.model import as_nnsight, check_remote
 from interp.pairs import make_pairs
 from interp.patching import attribution_scores, exact_patch_scores
 from interp.probe import batched_head_features, snli_span, traced_head_features
@@ -160,7 +160,7 @@ def test_traced_features_equal_eager_attention(arch, monkeypatch):
              "Hi. So yes.", "Two kids kick a red ball in a big green park. So children play outside."]
     items = [snli_span(tok, t) for t in texts]
     ids, spans = [i for i, _ in items], [s for _, s in items]
-    sites = __import__("interp.sites", fromlist=["head_sites"]).head_sites(eager)
+    sites = __import__("interp.core.sites", fromlist=["head_sites"]).head_sites(eager)
     directions = torch.randn(sites.n_layers, sites.n_heads, sites.head_dim, generator=torch.Generator().manual_seed(0))
     want = batched_head_features(eager, ids, spans, directions, batch_size=3)
     got = traced_head_features(as_nnsight(sdpa, tok), ids, spans, directions, batch_size=3, remote="local")
@@ -283,7 +283,7 @@ def test_the_resolved_transformers_builds_a_remote_skeleton_offline(tmp_path):
     bpe_tokenizer().save_pretrained(snap)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("local")
-    code = ("from interp.core.remote import skeleton; from interp.sites import head_sites; "
+    code = ("from interp.core.remote import skeleton; from interp.core.sites import head_sites; "
             "m = skeleton('tiny-org/tiny-llama'); s = head_sites(m); "
             "print(m.to_model_key()); print(s.n_layers, s.n_heads, next(m._module.parameters()).device)")
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}

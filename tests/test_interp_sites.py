@@ -1,11 +1,11 @@
-"""interp.sites: the one table of per-head output sites, read from configs (no weights built)."""
+"""interp.core.sites: the one table of per-head output sites, read from configs (no weights built)."""
 
 from __future__ import annotations
 
 import pytest
 
 from gar_tasks.errors import GARConfigError
-from interp.sites import HEAD_OUTPUT_SITES, head_sites
+from interp.core.sites import HEAD_OUTPUT_SITES, head_sites
 
 pytestmark = pytest.mark.unit
 

@@ -67,7 +67,7 @@ BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 @lru_cache(maxsize=None)
 def tiny_model(arch: str, seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
     """Cached per process: do not mutate the returned model."""
-    return BUILDERS[arch](seed=seed, scale=scale, embed_scale=embed_scale)
+    return TABLE_BUILDERS[arch](seed=seed, scale=scale, embed_scale=embed_scale)
 
 
 def tokenizer() -> Any:
@@ -174,3 +174,67 @@ def tiny_olmo2(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> A
 
 BUILDERS.update({"qwen3": tiny_qwen3, "gemma3_text": tiny_gemma3_text, "gemma3": tiny_gemma3,
                  "phi3": tiny_phi3, "olmo2": tiny_olmo2})
+
+
+# ------------------------------------------------------------------------------------------
+# The rest of the architecture table (same sizes), built from AutoConfig for the table's own tests
+
+
+def _auto(model_type: str, **kw: Any) -> Any:
+    """A tiny random causal LM of ``model_type`` from its AutoConfig."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kw), attn_implementation="eager")
+
+
+def tiny_mistral(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """MistralForCausalLM: every layer on a sliding window of TINY_WINDOW keys."""
+    import torch
+
+    torch.manual_seed(seed)
+    return _scaled(_auto("mistral", **_decoder_kwargs(), head_dim=HEAD_DIM, sliding_window=TINY_WINDOW),
+                   scale, embed_scale)
+
+
+def tiny_qwen2(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """Qwen2ForCausalLM: biases on q/k/v."""
+    import torch
+
+    torch.manual_seed(seed)
+    return _scaled(_auto("qwen2", **_decoder_kwargs()), scale, embed_scale)
+
+
+def tiny_gemma(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """GemmaForCausalLM: RMSNorm gain 1 + w, embeddings scaled by sqrt(hidden_size)."""
+    import torch
+
+    torch.manual_seed(seed)
+    return _scaled(_auto("gemma", **_decoder_kwargs(), head_dim=HEAD_DIM), scale, embed_scale)
+
+
+def tiny_gemma2(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """Gemma2ForCausalLM: sandwich norms, attention and final logit soft-capping, layer 0 sliding."""
+    import torch
+
+    torch.manual_seed(seed)
+    return _scaled(_auto("gemma2", **_decoder_kwargs(), head_dim=HEAD_DIM, query_pre_attn_scalar=2 * HEAD_DIM,
+                         sliding_window=TINY_WINDOW, layer_types=["sliding_attention", "full_attention"]),
+                   scale, embed_scale)
+
+
+def tiny_gpt_neox(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -> Any:
+    """GPTNeoXForCausalLM: LayerNorm, parallel attention and MLP, rotary on a quarter of each head."""
+    import torch
+
+    tok = bpe_tokenizer()
+    torch.manual_seed(seed)
+    return _scaled(_auto("gpt_neox", vocab_size=len(tok), hidden_size=N_HEADS * HEAD_DIM, intermediate_size=64,
+                         num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, max_position_embeddings=1024,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, hidden_dropout=0.0, attention_dropout=0.0),
+                   scale, embed_scale)
+
+
+#: one builder per row of the architecture table (BUILDERS: the ones the interp analyses are tested on)
+TABLE_BUILDERS = {**BUILDERS, "mistral": tiny_mistral, "qwen2": tiny_qwen2, "gemma": tiny_gemma,
+                  "gemma2": tiny_gemma2, "gpt_neox": tiny_gpt_neox}

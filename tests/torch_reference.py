@@ -1,7 +1,7 @@
 """The slow plain-torch references of the interp tests, in one place.
 
 Each runs one sequence at a time, unpadded, without nnsight: forward pre-hooks on the head-site
-modules (:mod:`interp.sites`) read or overwrite the head outputs, and ``torch.autograd.grad`` takes
+modules (:mod:`interp.core.sites`) read or overwrite the head outputs, and ``torch.autograd.grad`` takes
 gradients. The fast, batched, nnsight (or hooked) code of :mod:`interp` is tested allclose against
 them on tiny random models (``tiny_models``).
 """
@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from interp.sites import head_sites
+from interp.core.sites import head_sites
 
 
 def captures(model, sites):

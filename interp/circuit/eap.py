@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from gar_tasks.errors import GARConfigError
 
-from ..model import Remote, check_remote, forward_kwargs, frozen, is_nnsight
+from ..core.model import Remote, check_remote, forward_kwargs, frozen, is_nnsight
 from .batch import CircuitBatch
 from .ports import CircuitShape, circuit_shape
 
@@ -89,7 +89,7 @@ def _check(model: Any, batch: CircuitBatch, remote: Remote) -> CircuitShape:
     check_remote(model, remote)
     if not is_nnsight(model):
         raise GARConfigError(f"expected an nnsight TransformersModel, got {type(model).__name__}: "
-                             "wrap it with interp.model.as_nnsight(model, tokenizer)")
+                             "wrap it with interp.core.model.as_nnsight(model, tokenizer)")
     if not isinstance(batch, CircuitBatch):
         raise GARConfigError(f"expected a CircuitBatch, got {type(batch).__name__}")
     shape = circuit_shape(model)
@@ -136,7 +136,11 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     alphas = [1.0 - k / ig_steps for k in range(ig_steps)]  # 1 (the clean run) first
     ct, xt = batch.clean_target[:, None], batch.corrupt_target[:, None]
     onehot_f = batch.role_onehot(torch.float64)
-    layers = model.model.layers
+    # every module from the architecture table, resolved to envoys before the session
+    emb_env, rot_env, fin_env = (model.get(shape.path(key)) for key in ("embed", "rotary", "final_norm"))
+    blk_env, q_env, k_env, v_env, o_env, n1_env, n2_env, mlp_env = (
+        [model.get(shape.path(key, lyr)) for lyr in range(L)]
+        for key in ("layer", "q", "k", "v", "o", "attn_norm", "mlp_norm", "mlp"))
     # ---------------------------------------------------------------------------------------
     # traced code below: plain torch on captured values only (it must run on NDIF as is). What one
     # trace leaves for the next travels in the dict `st` (mutated, never rebound): on NDIF a name
@@ -145,26 +149,25 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     with frozen(model), model.session(remote=remote):
         weights = []
         for lyr in range(L):
-            at = layers[lyr].self_attn
-            wts = [at.q_proj.weight, at.q_proj.bias, at.k_proj.weight, at.k_proj.bias, at.v_proj.weight]
-            wts += [at.v_proj.bias, at.o_proj.weight, layers[lyr].input_layernorm.weight]
-            wts.append(layers[lyr].post_attention_layernorm.weight)
+            wts = [q_env[lyr].weight, q_env[lyr].bias, k_env[lyr].weight, k_env[lyr].bias, v_env[lyr].weight]
+            wts += [v_env[lyr].bias, o_env[lyr].weight, n1_env[lyr].weight]
+            wts.append(n2_env[lyr].weight)
             weights.append(wts)
         st = {}
         if corrupt_in is not None:
             with model.trace(corrupt_in):
                 if kind == "corrupt_ids":
-                    st["c_emb"] = model.model.embed_tokens.output.detach()
+                    st["c_emb"] = emb_env.output.detach()
                 else:
                     st["c_emb"] = corrupt_in["inputs_embeds"]
                 st.update(c_res=[], c_z=[], c_mlp=[])
                 for lyr in range(L):  # in the order the forward reaches them
-                    st["c_res"].append(layers[lyr].input.detach())
-                    st["c_z"].append(layers[lyr].self_attn.o_proj.input.detach())
-                    st["c_mlp"].append(layers[lyr].mlp.output.detach())
+                    st["c_res"].append(blk_env[lyr].input.detach())
+                    st["c_z"].append(o_env[lyr].input.detach())
+                    st["c_mlp"].append(mlp_env[lyr].output.detach())
         for step, alpha in enumerate(alphas):
             with model.trace(clean_in):
-                emb = model.model.embed_tokens.output
+                emb = emb_env.output
                 dev, dt = emb.device, emb.dtype
                 if step == 0:
                     # the corrupted senders [B, T, S, d] and the all-corrupted layer inputs
@@ -203,22 +206,21 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                     resid_acc, attn_acc = st["resid"], st["attn"]
                     emb_c = c_all[:, :, 0]
                     emb = (emb_c + alpha * (emb.detach() - emb_c)).detach()
-                    model.model.embed_tokens.output = emb
+                    emb_env.output = emb
                 emb.requires_grad_(True)
-                cos, sin = model.model.rotary_emb.output
+                cos, sin = rot_env.output
                 cos, sin = cos[:, :, None].to(dt), sin[:, :, None].to(dt)
                 xs, qs, ks, vs, zs, mids, mis, mos = [], [], [], [], [], [], [], []
                 for lyr in range(L):
-                    at = layers[lyr].self_attn
-                    xs.append(layers[lyr].input)
-                    qs.append(at.q_proj.output)
-                    ks.append(at.k_proj.output)
-                    vs.append(at.v_proj.output)
-                    zs.append(at.o_proj.input)
-                    mids.append(layers[lyr].post_attention_layernorm.input)
-                    mis.append(layers[lyr].mlp.input)
-                    mos.append(layers[lyr].mlp.output)
-                fin = model.model.norm.input
+                    xs.append(blk_env[lyr].input)
+                    qs.append(q_env[lyr].output)
+                    ks.append(k_env[lyr].output)
+                    vs.append(v_env[lyr].output)
+                    zs.append(o_env[lyr].input)
+                    mids.append(n2_env[lyr].input)
+                    mis.append(mlp_env[lyr].input)
+                    mos.append(mlp_env[lyr].output)
+                fin = fin_env.input
                 logits = model.output.logits[:, -1, :]
                 metric = (logits.gather(1, ct.to(dev)) - logits.gather(1, xt.to(dev))).sum()
                 grads = torch.autograd.grad(metric, qs + ks + vs + zs + mis + [fin])

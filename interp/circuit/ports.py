@@ -1,4 +1,4 @@
-"""The circuit graph's nodes for one model: senders, ports, and where they live (one table).
+"""The circuit graph's nodes for one model: senders, ports, and where they live.
 
 Senders (what writes to the residual stream), in this order: ``emb``; then for each layer ``l``
 its query heads ``(l, 0) .. (l, H-1)`` (head ``h``'s slice of the output projection's input times
@@ -13,7 +13,8 @@ A port's input is the *pre-norm* residual stream entering the layer (q/k/v: inpu
 mlp: post_attention_layernorm; logits: the final norm), seen only through that port.
 
 Only pre-norm decoder architectures with RMSNorm, rotary q/k and separate q/k/v projections are
-supported (llama, mistral, qwen2; SmolLM2 is llama): every path below is theirs.
+supported (llama, mistral, qwen2; SmolLM2 is llama). Module paths, and which architectures the
+engine refuses and why, come from the one architecture table (:mod:`interp.core.architectures`).
 """
 
 from __future__ import annotations
@@ -23,24 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from gar_tasks.errors import GARConfigError
 
-from ..sites import model_config
+from ..core.architectures import architecture
+from ..core.sites import model_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
-
-# model_type -> dotted module paths ({i} = layer index); data, one row per family
-ARCHITECTURES: dict[str, dict[str, str]] = {
-    arch: {
-        "embed": "model.embed_tokens", "rotary": "model.rotary_emb", "final_norm": "model.norm",
-        "lm_head": "lm_head", "layer": "model.layers.{i}",
-        "attn_norm": "model.layers.{i}.input_layernorm", "q": "model.layers.{i}.self_attn.q_proj",
-        "k": "model.layers.{i}.self_attn.k_proj", "v": "model.layers.{i}.self_attn.v_proj",
-        "o": "model.layers.{i}.self_attn.o_proj", "mlp_norm": "model.layers.{i}.post_attention_layernorm",
-        "mlp": "model.layers.{i}.mlp",
-    }
-    for arch in ("llama", "mistral", "qwen2")
-}
-
 
 @dataclass(frozen=True)
 class CircuitShape:
@@ -107,8 +95,8 @@ class CircuitShape:
         return self.n_layers * self.ports_per_layer
 
     def path(self, key: str, layer: int | None = None) -> str:
-        template = ARCHITECTURES[self.model_type][key]
-        return template.format(i=layer) if layer is not None else template
+        """The module path called ``key`` (:class:`interp.core.architectures.Paths`) of ``layer``."""
+        return architecture(self.model_type, "circuit").path(key, layer)
 
     # ---- arrays of the contract
     def sender_arrays(self) -> dict[str, "np.ndarray"]:
@@ -161,11 +149,9 @@ def circuit_shape(model_or_config: Any) -> CircuitShape:
     """
     cfg = model_config(model_or_config)
     mt = getattr(cfg, "model_type", None)
-    if mt not in ARCHITECTURES:
-        raise GARConfigError(f"unsupported architecture {mt!r} for circuit discovery; supported: "
-                             f"{', '.join(sorted(ARCHITECTURES))}")
+    arch = architecture(mt, "circuit")  # refused by name, with the reason, for an architecture it cannot run
     n_heads = int(cfg.num_attention_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+    head_dim = arch.head_dim(cfg)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
     if n_heads % n_kv:
         raise GARConfigError(f"{n_heads} query heads do not split into {n_kv} KV groups")
@@ -177,7 +163,7 @@ def circuit_shape(model_or_config: Any) -> CircuitShape:
         window = None
     return CircuitShape(model_type=mt, n_layers=int(cfg.num_hidden_layers), n_heads=n_heads, n_kv=n_kv,
                         head_dim=head_dim, d_model=int(cfg.hidden_size), eps=float(cfg.rms_norm_eps),
-                        scaling=head_dim ** -0.5, sliding_window=int(window) if window else None)
+                        scaling=arch.attention_scaling(cfg, 0), sliding_window=int(window) if window else None)
 
 
-__all__ = ["ARCHITECTURES", "CircuitShape", "circuit_shape"]
+__all__ = ["CircuitShape", "circuit_shape"]

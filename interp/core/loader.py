@@ -3,7 +3,7 @@
 A model is named by (checked in this order) an embedded model of :data:`gar_tasks.models.EMBEDDED_MODELS`
 (``smollm2``, ... : converted once to a cached folder, offline), a local Hugging Face model folder, or a
 Hub id (``ORG/NAME``: from the local cache, or run on NDIF with ``remote``; nothing is downloaded
-otherwise). The architecture is checked from the config (:func:`interp.sites.head_sites`) before any
+otherwise). The architecture is checked from the config (:func:`interp.core.sites.head_sites`) before any
 weight loads, so an unsupported model fails in a second, not after minutes.
 
 ``dtype``: ``float32`` | ``bfloat16`` | ``float16``. ``device``:
@@ -28,9 +28,9 @@ from typing import Any
 
 from gar_tasks.errors import GARConfigError
 
-from ..model import as_nnsight, is_hub_id
-from ..sites import HeadSites, head_sites
+from .model import as_nnsight, is_hub_id
 from .remote import key_problem, preflight, skeleton
+from .sites import HeadSites, head_sites
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEVICE_HELP = "cpu | cuda | cuda:N | auto"
@@ -120,7 +120,7 @@ def load_config(model: str | Resolved, remote: bool = False) -> Any:
 
 
 def model_sites(model: str, remote: bool = False) -> HeadSites:
-    """The :class:`~interp.sites.HeadSites` of a model name, from its config alone (no weights)."""
+    """The :class:`~interp.core.sites.HeadSites` of a model name, from its config alone (no weights)."""
     return head_sites(load_config(model, remote))
 
 

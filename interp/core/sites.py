@@ -1,4 +1,4 @@
-"""Where the per-head outputs of an attention layer live, per architecture (one table).
+"""Where the per-head outputs of an attention layer live, per architecture (read from the table).
 
 Every supported architecture concatenates its heads' outputs (each already weighted by the
 attention pattern, before the output projection) and feeds them to one linear map: the *input*
@@ -9,6 +9,7 @@ replaced without touching the others; the attention module's *output* has alread
 Under grouped-query attention the key/value heads are shared but the outputs are still one per
 *query* head, so ``n_heads`` is ``num_attention_heads`` (SmolLM2-135M: 9, not its 3 KV heads).
 
+Sites and quirks are views of the one architecture table (:mod:`interp.core.architectures`).
 Beside each site, :data:`QUIRKS` records (as data) how an architecture's attention block departs
 from a plain pre-norm Llama block, and which analyses that touches: q/k norms and fused q/k/v
 projections matter to query/key/value ports (circuit work), not to head outputs; a norm between
@@ -26,66 +27,12 @@ from typing import Any
 
 from gar_tasks.errors import GARConfigError
 
-# model_type -> dotted path (``{i}`` = layer index) of the module whose input is the head outputs
-HEAD_OUTPUT_SITES: dict[str, str] = {
-    "llama": "model.layers.{i}.self_attn.o_proj",
-    "mistral": "model.layers.{i}.self_attn.o_proj",
-    "qwen2": "model.layers.{i}.self_attn.o_proj",
-    "gemma": "model.layers.{i}.self_attn.o_proj",
-    "gemma2": "model.layers.{i}.self_attn.o_proj",
-    "gpt2": "transformer.h.{i}.attn.c_proj",
-    "gpt_neox": "gpt_neox.layers.{i}.attention.dense",
-    "qwen3": "model.layers.{i}.self_attn.o_proj",
-    "gemma3_text": "model.layers.{i}.self_attn.o_proj",  # Gemma3ForCausalLM (the 1B, or a text-only load)
-    "gemma3": "model.language_model.layers.{i}.self_attn.o_proj",  # Gemma3ForConditionalGeneration
-    "phi3": "model.layers.{i}.self_attn.o_proj",
-    "olmo2": "model.layers.{i}.self_attn.o_proj",
-}
+from .architectures import ARCHITECTURES, Quirks, architecture
 
-
-@dataclass(frozen=True)
-class Quirks:
-    """How an architecture's attention block departs from a plain pre-norm Llama block.
-
-    Read from the installed transformers' modeling code; each field says which analysis cares.
-    """
-
-    #: RMSNorm on queries and keys before RoPE: ``"per_head"`` (over each head's ``head_dim``:
-    #: Qwen3, Gemma-3) or ``"across_heads"`` (over all heads' concatenated q / k: OLMo-2, so one
-    #: head's query depends on the others'). Matters for q/k ports, not for head outputs.
-    qk_norm: str | None = None
-    #: A norm between the output projection and the residual add (Gemma-2/3 "sandwich",
-    #: OLMo-2 "reordered" norms): a head's residual contribution is not linear in its site slice.
-    post_attention_norm: bool = False
-    #: A norm on the block's input before attention (False for OLMo-2: attention reads the raw stream).
-    pre_attention_norm: bool = True
-    #: The attention module's one projection for q, k and v (``None``: separate q/k/v_proj), and
-    #: its column layout: ``"q|k|v"`` (all query heads, then all key, then all value heads) or
-    #: ``"per_head"`` (q, k, v of head 0, then of head 1, ...). Matters for q/k/v ports.
-    fused_qkv: str | None = None
-    fused_qkv_layout: str | None = None
-    #: The config can put some or all layers on a local window (``sliding_window``, ``layer_types``);
-    #: :attr:`HeadSites.sliding_layers` lists them for a given config.
-    sliding_window: bool = False
-    #: Multimodal wrapper: layer and head counts live in ``config.text_config``.
-    text_config: bool = False
-
-
-_LLAMA = Quirks()
-QUIRKS: dict[str, Quirks] = {
-    "llama": _LLAMA,
-    "mistral": Quirks(sliding_window=True),
-    "qwen2": Quirks(sliding_window=True),
-    "gemma": _LLAMA,
-    "gemma2": Quirks(post_attention_norm=True, sliding_window=True),
-    "gpt2": Quirks(fused_qkv="c_attn", fused_qkv_layout="q|k|v"),
-    "gpt_neox": Quirks(fused_qkv="query_key_value", fused_qkv_layout="per_head"),
-    "qwen3": Quirks(qk_norm="per_head", sliding_window=True),
-    "gemma3_text": Quirks(qk_norm="per_head", post_attention_norm=True, sliding_window=True),
-    "gemma3": Quirks(qk_norm="per_head", post_attention_norm=True, sliding_window=True, text_config=True),
-    "phi3": Quirks(fused_qkv="qkv_proj", fused_qkv_layout="q|k|v", sliding_window=True),
-    "olmo2": Quirks(qk_norm="across_heads", post_attention_norm=True, pre_attention_norm=False),
-}
+#: model_type -> dotted path (``{i}`` = layer index) of the module whose input is the head outputs
+HEAD_OUTPUT_SITES: dict[str, str] = {t: a.paths.o for t, a in ARCHITECTURES.items()}
+#: model_type -> how its attention block departs from a plain pre-norm Llama block
+QUIRKS: dict[str, Quirks] = {t: a.quirks for t, a in ARCHITECTURES.items()}
 
 
 @dataclass(frozen=True)
@@ -139,22 +86,19 @@ def model_config(model_or_config: Any) -> Any:
 def head_sites(model_or_config: Any) -> HeadSites:
     """The :class:`HeadSites` of a model (HF or nnsight-wrapped) or of its config.
 
-    Raises :class:`GARConfigError` for an architecture not in :data:`HEAD_OUTPUT_SITES`.
+    Raises :class:`GARConfigError` for an architecture not in the table.
     """
     cfg = model_config(model_or_config)
     model_type = getattr(cfg, "model_type", None)
-    if model_type not in HEAD_OUTPUT_SITES:
-        raise GARConfigError(f"unsupported architecture {model_type!r} for per-head patching; "
-                             f"supported: {', '.join(sorted(HEAD_OUTPUT_SITES))}")
-    quirks = QUIRKS[model_type]
-    if quirks.text_config:  # the language model's sizes (the top config also holds the vision tower's)
-        cfg = cfg.text_config
+    arch = architecture(model_type, "heads")
+    quirks = arch.quirks
+    head_dim = arch.head_dim(cfg)
+    cfg = arch.text_config(cfg)  # the language model's sizes (the top config also holds the vision tower's)
     n_heads = int(cfg.num_attention_heads)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
     n_layers = int(cfg.num_hidden_layers)
     window = getattr(cfg, "sliding_window", None) if quirks.sliding_window else None
-    return HeadSites(model_type=model_type, template=HEAD_OUTPUT_SITES[model_type],
-                     n_layers=n_layers, n_heads=n_heads, head_dim=int(head_dim), quirks=quirks,
+    return HeadSites(model_type=model_type, template=arch.paths.o,
+                     n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, quirks=quirks,
                      sliding_layers=_sliding_layers(cfg, n_layers) if window else (),
                      sliding_window=int(window) if window else None)
 

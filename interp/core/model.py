@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from gar_tasks.errors import GARConfigError
 
-from .core.remote import key_problem
+from .remote import key_problem
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 Remote = bool | str
