@@ -18,7 +18,7 @@ from circuit_synth import blank_scores, linear_evaluate
 from cli_helpers import assert_error, offline_one_thread, run  # noqa: F401 (autouse fixture)
 from interp.circuit import groundtruth as gt
 from interp.circuit.faithfulness import faithfulness
-from interp.circuit.graph import EdgeScores
+from interp.circuit.graph import EdgeScores, ModelShape
 
 SPEC = gt.SPECS["sharp"]
 
@@ -68,7 +68,6 @@ def test_solves_its_rows(built, name, margin):
 @pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair")])
 def test_true_circuit_is_exactly_faithful(built, name, kind):
     from interp.circuit.counterfactual import make_counterfactuals
-    from interp.circuit.graph import ModelShape
     from interp.circuit.patch import EdgePatcher
     from interp.circuit.roles import load_schema
 
@@ -202,3 +201,38 @@ def test_true_edges_rank_in_the_top(truth_run):
 def test_extracted_circuit_is_faithful(truth_run):
     _, _, t = truth_run
     assert t["f_top"][str(t["n_true"])] >= 0.9, t
+
+
+ZERO_EFFECT = "0.0@END -> logits"  # the previous-token head at END: lm_head reads only the answer block
+
+
+@pytest.mark.integration
+def test_an_edge_of_zero_exact_effect(built):
+    """Patching ``ZERO_EFFECT`` alone (everything else clean) does not move the metric."""
+    from interp.circuit.counterfactual import make_counterfactuals
+    from interp.circuit.patch import EdgePatcher, full_masks
+    from interp.circuit.roles import load_schema
+
+    model, tok, rows, _ = built("sharp")
+    cf = make_counterfactuals(rows, tok, load_schema("default"), "pair")
+    patcher = EdgePatcher(model, cf.batch(list(range(len(cf)))))
+    resid, attn = full_masks(patcher.shape, len(cf.roles))
+    n_r = resid.size
+    graph = EdgeScores(np.zeros(resid.shape), np.zeros(attn.shape), list(cf.roles),
+                       ModelShape(gt.N_LAYERS, gt.N_HEADS, gt.N_HEADS))
+    flat = np.concatenate([resid.ravel(), attn.ravel()])
+    flat[gt.edge_indices(graph, [ZERO_EFFECT])] = False
+    less = patcher.evaluate(flat[:n_r].reshape(resid.shape), flat[n_r:].reshape(attn.shape))
+    assert abs(less - patcher.full()) < 1e-6 * abs(patcher.full())
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="EAP linearises the final RMSNorm: 0.0@END -> logits (exact effect 0) scores +7.4 and "
+                          "ranks 5th; an edge of zero effect should never rank above a true edge")
+def test_a_zero_effect_edge_ranks_below_the_true_ones(truth_run):
+    out, _, t = truth_run
+    scores = EdgeScores.load(out / "scores.npz")
+    key = np.abs(np.nan_to_num(scores.flat()))
+    rank = int((key >= key[gt.edge_indices(scores, [ZERO_EFFECT])[0]]).sum())
+    assert rank > max(r["rank"] for r in t["ranks"].values()), rank
