@@ -65,6 +65,15 @@ def test_solves_its_rows(built, name, margin):
 
 
 @pytest.mark.integration
+def test_built_from_data_deterministically(built):
+    model, tok, _, records = built("sharp")
+    again, tok2 = gt.build_model(SPEC, records)
+    assert tok2.get_vocab() == tok.get_vocab()
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert a.equal(b), name
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair")])
 def test_true_circuit_is_exactly_faithful(built, name, kind):
     from interp.circuit.counterfactual import make_counterfactuals
@@ -135,7 +144,8 @@ def test_auroc_and_bad_names():
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("sharp")
-    gt.save_fixture("sharp", d)
+    assert gt.main(["--out", str(d), "--fixture", "sharp"]) == 0  # python -m interp.circuit.groundtruth
+    assert json.loads((d / gt.TRUTH_FILE).read_text()) == json.loads(json.dumps(gt.truth_json(SPEC)))
     return d
 
 

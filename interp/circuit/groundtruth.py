@@ -3,24 +3,30 @@
 A *fixture* is a 2-layer, 2-head Llama (``LlamaForCausalLM``, MLPs zero) whose weights are set by
 hand from a small :class:`FixtureSpec` so that it solves the non-negated rows of a generation
 slice with n_r = 0 (default ``gar_v1_gen_nr0_gender_kind``) exactly, with a word-level tokenizer
-over the slice's words. Nothing is trained; a fixture builds in about a second.
+over the slice's words. Nothing is trained; a fixture builds in seconds.
 
 The mechanism (every block of the residual stream is one-hot, so every read is exact):
 
-* residual stream ``[tokens | const | P (names) | B (names) | A (values)]``; the embedding of a
-  token is its one-hot plus ``const`` (every token has the same norm);
+* residual stream ``[tokens | const | P (items) | M | B (items) | A (items)]``, an *item* being any
+  key or value of the slice's rows; a token's embedding is its one-hot plus ``const`` (every token
+  has the same norm);
 * ``0.0`` previous-token head (rotary positions only, from ``const``): copies the previous
-  token's name into P; ``0.1`` two-back head: copies the name two back into B, so a value
-  token ("shirt" in "David has shirt") carries its key "David" in B;
-* ``1.0`` and ``1.1`` retrieval heads, identical: at END ("owns", whose previous token is the
-  query Q) the query is P, the keys are B, the value is the attended token's one-hot; each
-  writes half of that value's answer direction in A; ``lm_head`` reads A.
+  token's item into P and sets M when that token is a marker (``has``, ``is``, ``are``); ``0.1``
+  two-back head: copies the item two back into B;
+* ``1.0`` and ``1.1`` retrieval heads at END ("owns" or "?", right after the query Q), query P:
+  ``1.0`` keys on B and M, so it attends the value two after its key ("David has shirt"; "The
+  apricot is Christopher's") and copies that token; ``1.1`` keys on the item itself and M, so it
+  attends the key two after its value ("The shirt is David's"; "Christopher has apricot") and
+  copies the value 0.1 moved there (B). Both fall back on the BOS token (a sink) in rows of the
+  other order; each writes the answer's direction in A, which ``lm_head`` reads.
 
-Under the query swap (``pair``) the clean run attends the value V and the corrupted run the
-other column's value V'; the true circuit is the query path (10 edges). Under ``context`` (V and
-a V' swap their values) it is the value path (6 edges). Every other part of the mechanism (key
-paths, positional queries and keys) is the same in both runs of a counterfactual: no activation
-patching can see it; the truth file lists those edges as ``constant``.
+Under the query swap (``pair``) the clean run attends V (or K) and the corrupted run the other
+column's; the true circuit is the query path (10 edges). Under ``context`` (V and a V' swap their
+values) it is the value path (8 edges). The rest of the mechanism (key paths, markers, positional
+queries and keys, the sink) is the same in both runs of a counterfactual: no activation patching
+can see it; the truth file lists its main edges as ``constant``. A row whose test row shares an
+item with its demonstration row is not solved exactly when the query is that item (the two rows
+tie in the retrieval).
 
 Variants: ``sharp`` (attention logit gaps of 40: saturated heads) and ``soft`` (gaps of 4: the
 same circuit, heads far from saturation), to tell saturation from bugs of an attribution.
@@ -245,13 +251,12 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
         layers.append((q, k, v, o))
     for j, t in enumerate(item_id):
         lm[t, A0 + j] = spec.margin / size(4)
-    W = {"emb": emb, "lm": lm}
     t = getattr(torch, spec.dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
         model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
-        model.lm_head.weight.copy_(torch.tensor(W["lm"], dtype=t))
+        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
         model.model.norm.weight.fill_(1.0)
         for layer, (q, k, v, o) in zip(model.model.layers, layers):
             layer.input_layernorm.weight.fill_(1.0)
