@@ -87,7 +87,7 @@ def draw_circuit(circuit: Circuit, scores: EdgeScores, path: str | Path, title: 
             row, col = divmod(i, ncols)
             pos[n] = (xr[role] + (col - (ncols - 1) / 2) * 0.44, y + (row - (nrows - 1) / 2) * 0.5)
     w_in = max(6.0, 2.1 * len(roles))
-    h_in = max(4.0, 0.55 * (L + 2) * (1.7 if max(len(v) for v in cells.values()) > 3 else 1.0))
+    h_in = max(4.0, 0.55 * (L + 2) * (1.7 if max((len(v) for v in cells.values()), default=0) > 3 else 1.0))
     fig, ax = plt.subplots(figsize=(w_in, h_in))
     top = max([abs(d["score"]) for *_, d in g.edges(data=True)] + [1e-12])
     for a, b, d in g.edges(data=True):

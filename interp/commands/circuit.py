@@ -114,6 +114,7 @@ class CircuitArgs:
     curve: tuple[float, ...] | None = None  # None: the circuit's own size only
     random: int = 5
     spot: int = 10
+    truth: str | None = None  # a truth file (interp.circuit.groundtruth): score the run against it
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint must match (the EAP sums depend on these; where and how it runs do not)."""
@@ -170,8 +171,52 @@ def check_args(args: CircuitArgs) -> list[Slice]:
         raise GARConfigError("role-mean ablation runs the model locally (its means come from local forward passes); "
                              "it cannot run remotely")
     circuit_shape(load_config(args.model, args.remote))  # unsupported architecture: before the weights load
+    if args.truth is not None:
+        truth_edges(args)
     check_out_dir(args.out)
     return slices
+
+
+def truth_edges(args: CircuitArgs) -> dict[str, Any]:
+    """The truth file's entry for the run's counterfactual (``edges``, ``constant``), checked."""
+    from ..circuit.groundtruth import load_truth
+
+    try:
+        data = load_truth(args.truth)
+    except ValueError as e:
+        raise GARConfigError(str(e)) from None
+    entry = data["counterfactuals"].get(args.counterfactual)
+    if entry is None:
+        raise GARConfigError(f"the truth file {args.truth} has no edges for the {args.counterfactual} counterfactual "
+                             f"(it has {', '.join(sorted(data['counterfactuals'])) or 'none'})")
+    return entry
+
+
+def truth_scores(args: CircuitArgs, scores: Any, evaluate: Any, m_full: Any, m_empty: Any) -> dict[str, Any]:
+    """The run's scores against the truth file (and the true circuit's exact faithfulness)."""
+    from ..circuit.groundtruth import score_against_truth
+
+    entry = truth_edges(args)
+    try:
+        res = score_against_truth(scores, entry["edges"], entry.get("constant", []), evaluate, m_full, m_empty)
+    except ValueError as e:
+        raise GARConfigError(f"the truth file {args.truth} does not fit this model's graph: {e}") from None
+    return {"file": str(args.truth), "counterfactual": args.counterfactual, **res}
+
+
+def truth_summary(t: dict[str, Any]) -> str:
+    """summary.md's section on the truth scores."""
+    n = t["n_true"]
+    lines = ["", "## Against the known circuit", "",
+             f"{n} true edges ({t['n_constant']} more invisible to this counterfactual); AUROC {_fmt(t['auroc'])}; "
+             f"precision/recall at {n}: {_fmt(t['precision'][str(n)])}/{_fmt(t['recall'][str(n)])}, at {2 * n}: "
+             f"{_fmt(t['precision'][str(2 * n)])}/{_fmt(t['recall'][str(2 * n)])}"]
+    if "f_truth" in t:
+        lines.append(f"exact faithfulness: true circuit {_fmt(t['f_truth'])}, top {n} {_fmt(t['f_top'][str(n)])}, "
+                     f"top {2 * n} {_fmt(t['f_top'][str(2 * n)])}")
+    lines += ["", "| true edge | rank | score |", "|---|---|---|"]
+    lines += [f"| `{e}` | {r['rank']} | {_fmt(r['score'], '.3g')} |" for e, r in t["ranks"].items()]
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------------
@@ -417,6 +462,11 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                 with timings("spot"):
                     spot = spot_checks(scores, evaluate, extra["m_full"], args.spot, args.seed)
                     write_json(out / "spot.json", spot)
+            truth = None
+            if args.truth is not None:
+                truth = truth_scores(args, scores, evaluate, extra.get("m_full"), extra.get("m_empty"))
+                summary = out / "summary.md"
+                atomic_write(summary, (summary.read_text() if summary.exists() else "") + truth_summary(truth))
             files = sorted({Path(p).name for p in res["paths"].values()} | ({"spot.json"} if spot else set())
                            | ({"scores_half1.npz", "scores_half2.npz"} if half1 is not None else set()))
             info = {"model": m.desc, "model_arg": args.model, "model_fingerprint": fingerprint, "server": m.server,
@@ -426,7 +476,7 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                                                                                       if k != "paths"},
                     "m_full": extra.get("m_full"), "m_empty": extra.get("m_empty"),
                     "faithfulness": _curve(out) if evaluate is not None else None,
-                    "spot": spot["stats"] if spot else None,
+                    "spot": spot["stats"] if spot else None, "truth": truth,
                     "faithfulness_skipped": "remote run: exact patching needs the model locally" if args.remote else None,
                     "evaluations": {"computed": evaluate.computed, "loaded": evaluate.loaded} if evaluate else None,
                     "resumed": resumed, "batches": dict(ckpt.counts), "versions": versions(), "timings_s": timings}
@@ -606,6 +656,10 @@ def register(sub: Any) -> None:
     options.add_knob(p, "--random", "random circuits per size", default=5, metavar="N")
     options.add_knob(p, "--spot", "exact single-edge patching of the top K edges and K random ones (0: skip)",
                      default=10, metavar="K")
+    p.add_argument("--truth", default=None, metavar="FILE",
+                   help="a truth file of a compiled model (python -m interp.circuit.groundtruth --out DIR writes "
+                        "one): report the true edges' ranks, precision/recall in the top k, AUROC and the true "
+                        "circuit's exact faithfulness in circuit.json and summary.md")
     options.add_restart(p)
     options.add_out(p)
     p.set_defaults(func=main)
@@ -643,7 +697,7 @@ def main(args: argparse.Namespace) -> int:
                      counterfactual=args.counterfactual, ig_steps=args.ig_steps, exact_softmax=args.exact_softmax,
                      method=args.method, size=args.size,
                      curve=None if args.curve is None else tuple(args.curve) or tuple(_mib()),
-                     random=args.random, spot=args.spot)
+                     random=args.random, spot=args.spot, truth=args.truth)
     log = options.stderr_log(args)
     info = run_circuit(ca, progress=lambda stage, done, total: log(f"{stage}: batch {done}/{total}"), log=log)
     c = info["circuit"]
@@ -654,6 +708,12 @@ def main(args: argparse.Namespace) -> int:
           + (f"; CPR {_fmt(c.get('cpr'))}, CMD {_fmt(c.get('cmd'))}" if len(fc.get("f", [])) > 1 else "")
           + f"; loop {'found' if c['loop_found'] else 'not found'}"
           + (f", spot Spearman {_fmt(info['spot']['all']['spearman'])}" if info.get("spot") else ""))
+    t = info.get("truth")
+    if t:
+        n = t["n_true"]
+        print(f"truth: recall at {n} {_fmt(t['recall'][str(n)])}, at {2 * n} {_fmt(t['recall'][str(2 * n)])}, "
+              f"AUROC {_fmt(t['auroc'])}" + (f", f true circuit {_fmt(t['f_truth'])} vs top {n} "
+                                            f"{_fmt(t['f_top'][str(n)])}" if "f_truth" in t else ""))
     print(f"wrote {args.out}")
     return 0
 
@@ -684,8 +744,8 @@ def _mib() -> tuple[float, ...]:
     return MIB_PERCENTAGES
 
 
-def _fmt(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 __all__ = ["CircuitArgs", "Evaluator", "OverlapArgs", "Task", "check_args", "main", "main_overlap", "parse_size",

@@ -1,0 +1,424 @@
+"""Compiled GAR models with known circuits, and scores of an attribution against them.
+
+A *fixture* is a 2-layer, 2-head Llama (``LlamaForCausalLM``, MLPs zero) whose weights are set by
+hand from a small :class:`FixtureSpec` so that it solves the non-negated rows of a generation
+slice with n_r = 0 (default ``gar_v1_gen_nr0_gender_kind``) exactly, with a word-level tokenizer
+over the slice's words. Nothing is trained; a fixture builds in seconds.
+
+The mechanism (every block of the residual stream is one-hot, so every read is exact):
+
+* residual stream ``[tokens | const | P (items) | M | B (items) | A (items)]``, an *item* being any
+  key or value of the slice's rows; a token's embedding is its one-hot plus ``const`` (every token
+  has the same norm);
+* ``0.0`` previous-token head (rotary positions only, from ``const``): copies the previous
+  token's item into P and sets M when that token is a marker (``has``, ``is``, ``are``); ``0.1``
+  two-back head: copies the item two back into B;
+* ``1.0`` and ``1.1`` retrieval heads at END ("owns" or "?", right after the query Q), query P:
+  ``1.0`` keys on B and M, so it attends the value two after its key ("David has shirt"; "The
+  apricot is Christopher's") and copies that token; ``1.1`` keys on the item itself and M, so it
+  attends the key two after its value ("The shirt is David's"; "Christopher has apricot") and
+  copies the value 0.1 moved there (B). Both fall back on the BOS token (a sink) in rows of the
+  other order; each writes the answer's direction in A, which ``lm_head`` reads.
+
+Under the query swap (``pair``) the clean run attends V (or K) and the corrupted run the other
+column's; the true circuit is the query path (10 edges). Under ``context`` (V and a V' swap their
+values) it is the value path (8 edges). The rest of the mechanism (key paths, markers, positional
+queries and keys, the sink) is the same in both runs of a counterfactual: no activation patching
+can see it; the truth file lists its main edges as ``constant``. A row whose test row shares an
+item with its demonstration row is not solved exactly when the query is that item (the two rows
+tie in the retrieval).
+
+Variants: ``sharp`` (attention logit gaps of 40: saturated heads) and ``soft`` (gaps of 4: the
+same circuit, heads far from saturation), to tell saturation from bugs of an attribution.
+
+:func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
+rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
+faithfulness of the true circuit next to the top-|truth| one). ``python -m
+interp.circuit.groundtruth --out DIR`` writes a fixture as a model folder with its truth file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from .graph import Circuit, EdgeScores
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gar_tasks.records import GARRecord
+
+TRUTH_FORMAT = "gar-circuit-truth"
+TRUTH_VERSION = 1
+TRUTH_FILE = "truth.json"
+N_LAYERS, N_HEADS = 2, 2
+SPECIALS = ("[UNK]", "[PAD]", "<s>", "</s>")
+
+
+@dataclass(frozen=True)
+class FixtureSpec:
+    """What a fixture is: its slice, its attention sharpness and its answer margin (logits).
+
+    ``pos_gap``: logit gap of the positional heads' target over every other position;
+    ``match_gap``: logit of a matching key over a non-matching one in the retrieval heads;
+    ``margin``: logit of the retrieved answer over every other token (sharp heads).
+    """
+
+    name: str
+    tasks: str = "gar_v1_gen_nr0_gender_kind"
+    config: str = "v1"
+    pos_gap: float = 40.0
+    match_gap: float = 40.0
+    margin: float = 30.0
+    n_pos_pairs: int = 16      # rotary frequency pairs the positional heads use
+    rope_theta: float = 1e30   # the content pairs' frequencies stay below 1e-3: ~no rotation over a prompt
+    dtype: str = "float64"
+
+
+SPECS: dict[str, FixtureSpec] = {
+    "sharp": FixtureSpec("sharp"),
+    "soft": FixtureSpec("soft", pos_gap=4.0, match_gap=4.0),
+}
+
+# The true edges per counterfactual (names as ``gar circuit`` writes them). ``edges``: the circuit
+# activation patching of that counterfactual sees; ``constant``: the main other parts of the
+# mechanism (the same in both runs, so invisible to any patching of this counterfactual).
+# Rows whose value comes two after its key ("David has shirt"; "The apricot is Christopher's") use
+# 1.0 (attending V), rows whose value comes two before ("The shirt is David's"; "Christopher has
+# apricot") use 1.1 (attending K, reading the value 0.1 moved there).
+_QUERY_PATH = ["emb@Q -> 0.g0.v", "0.0 Q->END v", "0.0@END -> 1.0.q", "0.0@END -> 1.1.q",
+               "1.0 V->END q", "1.0 V'->END q", "1.1 K->END q", "1.1 K'->END q",
+               "1.0@END -> logits", "1.1@END -> logits"]
+_VALUE_PATH = ["emb@V -> 1.g0.v", "1.0 V->END v", "1.0@END -> logits",
+               "emb@V -> 0.g1.v", "0.1 V->K v", "0.1@K -> 1.g1.v", "1.1 K->END v", "1.1@END -> logits"]
+_KEY_PATH = [e for key, val in (("K", "V"), ("K'", "V'")) for e in (
+    f"emb@{key} -> 0.g1.v", f"0.1 {key}->{val} v", f"0.1@{val} -> 1.g0.k", f"1.0 {val}->END k",
+    f"0.0@{val} -> 1.g0.k", f"emb@{key} -> 1.g1.k", f"0.0@{key} -> 1.g1.k", f"1.1 {key}->END k")]
+_POSITIONAL = ["emb@END -> 0.0.q", "emb@Q -> 0.g0.k", "0.0 Q->END q", "0.0 Q->END k",
+               "emb@END -> 1.0.q", "emb@END -> 1.1.q", "emb@pre -> 1.g0.k", "emb@pre -> 1.g1.k"]
+TRUE_EDGES: dict[str, dict[str, list[str]]] = {
+    "pair": {"edges": _QUERY_PATH,
+             "constant": _KEY_PATH + _POSITIONAL + [e for e in _VALUE_PATH if e not in _QUERY_PATH]},
+    "context": {"edges": _VALUE_PATH,
+                "constant": _KEY_PATH[:8] + _POSITIONAL + [e for e in _QUERY_PATH if e not in _VALUE_PATH
+                                                          and "'" not in e]},
+}
+
+
+# ------------------------------------------------------------------------------------------
+# building
+
+
+def slice_records(spec: FixtureSpec) -> list["GARRecord"]:
+    """Every record of the spec's slice (both polarities: the tokenizer covers them all)."""
+    from ..core.select import filter_records, load_records, select_slices
+
+    return list(filter_records(load_records(spec.config), select_slices(spec.tasks, spec.config)))
+
+
+WORD = r"\w+(?:-\w+)*|[^\w\s]+"  # a word (hyphenated words whole: "T-shirt") or a punctuation run
+MARKERS = ("has", "is", "are")  # the words right before a row's second item
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(WORD, text)
+
+
+def vocabulary(records: Sequence["GARRecord"]) -> tuple[list[str], list[str]]:
+    """(every word, every item: keys and values of any row), sorted: the fixture's vocabulary."""
+    words, items = set(), set()
+    for r in records:
+        words.update(_words(r.text))
+        for row in r.rows:
+            items.update(row.keys + row.values + row.queries + row.answers)
+    return sorted(words | items), sorted(items)
+
+
+def build_tokenizer(words: Sequence[str]) -> Any:
+    """A word-level fast tokenizer over ``words`` with a ``<s>`` BOS (as tests/tiny_tokenizers)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate([*SPECIALS, *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Split(Regex(WORD), behavior="isolated")])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", vocab["<s>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>",
+                                   eos_token="</s>")
+
+
+def _positional(inv_freq: np.ndarray, n_pairs: int, target: int, max_len: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-pair (query, key) 2-vectors whose rotary score peaks at distance ``target``, and the
+    smallest gap between that peak and any other distance in ``[0, max_len)``."""
+    th = inv_freq[:n_pairs]
+    k = np.stack([np.ones(n_pairs), np.zeros(n_pairs)], 1)
+    q = np.stack([np.cos(th * target), -np.sin(th * target)], 1)  # R(-theta t) k: q.R(-theta d)k = cos(theta (d - t))
+    d = np.arange(max_len)
+    f = np.cos(th[None, :] * (d[:, None] - target)).sum(1)
+    gap = float(f[target] - np.delete(f, target).max())
+    return q, k, gap
+
+
+def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None, tokenizer: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the fixture, weights set from the spec (deterministic)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    records = slice_records(spec) if records is None else records
+    words, items = vocabulary(records)
+    tok = build_tokenizer(words) if tokenizer is None else tokenizer
+    V, n = len(tok), len(items)
+    hd = 2 * (spec.n_pos_pairs + (n + 3) // 2)  # content slots: n items, marker, sink
+    C, P0 = V, V + 1                           # const; P: the previous item
+    M, B0 = P0 + n, P0 + n + 1                 # M: the previous word is a marker; B: the item two back
+    A0 = B0 + n                                # A: the answer
+    d = A0 + n
+    d += d % 2
+    cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4, num_hidden_layers=N_LAYERS,
+                      num_attention_heads=N_HEADS, num_key_value_heads=N_HEADS, head_dim=hd,
+                      max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).to(getattr(torch, spec.dtype)).eval()
+    inv_freq = model.model.rotary_emb.inv_freq.double().cpu().numpy()
+    max_len = max(len(tok(r.text)["input_ids"]) for r in records) + 2
+    half = hd // 2
+    worst = float(inv_freq[spec.n_pos_pairs] * max_len)
+    if worst > 0.05:
+        raise ValueError(f"content pairs rotate by {worst:.3f} rad over a prompt: raise rope_theta")
+
+    def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
+        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+
+    MARK, SINK = n, n + 1
+    item_id = [tok.convert_tokens_to_ids(w) for w in items]
+    if tok.unk_token_id in item_id:
+        raise ValueError("an item is not one token of the fixture's tokenizer")
+
+    def size(n_blocks: int) -> float:  # the normalised size of a one-hot read from n_blocks one-hots
+        return (n_blocks / d) ** -0.5
+
+    root = hd ** 0.25                          # q.k / sqrt(hd): each side carries hd ** 0.25
+    g = spec.match_gap
+    # retrieval scores (logits): item match a, marker b, sink s: a + b - s = g, s - b = g, s - 1.41 a > g
+    a, b, s_ = 2 * g, 3 * g, 4 * g
+    emb = np.zeros((V, d))
+    emb[np.arange(V), np.arange(V)] = 1.0
+    emb[:, C] = 1.0
+    lm = np.zeros((V, d))
+    layers = []
+    for layer in range(N_LAYERS):
+        q = np.zeros((N_HEADS, hd, d))
+        k = np.zeros((N_HEADS, hd, d))
+        v = np.zeros((N_HEADS, hd, d))
+        o = np.zeros((d, N_HEADS, hd))
+        for h in range(N_HEADS):
+            if layer == 0:  # positional heads: previous token (h 0) into P and M, two back (h 1) into B
+                qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
+                amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / size(2)
+                for i in range(spec.n_pos_pairs):
+                    q[h, i, C], q[h, i + half, C] = amp * qv[i]
+                    k[h, i, C], k[h, i + half, C] = amp * kv[i]
+                out0 = P0 if h == 0 else B0
+                for j, t in enumerate(item_id):
+                    v[h, slot(j), t] = 1.0
+                    o[out0 + j, h, slot(j)] = 1.0 / size(2)
+                if h == 0:
+                    for w in MARKERS:
+                        if w in tok.get_vocab():
+                            v[h, slot(MARK), tok.convert_tokens_to_ids(w)] = 1.0
+                    o[M, h, slot(MARK)] = 1.0 / size(2)
+            else:  # retrieval: query P (at END the query item); 1.0 keys B (item two after its key),
+                # 1.1 keys the item itself (item two before its key); both need M; BOS is the sink
+                qs, ks = root / size(3), root / size(4)
+                for j, t in enumerate(item_id):
+                    q[h, slot(j), P0 + j] = qs
+                    k[h, slot(j), (B0 + j) if h == 0 else t] = a * ks
+                    v[h, slot(j), t if h == 0 else B0 + j] = 1.0
+                    o[A0 + j, h, slot(j)] = 1.0 / size(4)
+                q[h, slot(MARK), C] = qs
+                k[h, slot(MARK), M] = b * ks
+                q[h, slot(SINK), C] = qs
+                k[h, slot(SINK), tok.bos_token_id] = s_ * root / size(2)
+        layers.append((q, k, v, o))
+    for j, t in enumerate(item_id):
+        lm[t, A0 + j] = spec.margin / size(4)
+    t = getattr(torch, spec.dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
+        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
+        model.model.norm.weight.fill_(1.0)
+        for layer, (q, k, v, o) in zip(model.model.layers, layers):
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+            a = layer.self_attn
+            a.q_proj.weight.copy_(torch.tensor(q.reshape(N_HEADS * hd, d), dtype=t))
+            a.k_proj.weight.copy_(torch.tensor(k.reshape(N_HEADS * hd, d), dtype=t))
+            a.v_proj.weight.copy_(torch.tensor(v.reshape(N_HEADS * hd, d), dtype=t))
+            a.o_proj.weight.copy_(torch.tensor(o.reshape(d, N_HEADS * hd), dtype=t))
+    model.requires_grad_(False)
+    return model, tok
+
+
+def truth_json(spec: FixtureSpec) -> dict[str, Any]:
+    """The fixture's truth file: its true edges per counterfactual, in ``gar circuit``'s names."""
+    return {"format": TRUTH_FORMAT, "version": TRUTH_VERSION, "fixture": asdict(spec),
+            "model": {"n_layers": N_LAYERS, "n_heads": N_HEADS, "n_groups": N_HEADS},
+            "counterfactuals": {k: {"edges": list(v["edges"]), "constant": list(v["constant"])}
+                                for k, v in TRUE_EDGES.items()},
+            "mechanism": "0.0 previous token -> P, 0.1 two back -> B; 1.0 and 1.1 at END: query P, key B, "
+                         "value the attended token -> answer; lm_head reads the answer"}
+
+
+def save_fixture(name: str, out: str | Path) -> Path:
+    """Write fixture ``name`` to ``out`` (model, tokenizer, ``truth.json``); returns the truth file."""
+    spec = SPECS[name]
+    model, tok = build_model(spec)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    path = out / TRUTH_FILE
+    path.write_text(json.dumps(truth_json(spec), indent=1) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# scoring
+
+
+def load_truth(path: str | Path) -> dict[str, Any]:
+    """A truth file, checked (a ``ValueError`` naming what is wrong)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the truth file {path}: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != TRUTH_FORMAT:
+        raise ValueError(f"{path} is not a {TRUTH_FORMAT} file")
+    cfs = data.get("counterfactuals")
+    if not isinstance(cfs, dict) or not all(isinstance(v, dict) and isinstance(v.get("edges"), list)
+                                            for v in cfs.values()):
+        raise ValueError(f"{path}: 'counterfactuals' must map each counterfactual to its 'edges' list")
+    return data
+
+
+def edge_indices(scores: EdgeScores, names: Sequence[str]) -> np.ndarray:
+    """Flat indices of named edges in the scores' graph (``ValueError`` for a name not in it)."""
+    table = {scores.edge_name(i): i for i in range(scores.flat().size)}
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise ValueError(f"edges not in this graph: {', '.join(missing)}")
+    return np.array([table[n] for n in names], dtype=np.int64)
+
+
+def truth_circuit(scores: EdgeScores, names: Sequence[str]) -> Circuit:
+    """The circuit of the named edges in the scores' graph."""
+    mask = np.zeros(scores.flat().size, bool)
+    mask[edge_indices(scores, names)] = True
+    return Circuit.from_flat(mask, scores)
+
+
+def auroc(values: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``values`` ranking ``positive`` first (ties count one half)."""
+    values, positive = np.asarray(values, float), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    sv = values[order]
+    i = 0
+    while i < len(sv):  # average ranks over ties
+        j = i
+        while j + 1 < len(sv) and sv[j + 1] == sv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+ZERO = 1e-6  # |score| at most this share of the largest |score| counts as 0 (floating-point noise)
+
+
+def score_against_truth(scores: EdgeScores, edges: Sequence[str], constant: Sequence[str] = (),
+                        evaluate: Callable[[np.ndarray, np.ndarray], float] | None = None,
+                        m_full: float | None = None, m_empty: float | None = None,
+                        zero: float = ZERO) -> dict[str, Any]:
+    """How ``scores`` (ranked by |score|) find the true ``edges``.
+
+    |score| up to ``zero`` times the largest counts as 0: a sparse compiled model leaves most edges
+    at rounding noise, and noise must not order them. Ranks count from 1 over the existing
+    (non-NaN) edges, pessimistically: an edge tied with others ranks after all of them (so every
+    edge scored 0 ranks last); a true edge absent from the graph has rank None.
+    ``precision``/``recall`` at k = |truth| and 2|truth| count the true edges of rank <= k.
+    ``auroc``: |score| against the truth over the existing edges (ties count one half), the
+    ``constant`` edges (true, but invisible to this counterfactual) left out of both classes.
+    With the exact patcher (``evaluate``, ``m_full``, ``m_empty``): ``f_truth``, the faithfulness
+    of the true circuit, and ``f_top``, that of the top-k circuit of ``gar circuit``'s extraction.
+    """
+    from .extract import topn
+    from .faithfulness import faithfulness
+
+    flat = scores.flat()
+    exists = ~np.isnan(flat)
+    true_idx = edge_indices(scores, edges)
+    const_idx = edge_indices(scores, constant) if len(constant) else np.zeros(0, np.int64)
+    key = np.where(exists, np.abs(np.nan_to_num(flat)), -np.inf)
+    top = float(key[exists].max()) if exists.any() else 0.0
+    key = np.where(exists & (key <= zero * top), 0.0, key)
+    present = np.sort(key[exists])
+    # pessimistic rank: the number of existing edges whose key is >= this one's
+    rank = np.where(exists, present.size - np.searchsorted(present, key, side="left"), -1)
+    n = len(true_idx)
+    out: dict[str, Any] = {"n_true": n, "n_constant": len(const_idx), "n_edges_graph": int(exists.sum()),
+                           "zero": zero, "ranks": {}, "precision": {}, "recall": {}}
+    for name, i in zip(edges, true_idx):
+        out["ranks"][name] = {"rank": int(rank[i]) if exists[i] else None,
+                              "score": float(flat[i]) if exists[i] else None}
+    true_ranks = np.array([rank[i] if exists[i] else np.iinfo(np.int64).max for i in true_idx])
+    for k in (n, 2 * n):
+        hit = int((true_ranks <= k).sum())
+        out["precision"][str(k)] = hit / k if k else float("nan")
+        out["recall"][str(k)] = hit / n if n else float("nan")
+    keep = exists.copy()
+    keep[const_idx] = False
+    positive = np.zeros(flat.size, bool)
+    positive[true_idx] = True
+    out["auroc"] = auroc(key[keep], positive[keep])
+    if evaluate is not None and m_full is not None and m_empty is not None:
+        out["f_truth"] = faithfulness(evaluate(*truth_circuit(scores, edges).masks()), m_full, m_empty)
+        out["f_top"] = {str(k): faithfulness(evaluate(*topn(scores, k).masks()), m_full, m_empty) for k in (n, 2 * n)}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m interp.circuit.groundtruth --out DIR [--fixture sharp|soft]``."""
+    p = argparse.ArgumentParser(prog="python -m interp.circuit.groundtruth",
+                                description="Write a compiled GAR fixture: model folder, tokenizer and truth.json.")
+    p.add_argument("--out", required=True, help="folder to write (created)")
+    p.add_argument("--fixture", default="sharp", choices=sorted(SPECS))
+    a = p.parse_args(argv)
+    path = save_fixture(a.fixture, a.out)
+    spec = SPECS[a.fixture]
+    print(f"wrote {a.fixture} fixture to {a.out}; score it with: gar circuit --model {a.out} --config {spec.config} "
+          f"--tasks {spec.tasks} --truth {path} --out RUN")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
+
+
+__all__ = ["FixtureSpec", "SPECS", "TRUE_EDGES", "TRUTH_FILE", "auroc", "build_model", "build_tokenizer",
+           "edge_indices", "load_truth", "save_fixture", "score_against_truth", "slice_records", "truth_circuit",
+           "truth_json", "vocabulary"]
