@@ -20,7 +20,6 @@ pytestmark = pytest.mark.unit
 
 ARCHS = sorted(ARCHITECTURES)
 #: the circuit engine's unrolled forward models these blocks, and only these
-CIRCUIT = {"llama", "mistral", "qwen2"}
 
 
 def _text(model):
@@ -157,18 +156,26 @@ def test_each_quirk_matches_the_config_and_the_modules(name):
 
 
 @pytest.mark.parametrize("name", ARCHS)
-def test_analyses_are_refused_by_name_with_the_reason(name):
+def test_every_row_supports_every_analysis(name):
     model, arch = tiny_model(name), ARCHITECTURES[name]
-    assert head_sites(model).template == arch.paths.o  # every row supports per-head work
-    assert arch.supports("circuit") == (name in CIRCUIT)
-    if name in CIRCUIT:
-        assert circuit_shape(model).path("o", 1) == arch.path("o", 1)
-        return
+    assert head_sites(model).template == arch.paths.o
+    assert arch.supports("heads") and arch.supports("circuit")
+    assert circuit_shape(model).path("o", 1) == arch.path("o", 1)
+
+
+def test_a_row_refused_for_an_analysis_names_itself_and_the_reason(monkeypatch):
+    import dataclasses
+
+    from interp.core import architectures
+
+    row = dataclasses.replace(ARCHITECTURES["gpt2"], unsupported={"circuit": "fused Conv1D q/k/v: not modelled"})
+    monkeypatch.setitem(architectures.ARCHITECTURES, "gpt2", row)
     with pytest.raises(GARConfigError) as err:
-        circuit_shape(model.config)
+        circuit_shape(tiny_model("gpt2").config)
     msg = str(err.value)
-    assert "\n" not in msg and f"unsupported architecture {name!r} for circuit discovery" in msg
-    assert arch.unsupported["circuit"] in msg and msg.endswith("supported: llama, mistral, qwen2")
+    assert "\n" not in msg and "unsupported architecture 'gpt2' for circuit discovery" in msg
+    assert "(fused Conv1D q/k/v: not modelled)" in msg and "gpt2" not in msg.split("supported: ")[1].split(", ")
+    assert architecture("gpt2", "heads") is row  # refused for circuits only
 
 
 def test_unknown_architectures_are_refused_for_every_analysis():

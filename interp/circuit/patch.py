@@ -645,7 +645,6 @@ class EdgePatcher:
         self.unrolled = model if isinstance(model, UnrolledModel) else UnrolledModel(model)
         self.shape = s = self.unrolled.shape
         self.batch = batch
-        self.shape.check_width(batch.width)
         self.workspace = workspace if workspace is not None else Workspace()
         with torch.no_grad():
             self.clean_embeds = self.unrolled.embed(batch.input_ids)

@@ -9,12 +9,21 @@ Ports (what reads the residual stream), in this order: for each layer ``l`` the 
 k/v projection is shared by the group's query heads, so the port is the group's input), the
 ``mlp`` input; then ``logits`` (read at END only).  ``P = L * (H + 2G + 1) + 1``.
 
-A port's input is the *pre-norm* residual stream entering the layer (q/k/v: input_layernorm;
-mlp: post_attention_layernorm; logits: the final norm), seen only through that port.
+A port's input is the residual stream entering the layer before any norm (q/k/v: the attention
+norm's input; mlp: the MLP norm's input; logits: the final norm's input), seen only through that
+port. Under a parallel residual (GPT-NeoX) the mlp port, like q/k/v, reads only the senders before
+its layer.
 
-Only pre-norm decoder architectures with RMSNorm, rotary q/k and separate q/k/v projections are
-supported (llama, mistral, qwen2; SmolLM2 is llama). Module paths, and which architectures the
-engine refuses and why, come from the one architecture table (:mod:`interp.core.architectures`).
+How each architecture's block departs from a plain Llama block (norm kind, q/k norms, norms after
+attention / MLP, fused projections, per-layer query scaling, sliding windows, soft caps, partial
+rotary) is data on the shape, read from the one architecture table
+(:mod:`interp.core.architectures`); the engine's forward (:mod:`interp.circuit.patch`) and its
+attribution (:mod:`interp.circuit.eap`) read those fields, never the model type.
+
+Where the architecture has a norm between attention and the residual add (Gemma-2/3, OLMo-2), a
+head's sender output is its share of the normed sum, ``gain * o_h / rms(sum_h' o_h')`` (the rms
+of its own run's attention output at that token); an output-projection bias (GPT-2, GPT-NeoX) is
+shared equally by the layer's heads. Both are exact: all heads together give the block's output.
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ from typing import TYPE_CHECKING, Any
 from gar_tasks.errors import GARConfigError
 
 from ..core.architectures import architecture
-from ..core.sites import model_config
+from ..core.sites import head_sites, model_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+    import torch
 
 @dataclass(frozen=True)
 class CircuitShape:
@@ -41,14 +51,28 @@ class CircuitShape:
     head_dim: int
     d_model: int
     eps: float
-    scaling: float
-    sliding_window: int | None = None
+    scaling: float                      #: layer 0's query scaling (every layer's: :meth:`scale`)
+    #: the norm kind: "rms" (gain w), "rms_offset" (gain 1 + w: Gemma), "layernorm" (with bias)
+    norm: str = "rms"
+    pre_attention_norm: bool = True     #: False: q/k/v read the raw stream (OLMo-2)
+    qk_norm: str | None = None          #: None, "per_head" (Qwen3, Gemma-3) or "across_heads" (OLMo-2)
+    post_norms: bool = False            #: norms after attention and after the MLP (Gemma-2/3, OLMo-2)
+    parallel: bool = False              #: attention and MLP read the same block input (GPT-NeoX)
+    scalings: tuple[float, ...] = ()    #: per layer, the factor on ``q . k`` (GPT-2 can scale by layer)
+    windows: tuple[int | None, ...] = ()  #: per layer, the sliding window (keys i - j < w), None: global
+    attn_softcap: float | None = None   #: attention scores ``c * tanh(s / c)`` (Gemma-2)
+    final_softcap: float | None = None  #: logits ``c * tanh(z / c)`` (Gemma-2/3)
+    rotary_dims: int | None = None      #: dimensions of each head the rotary turns (None: no rotary)
+    fused_qkv: str | None = None        #: None, "q|k|v" (Phi-3, GPT-2) or "per_head" (GPT-NeoX)
+    conv1d: bool = False                #: projection weights stored [in, out] (GPT-2)
 
-    def check_width(self, width: int) -> None:
-        """Refuse batches a sliding attention window would cut (the engine attends causally)."""
-        if self.sliding_window is not None and width > self.sliding_window:
-            raise GARConfigError(f"batch width {width} exceeds the model's sliding attention window "
-                                 f"({self.sliding_window}): not supported")
+    def scale(self, layer: int) -> float:
+        """The factor on the attention scores ``q . k`` of ``layer``."""
+        return self.scalings[layer] if self.scalings else self.scaling
+
+    def window(self, layer: int) -> int | None:
+        """``layer``'s sliding window (a query at i reads keys j with i - j < window), None: global."""
+        return self.windows[layer] if self.windows else None
 
     # ---- counts
     @property
@@ -129,9 +153,10 @@ class CircuitShape:
         s_layer = self.sender_arrays()["sender_layer"]
         ports = self.port_arrays()
         p_layer, p_kind = ports["port_layer"], ports["port_kind"]
-        # a sender of layer l (emb: -1) feeds q/k/v of layers > l, mlp of layers >= l (heads) or > l (mlp)
+        # a sender of layer l (emb: -1) feeds q/k/v of layers > l, mlp of layers >= l (heads) or > l
+        # (mlp); under a parallel residual mlp ports are fed like q/k/v
         is_mlp = self.sender_arrays()["sender_kind"] == "mlp"
-        attn_port = np.isin(p_kind, ("q", "k", "v"))
+        attn_port = np.isin(p_kind, ("q", "k", "v", "mlp") if self.parallel else ("q", "k", "v"))
         out = np.where(attn_port[None, :], p_layer[None, :] > s_layer[:, None],
                        np.where(is_mlp[:, None], p_layer[None, :] > s_layer[:, None],
                                 p_layer[None, :] >= s_layer[:, None]))
@@ -147,23 +172,63 @@ def circuit_shape(model_or_config: Any) -> CircuitShape:
 
     Raises :class:`GARConfigError` naming the architecture when it is not supported.
     """
-    cfg = model_config(model_or_config)
-    mt = getattr(cfg, "model_type", None)
+    top = model_config(model_or_config)
+    mt = getattr(top, "model_type", None)
     arch = architecture(mt, "circuit")  # refused by name, with the reason, for an architecture it cannot run
-    n_heads = int(cfg.num_attention_heads)
-    head_dim = arch.head_dim(cfg)
+    sites = head_sites(top)
+    cfg = arch.text_config(top)
+    n_layers, n_heads, q = sites.n_layers, sites.n_heads, arch.quirks
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
     if n_heads % n_kv:
         raise GARConfigError(f"{n_heads} query heads do not split into {n_kv} KV groups")
-    window = getattr(cfg, "sliding_window", None)
-    types = getattr(cfg, "layer_types", None)
-    if types is not None and "sliding_attention" not in types:
-        window = None
-    if mt == "qwen2" and not getattr(cfg, "use_sliding_window", False):
-        window = None
-    return CircuitShape(model_type=mt, n_layers=int(cfg.num_hidden_layers), n_heads=n_heads, n_kv=n_kv,
-                        head_dim=head_dim, d_model=int(cfg.hidden_size), eps=float(cfg.rms_norm_eps),
-                        scaling=arch.attention_scaling(cfg, 0), sliding_window=int(window) if window else None)
+    windows = tuple(sites.sliding_window if layer in sites.sliding_layers else None for layer in range(n_layers))
+    eps = next(float(v) for v in (getattr(cfg, k, None) for k in EPS_KEYS) if v is not None)
+    scalings = tuple(arch.attention_scaling(top, layer) for layer in range(n_layers))
+    return CircuitShape(model_type=mt, n_layers=n_layers, n_heads=n_heads, n_kv=n_kv,
+                        head_dim=sites.head_dim, d_model=int(cfg.hidden_size), eps=eps, scaling=scalings[0],
+                        norm=q.norm, pre_attention_norm=q.pre_attention_norm, qk_norm=q.qk_norm,
+                        post_norms=q.post_attention_norm, parallel=arch.parallel_residual(top), scalings=scalings,
+                        windows=windows, attn_softcap=arch.attn_softcap(top), final_softcap=arch.final_softcap(top),
+                        rotary_dims=arch.rotary_dims(top), fused_qkv=q.fused_qkv_layout, conv1d=q.conv1d)
 
 
-__all__ = ["CircuitShape", "circuit_shape"]
+#: config attributes that hold the norms' epsilon, by architecture family
+EPS_KEYS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
+
+
+
+
+
+def rotary_tables(model: Any, position_ids: "torch.Tensor", dtype: "torch.dtype") -> "list[tuple[torch.Tensor, torch.Tensor]] | None":
+    """Per layer, the rotary ``(cos, sin)`` ``[B, T, rotary_dims]`` at ``position_ids`` (None: the
+    architecture has absolute positions).
+
+    Computed by a fresh copy of the model's own rotary module built from its config on the CPU, so
+    a model whose weights live elsewhere (NDIF: a meta skeleton) gets the same tables; a module
+    typed by layer (Gemma-3: local and global bases) is asked once per layer type.
+    """
+    import inspect
+
+    import torch
+
+    hf = getattr(model, "_module", model)
+    top = model_config(hf)
+    arch = architecture(getattr(top, "model_type", None), "circuit")
+    if arch.paths.rotary is None:
+        return None
+    cfg = arch.text_config(top)
+    module = type(hf.get_submodule(arch.path("rotary")))(config=cfg)
+    like = torch.zeros((), dtype=torch.float32)
+    pos = position_ids.cpu()
+    n_layers = int(cfg.num_hidden_layers)
+    if "layer_type" not in inspect.signature(module.forward).parameters:
+        with torch.no_grad():
+            cos, sin = module(like, pos)
+        return [(cos.to(dtype), sin.to(dtype))] * n_layers
+    out, types = {}, list(cfg.layer_types)
+    with torch.no_grad():
+        for kind in sorted(set(types)):
+            cos, sin = module(like, pos, kind)
+            out[kind] = (cos.to(dtype), sin.to(dtype))
+    return [out[kind] for kind in types]
+__all__ = ["CircuitShape", "EPS_KEYS", "circuit_shape", "rotary_tables"]

@@ -205,45 +205,30 @@ _GEMMA2 = dataclasses.replace(_GEMMA, post_attention_norm=True, sliding_window=T
 _GEMMA3 = dataclasses.replace(_GEMMA2, qk_norm="per_head")
 
 
-def _refused(*quirks: str) -> dict[str, str]:
-    """The circuit engine's unrolled forward models a pre-norm block with RMSNorm, full rotary,
-    separate q/k/v and ``head_dim ** -0.5`` scaling, and nothing else: these quirks it refuses."""
-    return {"circuit": f"{', '.join(quirks)}: not modelled by the circuit engine"}
-
 
 ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
     Architecture("llama", _llama_like()),
     Architecture("mistral", _llama_like(), Quirks(sliding_window=True)),
     Architecture("qwen2", _llama_like(), Quirks(sliding_window=True)),
-    Architecture("qwen3", _llama_like(qk_norm=True), Quirks(qk_norm="per_head", sliding_window=True),
-                 _refused("q/k RMSNorm per head")),
-    Architecture("gemma", _llama_like(), _GEMMA, _refused("RMSNorm gain 1 + w", "scaled embeddings")),
-    Architecture("gemma2", _llama_like(sandwich=True), _GEMMA2,
-                 _refused("RMSNorm gain 1 + w", "scaled embeddings", "sandwich norms", "attention logit soft-capping",
-                          "query_pre_attn_scalar scaling")),
+    Architecture("qwen3", _llama_like(qk_norm=True), Quirks(qk_norm="per_head", sliding_window=True)),
+    Architecture("gemma", _llama_like(), _GEMMA),
+    Architecture("gemma2", _llama_like(sandwich=True), _GEMMA2),
     # Gemma3ForCausalLM (the 1B, or a text-only load)
-    Architecture("gemma3_text", _llama_like(sandwich=True, qk_norm=True), _GEMMA3,
-                 _refused("RMSNorm gain 1 + w", "scaled embeddings", "sandwich norms", "q/k RMSNorm per head",
-                          "query_pre_attn_scalar scaling")),
+    Architecture("gemma3_text", _llama_like(sandwich=True, qk_norm=True), _GEMMA3),
     # Gemma3ForConditionalGeneration: the language model inside the multimodal wrapper
     Architecture("gemma3", _llama_like("model.language_model", sandwich=True, qk_norm=True),
-                 dataclasses.replace(_GEMMA3, text_config=True),
-                 _refused("multimodal wrapper", "RMSNorm gain 1 + w", "scaled embeddings", "sandwich norms",
-                          "q/k RMSNorm per head", "query_pre_attn_scalar scaling")),
+                 dataclasses.replace(_GEMMA3, text_config=True)),
     Architecture("phi3", _llama_like(fused=True),
-                 Quirks(fused_qkv="qkv_proj", fused_qkv_layout="q|k|v", sliding_window=True, partial_rotary=True),
-                 _refused("fused q/k/v projection", "partial rotary")),
+                 Quirks(fused_qkv="qkv_proj", fused_qkv_layout="q|k|v", sliding_window=True, partial_rotary=True)),
     Architecture("olmo2", _llama_like(reordered=True, qk_norm=True),
-                 Quirks(qk_norm="across_heads", post_attention_norm=True, pre_attention_norm=False),
-                 _refused("norms after attention and MLP (none before)", "q/k RMSNorm across heads")),
+                 Quirks(qk_norm="across_heads", post_attention_norm=True, pre_attention_norm=False)),
     Architecture("gpt2", Paths(
         embed="transformer.wte", pos_embed="transformer.wpe", layer="transformer.h.{i}",
         attn="transformer.h.{i}.attn", qkv="transformer.h.{i}.attn.c_attn", o="transformer.h.{i}.attn.c_proj",
         attn_norm="transformer.h.{i}.ln_1", mlp_norm="transformer.h.{i}.ln_2", mlp="transformer.h.{i}.mlp",
         final_norm="transformer.ln_f", lm_head="lm_head"),
         Quirks(fused_qkv="c_attn", fused_qkv_layout="q|k|v", query_scale="gpt2", norm="layernorm",
-               absolute_positions=True, conv1d=True),
-        _refused("LayerNorm with bias", "absolute positions", "fused Conv1D q/k/v")),
+               absolute_positions=True, conv1d=True)),
     Architecture("gpt_neox", Paths(
         embed="gpt_neox.embed_in", layer="gpt_neox.layers.{i}", attn="gpt_neox.layers.{i}.attention",
         qkv="gpt_neox.layers.{i}.attention.query_key_value", o="gpt_neox.layers.{i}.attention.dense",
@@ -251,8 +236,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
         mlp="gpt_neox.layers.{i}.mlp", final_norm="gpt_neox.final_layer_norm", lm_head="lm_head",
         rotary="gpt_neox.rotary_emb"),
         Quirks(fused_qkv="query_key_value", fused_qkv_layout="per_head", partial_rotary=True,
-               parallel_residual="use_parallel_residual", norm="layernorm"),
-        _refused("LayerNorm with bias", "parallel attention and MLP", "partial rotary", "fused per-head q/k/v")),
+               parallel_residual="use_parallel_residual", norm="layernorm")),
 )}
 
 
