@@ -12,6 +12,11 @@ One batch of ``--n`` gen n_r = 0 query-swap pairs (paper profile, default role s
 * peak resident memory of the process (ru_maxrss) after each stage, and (Linux) the peak of each
   stage alone (the high-water mark reset before it: ``stage_peak_mb``).
 
+``--arch TYPE`` replaces SmolLM2 by a random model of that architecture (``config.model_type`` of the
+architecture table) of SmolLM2's vocabulary and equal width for every type (``--layers``, ``--width``,
+``--heads``, ``--kv``), on the same batch; ``--arch all`` runs every type in one process and prints one
+JSON object per type (ratios side by side from one run). Timings do not depend on the weights.
+
 Prints one JSON object. Usage: ``.venv/bin/python scripts/bench_circuit.py --n 8 --repeats 3``.
 """
 
@@ -60,19 +65,56 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+#: types benchmarked by ``--arch all`` (gemma3 is the same text model as gemma3_text inside a wrapper)
+ALL_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2",
+             "gpt_neox")
+
+
+def random_model(model_type: str, vocab: int, layers: int, width: int, heads: int, kv: int):
+    """A random float32 causal LM of ``model_type`` with these sizes (head_dim = width / heads)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hd = width // heads
+    if model_type == "gpt2":
+        kw = dict(n_embd=width, n_layer=layers, n_head=heads, n_positions=2048)
+    elif model_type == "gpt_neox":
+        kw = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                  intermediate_size=4 * width, max_position_embeddings=2048)
+    else:
+        kw = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                  intermediate_size=4 * width, head_dim=hd, max_position_embeddings=2048)
+        if model_type.startswith("gemma"):
+            kw["query_pre_attn_scalar"] = hd
+    cfg = AutoConfig.for_model(model_type, vocab_size=vocab, **kw)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=8, help="pairs in the batch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spot", type=int, default=0, help="top-K + K random residual edges checked exactly")
+    ap.add_argument("--arch", default="smollm2", help="smollm2, a model type of the architecture table, or all")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--width", type=int, default=384)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--kv", type=int, default=2)
     args = ap.parse_args()
+    for arch in (ALL_ARCHS if args.arch == "all" else (args.arch,)):
+        bench(args, arch)
+
+
+def bench(args: argparse.Namespace, arch: str) -> None:
+    """One JSON object of figures for ``arch`` (see the module docstring)."""
 
     import numpy as np
     import torch
 
     from gar_tasks.generate import GeneratorConfig
-    from gar_tasks.models import load_embedded
+    from gar_tasks.models import embedded_model_path, load_embedded
     from interp.circuit.counterfactual import make_counterfactuals
     from interp.circuit.eap import attribution_batch, edge_presence
     from interp.circuit.patch import EdgePatcher, full_masks
@@ -80,20 +122,28 @@ def main() -> None:
     from interp.core.model import as_nnsight
 
     torch.set_num_threads(args.threads)
-    model, tok = load_embedded("smollm2", "float32")
+    if arch == "smollm2":
+        model, tok = load_embedded("smollm2", "float32")
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(embedded_model_path("smollm2"))
+        model = random_model(arch, len(tok), args.layers, args.width, args.heads, args.kv)
     model.requires_grad_(False)
+    embed = model.get_input_embeddings()
     nn_model = as_nnsight(model, tok)
     schema = load_schema("default")
     records = [r for r in GeneratorConfig(profile="paper").build() if r.family == "gen" and r.n_r == 0]
     cf = make_counterfactuals(records[:400], tok, schema, "pair")
     order = cf.batch_indices(args.n)
     batch = cf.batch(order[len(order) // 2])
-    out: dict = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads", "torch": torch.__version__,
+    out: dict = {"arch": arch, "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+                 "torch": torch.__version__,
                  "pairs": batch.size, "width": batch.width, "roles": len(schema.roles),
                  "counterfactual_counts": cf.counts}
 
     def fwd_bwd():
-        emb = model.model.embed_tokens(batch.input_ids).detach().requires_grad_(True)
+        emb = embed(batch.input_ids).detach().requires_grad_(True)
         logits = model(inputs_embeds=emb, attention_mask=batch.attention_mask,
                        position_ids=batch.position_ids).logits[:, -1]
         m = (logits.gather(1, batch.clean_target[:, None]) - logits.gather(1, batch.corrupt_target[:, None])).sum()
@@ -165,7 +215,7 @@ def main() -> None:
         out["spot"] = {"n": len(chosen), "pearson": float(np.corrcoef(est, exact)[0, 1]),
                        "spearman": float(np.corrcoef(rank(est), rank(np.array(exact)))[0, 1]),
                        "sign_agreement": float(np.mean(np.sign(est) == np.sign(exact)))}
-    print(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1), flush=True)
 
 
 if __name__ == "__main__":
