@@ -9,6 +9,8 @@ One batch of ``--n`` gen n_r = 0 query-swap pairs (paper profile, default role s
 * edge counts at role level (existing in the data) and at token level;
 * optionally (``--spot K``) exact single-edge patching of the top-K residual edges by |EAP| and
   K random ones: Pearson / Spearman of EAP vs exact;
+* with ``--methods``, the costlier attributions (``exact_softmax``, EAP-IG with 5 steps) as ratios to
+  AtP's own cost (a corrupted forward + a clean forward and backward);
 * peak resident memory of the process (ru_maxrss) after each stage, and (Linux) the peak of each
   stage alone (the high-water mark reset before it: ``stage_peak_mb``).
 
@@ -97,6 +99,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spot", type=int, default=0, help="top-K + K random residual edges checked exactly")
+    ap.add_argument("--methods", action="store_true", help="also time --exact-softmax and 5 EAP-IG steps")
     ap.add_argument("--arch", default="smollm2", help="smollm2, a model type of the architecture table, or all")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=384)
@@ -172,6 +175,12 @@ def bench(args: argparse.Namespace, arch: str) -> None:
     out["eap_over_atp_estimate"] = out["eap_s"] / (out["forward_s"] + out["forward_backward_s"])
     out["peak_mb_after_eap"] = _peak_mb()
     out["stage_peak_mb"]["eap"] = _stage_peak_mb()
+    if args.methods:  # the costlier attributions, as ratios to AtP's own cost
+        atp = out["forward_s"] + out["forward_backward_s"]
+        for name, kw in (("exact_softmax", {"exact_softmax": True}), ("ig_5", {"ig_steps": 5})):
+            sec = _median_time(lambda: attribution_batch(nn_model, batch, **kw), args.repeats)
+            out.setdefault("methods_s", {})[name] = sec
+            out.setdefault("methods_over_atp_estimate", {})[name] = sec / atp
     _reset_stage_peak()
     t = time.perf_counter()
     patcher = EdgePatcher(model, batch)
