@@ -33,7 +33,8 @@ same circuit, heads far from saturation), to tell saturation from bugs of an att
 
 :func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
 rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
-faithfulness of the true circuit next to the top-|truth| one). ``python -m
+faithfulness of the true circuit next to the top-|truth| one); :func:`truth_scores` applies it to
+a run, with the truth file's entry for the run's counterfactual. ``python -m
 interp.circuit.groundtruth --out DIR`` writes a fixture as a model folder with its truth file.
 """
 
