@@ -98,6 +98,15 @@ def test_outputs_resume_restart(tmp_path, tiny_dir, capsys, monkeypatch):
     assert rc == 0 and calls["n"] == 1
     np.testing.assert_allclose(np.load(out / "scores.npz")["resid"], resid, rtol=1e-6)
 
+    # a damaged evaluation memo: the library says what is wrong, the command how to discard it
+    from interp.circuit.run import Evaluator, StaleCheckpoint
+
+    (out / "checkpoint" / "evals.json").write_text("[1, 2")
+    with pytest.raises(StaleCheckpoint, match="cannot read the checkpoint file") as err:
+        Evaluator(None, out / "checkpoint" / "evals.json")
+    assert "--" not in str(err.value)
+    assert_error(*circuit(capsys, tiny_dir, out, "--curve", "1", "10", "100"), "evals.json", "--restart")
+
     # other arguments: refused without --restart, recomputed with it
     assert_error(*circuit(capsys, tiny_dir, out, "--ig-steps", "2"), "checkpoint")
     calls["n"] = 0

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from gar_tasks.errors import GARConfigError
-from interp.circuit.roles import (PAD_ROLE, batch_token_roles, builtin_schemas, left_pad, load_schema,
-                                  schema_from_dict)
+from interp.circuit.counterfactual import make_counterfactuals
+from interp.circuit.roles import PAD_ROLE, batch_token_roles, builtin_schemas, load_schema, schema_from_dict
 from tiny_tokenizers import bpe_tokenizer, gar_records, wordlevel_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -107,8 +107,19 @@ def test_user_schema_file_and_errors(tmp_path):
         load_schema(str(tmp_path / "broken.json"))
 
 
-def test_left_pad():
-    out = left_pad([[1, 2, 3], [4]])
-    np.testing.assert_array_equal(out, [[1, 2, 3], [PAD_ROLE, PAD_ROLE, 4]])
-    with pytest.raises(GARConfigError):
-        left_pad([[1, 2, 3]], width=2)
+def test_role_rows_are_left_padded_with_the_tokens():
+    """A batch's role ids are the items' role ids right-aligned like their tokens, PAD_ROLE exactly
+    on the padding (the one left padding of interp.core.encode)."""
+    cf = make_counterfactuals(gar_records("paper")[:200], bpe_tokenizer(), load_schema("default"), "pair")
+    by_len = {it.length: i for i, it in enumerate(cf.items)}
+    assert len(by_len) >= 2
+    idx = sorted(by_len.values())[:4]
+    b = cf.batch(idx)
+    pad = (b.attention_mask == 0).numpy()
+    assert pad.any() and ((b.role_ids.numpy() == PAD_ROLE) == pad).all()
+    for row, i in enumerate(idx):
+        it = cf.items[i]
+        np.testing.assert_array_equal(b.role_ids[row, b.width - it.length:].numpy(), it.role_ids)
+        np.testing.assert_array_equal(b.input_ids[row, b.width - it.length:].numpy(), it.clean_ids)
+        np.testing.assert_array_equal(b.corrupt_ids[row, b.width - it.length:].numpy(), it.corrupt_ids)
+        assert (b.corrupt_ids[row, :b.width - it.length] == cf.pad_token_id).all()

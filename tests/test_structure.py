@@ -1,7 +1,9 @@
 """The package structure, checked mechanically over the source files (ast, no import):
 ``gar_tasks`` library modules import nothing from ``interp``; no module imports another module's
 underscore names; the import graph of our modules has no cycle; every test module declares its tier
-markers; the interp commands reach ``gar`` through the entry-point group."""
+markers; the interp commands reach ``gar`` through the entry-point group; the circuit package
+encodes prompts with the core encoder, its errors name no flags, and ``gar circuit`` is a thin
+command."""
 
 from __future__ import annotations
 
@@ -129,3 +131,57 @@ def test_interp_commands_come_through_entry_points():
     assert set(eps) == set(COMMANDS) and all(v.startswith("interp.commands.") for v in eps.values())
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(COMMANDS) <= set(sub.choices)
+
+
+# the one encoder of prompts (interp/core/encode.py) and the names a private copy of it would take
+ENCODER = ("pad_id", "token_ids", "left_pad", "next_tokens")
+ENCODER_COPIES = {*ENCODER, *(f"_{n}" for n in ENCODER), "next_token", "_next_token", "_ids"}
+
+
+def _defined(path: Path) -> dict[str, ast.AST]:
+    """Every function and class a module defines, at any depth (methods and nested ones too)."""
+    return {n.name: n for n in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+
+def test_circuit_modules_use_the_core_encoder():
+    """interp/circuit encodes prompts with interp.core.encode: no module keeps its own pad id, token
+    ids, left padding or answer token, and the counterfactuals import the core's."""
+    core = {n.name for n in ast.parse(MODULES["interp.core.encode"].read_text()).body if isinstance(n, ast.FunctionDef)}
+    assert set(ENCODER) <= core
+    copies = sorted((name, f) for name, path in MODULES.items() if name.startswith("interp.circuit.")
+                    for f in _defined(path) if f in ENCODER_COPIES)
+    assert copies == []
+    taken = {n for mod, names in _imports("interp.circuit.counterfactual", MODULES["interp.circuit.counterfactual"])
+             if mod == "interp.core.encode" for n in names}
+    assert {"token_ids", "next_tokens", "pad_id", "left_pad"} <= taken
+
+
+def test_circuit_command_is_thin():
+    """gar circuit parses, calls the library and writes: the only classes of the command module are
+    its arguments' dataclasses (the run's state lives in interp.circuit.run)."""
+    tree = ast.parse(MODULES["interp.commands.circuit"].read_text())
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes, "the command keeps its args dataclasses"
+
+    def is_dataclass(c: ast.ClassDef) -> bool:
+        return any(getattr(d.func if isinstance(d, ast.Call) else d, "id", None) == "dataclass"
+                   for d in c.decorator_list)
+
+    assert [c.name for c in classes if not (c.name.endswith("Args") and is_dataclass(c))] == []
+
+
+def test_circuit_library_errors_name_no_flags():
+    """A library error says what is wrong, not which flag to pass (the command adds that)."""
+    import re
+
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    bad = []
+    for name, path in MODULES.items():
+        if not name.startswith("interp.circuit."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                bad += [(name, node.lineno) for c in ast.walk(node.exc)
+                        if isinstance(c, ast.Constant) and isinstance(c.value, str) and flag.search(c.value)]
+    assert bad == []

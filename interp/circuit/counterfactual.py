@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from gar_tasks.errors import GARConfigError, GARDataError
-from gar_tasks.records import DELIMITER, GARRecord
-from gar_tasks.tokens import batch_token_positions
+from gar_tasks.records import GARRecord
+from gar_tasks.tokens import TokenRange, batch_token_positions
 
+from ..core.encode import left_pad, next_tokens, pad_id, token_ids
 from .batch import CircuitBatch
 from .roles import PAD_ROLE, RoleSchema, token_roles
 
@@ -94,27 +95,15 @@ class CFSet:
         import torch
 
         chosen = [self.items[i] for i in indices]
-        if not chosen:
-            raise GARConfigError("cannot build an empty batch")
-        width = max(it.length for it in chosen)
-        B = len(chosen)
-        ids = torch.full((B, width), self.pad_token_id, dtype=torch.long)
-        cids = ids.clone()
-        mask = torch.zeros((B, width), dtype=torch.long)
-        roles = torch.full((B, width), PAD_ROLE, dtype=torch.long)
-        for b, it in enumerate(chosen):
-            n = width - it.length
-            ids[b, n:] = torch.tensor(it.clean_ids)
-            cids[b, n:] = torch.tensor(it.corrupt_ids)
-            mask[b, n:] = 1
-            roles[b, n:] = torch.tensor(it.role_ids)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        common = dict(input_ids=ids, attention_mask=mask, position_ids=pos, role_ids=roles,
+        clean = left_pad([it.clean_ids for it in chosen], self.pad_token_id)
+        common = dict(input_ids=clean.input_ids, attention_mask=clean.attention_mask,
+                      position_ids=clean.position_ids, role_ids=left_pad([it.role_ids for it in chosen], PAD_ROLE).input_ids,
                       clean_target=torch.tensor([it.clean_target for it in chosen]),
                       corrupt_target=torch.tensor([it.corrupt_target for it in chosen]),
                       n_roles=len(self.roles), end_role=self.end_role)
         if means is None:
-            return CircuitBatch(**common, corrupt_ids=cids)
+            return CircuitBatch(**common, corrupt_ids=left_pad([it.corrupt_ids for it in chosen],
+                                                               self.pad_token_id).input_ids)
         if model is None:
             raise GARConfigError("role-mean ablation needs the model (to take each row out of its task's mean)")
         return CircuitBatch(**common, role_means=means.excluding(model, chosen, common))
@@ -148,23 +137,6 @@ def _match_case(template: str, word: str) -> str:
     return (word[0].upper() if template[0].isupper() else word[0].lower()) + word[1:]
 
 
-def _ids(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-    if not texts:
-        return []
-    return [list(x) for x in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
-
-
-def _next_token(tokenizer: Any, prompt: str, prompt_ids: list[int], answer: str, add_special_tokens: bool) -> int:
-    """First token of ``DELIMITER + answer`` as read right after ``prompt`` (tokenized in context)."""
-    full = _ids(tokenizer, [prompt + DELIMITER + answer], add_special_tokens)[0]
-    if len(full) > len(prompt_ids) and full[:len(prompt_ids)] == prompt_ids:
-        return full[len(prompt_ids)]
-    alone = _ids(tokenizer, [DELIMITER + answer], False)[0]
-    if not alone:
-        raise GARDataError(f"answer {answer!r} tokenizes to no token")
-    return alone[0]
-
-
 def _replace(text: str, edits: list[tuple[int, int, str]]) -> str:
     """``text`` with each ``[s, e)`` replaced (non-overlapping edits, any order)."""
     for s, e, new in sorted(edits, reverse=True):
@@ -187,9 +159,10 @@ def _query_swaps(record: GARRecord) -> list[tuple[str, str]]:
     return out
 
 
-def _value_swaps(record: GARRecord) -> list[tuple[str, str, tuple[tuple[int, int], ...]]]:
-    """context counterfactual: (corrupted prompt, answer of the swapped-in column, the two value
-    spans) per distractor column whose value and answer differ from the true column's."""
+def _value_swaps(record: GARRecord) -> list[tuple[str, str, int]]:
+    """context counterfactual: (corrupted prompt, answer of the swapped-in column, index of the
+    swapped distractor value among the test row's ``V'`` spans) per distractor column whose value
+    and answer differ from the true column's."""
     row, spans = record.rows[-1], record.spans[-1]
     if len(spans.get("V", ())) != 1:
         return []
@@ -199,12 +172,12 @@ def _value_swaps(record: GARRecord) -> list[tuple[str, str, tuple[tuple[int, int
         return []
     out = []
     true_surface = record.text[vs:ve]
-    for (ds, de), c in zip(distract, columns):
+    for k, ((ds, de), c) in enumerate(zip(distract, columns)):
         if row.values[c] == row.values[row.true_index] or row.answers[c] == row.true_answer:
             continue
         other = record.text[ds:de]
         edits = [(vs, ve, _match_case(true_surface, other)), (ds, de, _match_case(other, true_surface))]
-        out.append((_replace(record.prompt, edits), row.answers[c], ((vs, ve), (ds, de))))
+        out.append((_replace(record.prompt, edits), row.answers[c], k))
     return out
 
 
@@ -224,8 +197,8 @@ def make_counterfactuals(records: Iterable[GARRecord], tokenizer: Any, schema: R
         raise GARConfigError(f"schema {schema.name!r} has no END role (the metric is read there)")
     records = list(records)
     counts: Counter = Counter()
-    # (record, [(corrupted prompt, clean answer, corrupted answer, value spans or None)])
-    jobs: list[tuple[GARRecord, list[tuple[str, str, str, Any]]]] = []
+    # (record, [(corrupted prompt, clean answer, corrupted answer, swapped V' index or None)])
+    jobs: list[tuple[GARRecord, list[tuple[str, str, str, int | None]]]] = []
     twins: dict[str, dict[str, GARRecord]] = defaultdict(dict)
     for r in records:
         if r.family == "cls":
@@ -253,64 +226,54 @@ def make_counterfactuals(records: Iterable[GARRecord], tokenizer: Any, schema: R
         if kind == "pair":
             options = [(p, r.answer, a, None) for p, a in _query_swaps(r)]
         else:
-            options = [(p, "Yes" if r.family == "cls" else r.answer, "No" if r.family == "cls" else a, sp)
-                       for p, a, sp in _value_swaps(r)]
+            options = [(p, "Yes" if r.family == "cls" else r.answer, "No" if r.family == "cls" else a, k)
+                       for p, a, k in _value_swaps(r)]
         if not options:
             counts["no_distinct_column"] += 1
             continue
         jobs.append((r, options))
     items: list[CFItem] = []
-    kept_records = []
-    for r, options in jobs:
-        clean_ids = _ids(tokenizer, [r.prompt], add_special_tokens)[0]
+    job_records = [r for r, _ in jobs]
+    all_ids = token_ids(tokenizer, [r.prompt for r in job_records], add_special_tokens)
+    positions = (batch_token_positions(job_records, tokenizer, prompt=True, add_special_tokens=add_special_tokens)
+                 if job_records else [])
+    for (r, options), clean_ids, pos in zip(jobs, all_ids, positions):
         reason = None
-        for prompt, clean_answer, corrupt_answer, value_spans in options:
-            cids = _ids(tokenizer, [prompt], add_special_tokens)[0]
+        for (prompt, clean_answer, corrupt_answer, swapped), cids in zip(
+                options, token_ids(tokenizer, [o[0] for o in options], add_special_tokens)):
             if len(cids) != len(clean_ids):
                 reason = reason or "unequal_length"
                 continue
-            if value_spans is not None and not _inside(tokenizer, r, clean_ids, cids, value_spans, add_special_tokens):
+            if swapped is not None and not _inside(clean_ids, cids, [pos[-1]["V"][0], pos[-1]["V'"][swapped]]):
                 reason = reason or "outside_value_spans"
                 continue
-            tc = _next_token(tokenizer, r.prompt, clean_ids, clean_answer, add_special_tokens)
-            tx = _next_token(tokenizer, r.prompt, clean_ids, corrupt_answer, add_special_tokens)
+            tc, tx = next_tokens(tokenizer, [r.prompt, r.prompt], [clean_answer, corrupt_answer],
+                                 [clean_ids, clean_ids], add_special_tokens)
             if tc == tx:
                 reason = "same_target_token"
                 continue
             items.append(CFItem(record_id=r.id, task_id=r.task_id, family=r.family, clean_ids=tuple(clean_ids),
-                                corrupt_ids=tuple(cids), clean_target=tc, corrupt_target=tx, role_ids=()))
-            kept_records.append(r)
+                                corrupt_ids=tuple(cids), clean_target=tc, corrupt_target=tx,
+                                role_ids=tuple(token_roles(r, pos, len(clean_ids), schema))))
             break
         else:
             counts[reason or "unequal_length"] += 1
-    if kept_records:
-        positions = batch_token_positions(kept_records, tokenizer, prompt=True, add_special_tokens=add_special_tokens)
-        items = [CFItem(**{**it.__dict__, "role_ids": tuple(token_roles(r, p, it.length, schema))})
-                 for it, r, p in zip(items, kept_records, positions)]
     counts["kept"] = len(items)
     end = schema.roles.index("END")
     bad = [it.record_id for it in items if it.role_ids[-1] != end]
     if bad:
         raise GARDataError(f"record {bad[0]}: the last prompt token is not END under schema {schema.name!r}")
     out = CFSet(kind=kind, items=items, roles=schema.roles, end_role=end,
-                pad_token_id=_pad_id(tokenizer), counts={"candidates": 0, "kept": 0, **counts})
+                pad_token_id=pad_id(tokenizer), counts={"candidates": 0, "kept": 0, **counts})
     if not items:
         raise GARConfigError(f"counterfactual {kind!r} leaves no pair (candidates {out.counts['candidates']}, "
                              f"rejected: {out.rejected or 'none'})")
     return out
 
 
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad or 0)
-
-
-def _inside(tokenizer: Any, record: GARRecord, clean: list[int], corrupt: list[int],
-            spans: tuple[tuple[int, int], ...], add_special_tokens: bool) -> bool:
-    """Every differing token lies within the tokens of the two swapped value spans."""
-    enc = tokenizer(record.prompt, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
-    inside = {i for i, (a, b) in enumerate(enc["offset_mapping"]) for s, e in spans if a < b and a < e and b > s}
-    return all(i in inside for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y)
+def _inside(clean: Sequence[int], corrupt: Sequence[int], ranges: Sequence[TokenRange]) -> bool:
+    """Every differing token lies within the token ranges of the two swapped value spans."""
+    return all(any(s <= i < e for s, e in ranges) for i, (x, y) in enumerate(zip(clean, corrupt)) if x != y)
 
 
 # ------------------------------------------------------------------------------------------

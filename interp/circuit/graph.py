@@ -1,6 +1,7 @@
 """The role-level edge graph: score arrays (``EdgeScores``), circuits (``Circuit``), names and files.
 
-Shapes follow the contract shared with the engine (``docs/circuit_contract.md``):
+Shapes follow the contract shared with the engine (``docs/architecture.md``, circuit graph: senders,
+ports, edges, score arrays; which residual edges exist is ``CircuitShape.edge_exists``):
 
 * senders ``emb``; per layer ``l``: heads ``(l, 0..H-1)`` then ``mlp l``  (S = 1 + L*(H+1));
 * ports per layer ``l``: ``q (l, 0..H-1)``, ``k (l, 0..G-1)``, ``v (l, 0..G-1)``, ``mlp_in l``; then

@@ -33,7 +33,8 @@ same circuit, heads far from saturation), to tell saturation from bugs of an att
 
 :func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
 rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
-faithfulness of the true circuit next to the top-|truth| one). ``python -m
+faithfulness of the true circuit next to the top-|truth| one); :func:`truth_scores` applies it to
+a run, with the truth file's entry for the run's counterfactual. ``python -m
 interp.circuit.groundtruth --out DIR`` writes a fixture as a model folder with its truth file.
 """
 
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+from gar_tasks.errors import GARConfigError
 
 from .graph import Circuit, EdgeScores
 
@@ -401,6 +404,32 @@ def score_against_truth(scores: EdgeScores, edges: Sequence[str], constant: Sequ
     return out
 
 
+def truth_edges(path: str | Path, counterfactual: str) -> dict[str, Any]:
+    """The truth file's entry for ``counterfactual`` (``edges``, ``constant``), checked before a run."""
+    try:
+        data = load_truth(path)
+    except ValueError as e:
+        raise GARConfigError(str(e)) from None
+    entry = data["counterfactuals"].get(counterfactual)
+    if entry is None:
+        raise GARConfigError(f"the truth file {path} has no edges for the {counterfactual} counterfactual "
+                             f"(it has {', '.join(sorted(data['counterfactuals'])) or 'none'})")
+    return entry
+
+
+def truth_scores(path: str | Path, counterfactual: str, scores: EdgeScores,
+                 evaluate: Callable[[np.ndarray, np.ndarray], float] | None = None, m_full: float | None = None,
+                 m_empty: float | None = None) -> dict[str, Any]:
+    """A run's scores against the truth file (:func:`score_against_truth`; with the exact patcher,
+    the true circuit's faithfulness too), labelled with the file and the counterfactual."""
+    entry = truth_edges(path, counterfactual)
+    try:
+        res = score_against_truth(scores, entry["edges"], entry.get("constant", []), evaluate, m_full, m_empty)
+    except ValueError as e:
+        raise GARConfigError(f"the truth file {path} does not fit this model's graph: {e}") from None
+    return {"file": str(path), "counterfactual": counterfactual, **res}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m interp.circuit.groundtruth --out DIR [--fixture sharp|soft]``."""
     p = argparse.ArgumentParser(prog="python -m interp.circuit.groundtruth",
@@ -421,4 +450,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 __all__ = ["FixtureSpec", "SPECS", "TRUE_EDGES", "TRUTH_FILE", "auroc", "build_model", "build_tokenizer",
            "edge_indices", "load_truth", "save_fixture", "score_against_truth", "slice_records", "truth_circuit",
-           "truth_json", "vocabulary"]
+           "truth_edges", "truth_json", "truth_scores", "vocabulary"]

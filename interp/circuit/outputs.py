@@ -91,6 +91,16 @@ def write_circuit_outputs(out_dir: str | Path, scores: EdgeScores, *, n: int | N
             "cpr": faith.cpr if faith else None, "cmd": faith.cmd if faith else None}
 
 
+def faithfulness_headline(out_dir: str | Path) -> dict[str, Any] | None:
+    """The headline of a run folder's ``faithfulness.json`` (sizes, f, random mean/std, CPR, CMD),
+    None when it was not computed."""
+    f = Path(out_dir) / "faithfulness.json"
+    if not f.is_file():
+        return None
+    d = json.loads(f.read_text())
+    return {k: d.get(k) for k in ("percentages", "n_edges", "f", "random_mean", "random_std", "cpr", "cmd")}
+
+
 def write_overlap_outputs(out_dir: str | Path, tasks: Mapping[str, EdgeScores], *, n: int | None = None,
                           percent: float | None = None, method: str = "topn", absolute: bool = True,
                           halves: Mapping[str, tuple[EdgeScores, EdgeScores]] | None = None,
@@ -150,4 +160,4 @@ def write_overlap_outputs(out_dir: str | Path, tasks: Mapping[str, EdgeScores], 
             "loop_share": report["loop_share"]}
 
 
-__all__ = ["circuit_size", "write_circuit_outputs", "write_overlap_outputs"]
+__all__ = ["circuit_size", "faithfulness_headline", "write_circuit_outputs", "write_overlap_outputs"]

@@ -14,8 +14,9 @@ JSON file) with these fields:
 * ``before``: the role of tokens before the first row (the preamble, a BOS);
 * ``unlabelled``: the role of every other token in no mapped span.
 
-Padding gets role id ``-1``. Token positions come from the record's character spans through the
-tokenizer's offsets (:func:`gar_tasks.tokens.record_token_positions`).
+Padding gets role id ``-1`` (:data:`PAD_ROLE`; rows are left-padded with
+:func:`interp.core.encode.left_pad` like the token ids). Token positions come from the record's
+character spans through the tokenizer's offsets (:func:`gar_tasks.tokens.record_token_positions`).
 """
 
 from __future__ import annotations
@@ -23,14 +24,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from gar_tasks.errors import GARConfigError, GARDataError
 from gar_tasks.records import ROLES as SPAN_ROLES, GARRecord
 from gar_tasks.tokens import batch_token_positions
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
+from ..core.encode import token_ids
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 PAD_ROLE = -1
@@ -154,24 +154,9 @@ def batch_token_roles(records: Sequence[GARRecord], tokenizer: Any, schema: Role
                       add_special_tokens: bool = True) -> list[list[int]]:
     """Role ids of every prompt token of each record (one batched tokenizer call)."""
     positions = batch_token_positions(records, tokenizer, prompt=True, add_special_tokens=add_special_tokens)
-    lengths = [len(x) for x in tokenizer([r.prompt for r in records],
-                                         add_special_tokens=add_special_tokens)["input_ids"]]
+    lengths = [len(x) for x in token_ids(tokenizer, [r.prompt for r in records], add_special_tokens)]
     return [token_roles(r, p, n, schema) for r, p, n in zip(records, positions, lengths)]
 
 
-def left_pad(rows: Sequence[Sequence[int]], width: int | None = None) -> "np.ndarray":
-    """``int64[len(rows), width]`` role ids, left-padded with :data:`PAD_ROLE`."""
-    import numpy as np
-
-    width = max((len(r) for r in rows), default=0) if width is None else width
-    out = np.full((len(rows), width), PAD_ROLE, dtype=np.int64)
-    for b, r in enumerate(rows):
-        if len(r) > width:
-            raise GARConfigError(f"row {b} has {len(r)} tokens, more than the width {width}")
-        if len(r):
-            out[b, width - len(r):] = r
-    return out
-
-
-__all__ = ["PAD_ROLE", "RoleSchema", "SCHEMA_DIR", "batch_token_roles", "builtin_schemas", "left_pad",
-           "load_schema", "schema_from_dict", "token_roles"]
+__all__ = ["PAD_ROLE", "RoleSchema", "SCHEMA_DIR", "batch_token_roles", "builtin_schemas", "load_schema",
+           "schema_from_dict", "token_roles"]

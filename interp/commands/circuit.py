@@ -1,10 +1,11 @@
 """``gar circuit`` and ``gar circuit-overlap``: role-level circuits of GAR tasks.
 
-``gar circuit`` composes the interp core (model loading, record selection, checkpoint, manifest,
-lock) with the circuit library (:mod:`interp.circuit`): counterfactual items -> batches -> EAP sums
-per batch (checkpointed) -> :class:`~interp.circuit.graph.EdgeScores` -> exact edge patching batch
-by batch as the faithfulness callable -> :func:`~interp.circuit.outputs.write_circuit_outputs`
-(+ exact single-edge spot checks in ``spot.json``) -> ``circuit.json``.
+``gar circuit`` parses, composes the interp core (model loading, record selection, checkpoint,
+manifest, lock) with the circuit library and writes: counterfactual items -> batches -> EAP sums per
+batch (checkpointed) -> :class:`~interp.circuit.graph.EdgeScores` -> exact edge patching batch by
+batch as the faithfulness callable (all four in :mod:`interp.circuit.run`) ->
+:func:`~interp.circuit.outputs.write_circuit_outputs` (+ exact single-edge spot checks in
+``spot.json``; with a truth file, :func:`~interp.circuit.groundtruth.truth_scores`) -> ``circuit.json``.
 
 Checkpoint (``OUT/checkpoint/``): ``args.json`` (the run's identity and model fingerprint),
 ``items.json`` (the chosen items' record ids), one ``eap_<cf>_<batch>.npz`` per finished batch
@@ -22,22 +23,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import sys
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from gar_tasks.errors import GARConfigError
 
 from ..core.loader import check_device, check_dtype, check_model_args, load_config, load_model, model_fingerprint
-from ..core.outputs import (Checkpoint, Manifest, Timings, atomic_write, check_out_dir, check_unlocked, versions,
-                            write_json)
+from ..core.outputs import Checkpoint, Manifest, Timings, check_out_dir, check_unlocked, versions, write_json
 from ..core.identity import same_model
 from ..core.remote import one_line, server_errors
-from ..core.select import Slice, filter_records, load_records, sample_indices, select_slices
+from ..core.select import Slice, filter_records, load_records, select_slices
+from ..circuit.run import COUNTERFACTUALS, Evaluator, StaleCheckpoint, Task, eap_scores, spot_checks
 from . import options
 
 NAME = "circuit"
@@ -51,10 +51,7 @@ CHECKPOINT_FILES = ("checkpoint/args.json", "checkpoint/items.json", "checkpoint
                     "checkpoint/eap_*_[0-9][0-9][0-9][0-9][0-9].npz")
 OVERLAP_MAIN = "overlap.json"
 OVERLAP_OUTPUTS = ("core_graph.json", "overlap_edges.png", "overlap_nodes.png", "overlap_heads.png", "transfer.png")
-COUNTERFACTUALS = ("pair", "context", "mean")
 METHODS = ("topn", "greedy")
-# keep every batch's corrupted patcher state in memory up to this many bytes (else rebuild per evaluation)
-PATCHER_CACHE_BYTES = 2 * 1024 ** 3
 Progress = Callable[[str, int, int], Any]
 Log = Callable[[str], Any]
 
@@ -172,252 +169,35 @@ def check_args(args: CircuitArgs) -> list[Slice]:
                              "it cannot run remotely")
     circuit_shape(load_config(args.model, args.remote))  # unsupported architecture: before the weights load
     if args.truth is not None:
-        truth_edges(args)
+        from ..circuit.groundtruth import truth_edges
+
+        truth_edges(args.truth, args.counterfactual)
     check_out_dir(args.out)
     return slices
 
 
-def truth_edges(args: CircuitArgs) -> dict[str, Any]:
-    """The truth file's entry for the run's counterfactual (``edges``, ``constant``), checked."""
-    from ..circuit.groundtruth import load_truth
+def task_of(args: CircuitArgs, m: Any, slices: list[Slice], record_ids: Sequence[str] | None = None) -> Task:
+    """The run's :class:`~interp.circuit.run.Task` (its records from the selection)."""
+    return Task(m, filter_records(load_records(args.config), slices), args.schema, args.counterfactual, n=args.n,
+                seed=args.seed, batch_size=args.batch_size, record_ids=record_ids)
 
+
+@contextmanager
+def resume_hint() -> Iterator[None]:
+    """A checkpoint the run cannot resume from: say how to discard it."""
     try:
-        data = load_truth(args.truth)
-    except ValueError as e:
-        raise GARConfigError(str(e)) from None
-    entry = data["counterfactuals"].get(args.counterfactual)
-    if entry is None:
-        raise GARConfigError(f"the truth file {args.truth} has no edges for the {args.counterfactual} counterfactual "
-                             f"(it has {', '.join(sorted(data['counterfactuals'])) or 'none'})")
-    return entry
-
-
-def truth_scores(args: CircuitArgs, scores: Any, evaluate: Any, m_full: Any, m_empty: Any) -> dict[str, Any]:
-    """The run's scores against the truth file (and the true circuit's exact faithfulness)."""
-    from ..circuit.groundtruth import score_against_truth
-
-    entry = truth_edges(args)
-    try:
-        res = score_against_truth(scores, entry["edges"], entry.get("constant", []), evaluate, m_full, m_empty)
-    except ValueError as e:
-        raise GARConfigError(f"the truth file {args.truth} does not fit this model's graph: {e}") from None
-    return {"file": str(args.truth), "counterfactual": args.counterfactual, **res}
-
-
-def truth_summary(t: dict[str, Any]) -> str:
-    """summary.md's section on the truth scores."""
-    n = t["n_true"]
-    lines = ["", "## Against the known circuit", "",
-             f"{n} true edges ({t['n_constant']} more invisible to this counterfactual); AUROC {_fmt(t['auroc'])}; "
-             f"precision/recall at {n}: {_fmt(t['precision'][str(n)])}/{_fmt(t['recall'][str(n)])}, at {2 * n}: "
-             f"{_fmt(t['precision'][str(2 * n)])}/{_fmt(t['recall'][str(2 * n)])}"]
-    if "f_truth" in t:
-        lines.append(f"exact faithfulness: true circuit {_fmt(t['f_truth'])}, top {n} {_fmt(t['f_top'][str(n)])}, "
-                     f"top {2 * n} {_fmt(t['f_top'][str(2 * n)])}")
-    lines += ["", "| true edge | rank | score |", "|---|---|---|"]
-    lines += [f"| `{e}` | {r['rank']} | {_fmt(r['score'], '.3g')} |" for e, r in t["ranks"].items()]
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------
-# items, batches, evaluation
-
-
-class Task:
-    """One run's counterfactual items, their batches and (role-mean ablation) means."""
-
-    def __init__(self, args: CircuitArgs, m: Any, slices: list[Slice], record_ids: Sequence[str] | None = None):
-        import numpy as np
-
-        from ..circuit.counterfactual import RoleMeans, make_counterfactuals
-        from ..circuit.roles import load_schema
-
-        self.args, self.m = args, m
-        self.schema = load_schema(args.schema)
-        records = filter_records(load_records(args.config), slices)
-        kind = "pair" if args.counterfactual == "mean" else args.counterfactual
-        full = make_counterfactuals(records, m.tokenizer, self.schema, kind)
-        self.counts, self.rejected = dict(full.counts), dict(full.rejected)
-        if record_ids is not None:
-            order = {rid: i for i, rid in enumerate(record_ids)}
-            idx = sorted((i for i, it in enumerate(full.items) if it.record_id in order),
-                         key=lambda i: order[full.items[i].record_id])
-            if len(idx) != len(record_ids):
-                raise GARConfigError("the checkpoint's items are no longer in the selection; pass --restart")
-        else:
-            idx = sorted(sample_indices(np.random.default_rng(args.seed), len(full), args.n))
-        self.cf = dataclasses.replace(full, items=[full.items[i] for i in idx])
-        self.record_ids = [it.record_id for it in self.cf.items]
-        negated = {r.id: r.negate for r in records}
-        flags = {negated[rid] for rid in self.record_ids}
-        # the rows' polarity picks the reported loop template (None: mixed)
-        self.polarity = None if len(flags) != 1 else "negated" if flags.pop() else "affirmative"
-        self.batches = self.cf.batch_indices(args.batch_size)
-        self.means = None
-        if args.counterfactual == "mean":  # means over every item of the chosen rows' tasks (leave-one-out later)
-            chosen_tasks = {it.task_id for it in self.cf.items}
-            pool = dataclasses.replace(full, items=[it for it in full.items if it.task_id in chosen_tasks])
-            self.means = RoleMeans.fit(m.hf, pool, args.batch_size)
-
-    def batch(self, i: int) -> Any:
-        if self.means is not None:
-            return self.cf.batch(self.batches[i], means=self.means, model=self.m.hf)
-        return self.cf.batch(self.batches[i])
-
-    def reach(self) -> dict[str, Any]:
-        """The scores.meta lines on what the corruption can show."""
-        if self.args.counterfactual == "mean":
-            return {"corruption": "role-mean ablation (leave-one-out means over the task's other records)"}
-        r = self.cf.reachability()
-        first = max(r["first_difference"].items(), key=lambda kv: kv[1])[0] if r["first_difference"] else None
-        return {"first_differing_role": first, "first_differing_roles": dict(r["first_difference"]),
-                "unreachable_roles": ", ".join(r["unreachable"]) or "none"}
-
-
-def masks_key(resid_mask: Any, attn_mask: Any) -> str:
-    import numpy as np
-
-    h = hashlib.sha1()
-    for a in (resid_mask, attn_mask):
-        h.update(str(a.shape).encode())
-        h.update(np.packbits(np.asarray(a, bool)).tobytes())
-    return h.hexdigest()
-
-
-class Evaluator:
-    """The faithfulness callable: exact edge patching batch by batch, mean metric over every row.
-
-    Each batch's :class:`~interp.circuit.patch.EdgePatcher` is kept while their corrupted states
-    (``nbytes``) fit :data:`PATCHER_CACHE_BYTES`, else rebuilt per call; the patchers share one
-    unrolled model (its per-head weights) and one evaluation workspace. Results are memoised (and, with ``store``,
-    written to the checkpoint after each new one, so an interrupted run does not redo them).
-    """
-
-    def __init__(self, task: Task, store: Path | None = None, progress: Log | None = None):
-        self.task, self.store, self.progress = task, store, progress
-        self.cache: dict[str, float] = {}
-        if store is not None and store.exists():
-            try:
-                self.cache = {k: float(v) for k, v in json.loads(store.read_text()).items()}
-            except (OSError, ValueError, AttributeError) as e:
-                raise GARConfigError(f"cannot read the checkpoint file {store} ({e}); pass --restart") from None
-        self.loaded = len(self.cache)
-        self.computed = 0
-        self._patchers: dict[int, Any] = {}
-        self._keep: bool | None = None
-        self._shared: tuple[Any, Any] | None = None  # (UnrolledModel, Workspace) of every batch
-
-    def _patcher(self, i: int) -> Any:
-        from ..circuit.patch import EdgePatcher, UnrolledModel, Workspace
-
-        if i in self._patchers:
-            return self._patchers[i]
-        if self._shared is None:
-            self._shared = (UnrolledModel(self.task.m.hf), Workspace())
-        batch = self.task.batch(i)
-        p = EdgePatcher(self._shared[0], batch, self._shared[1])
-        if self._keep is None:
-            self._keep = p.nbytes * len(self.task.batches) <= PATCHER_CACHE_BYTES
-        if self._keep:
-            self._patchers[i] = p
-        return p
-
-    def metric_sum(self, resid_mask: Any, attn_mask: Any) -> float:
-        return float(sum(self._patcher(i).metrics(resid_mask, attn_mask).sum() for i in range(len(self.task.batches))))
-
-    def __call__(self, resid_mask: Any, attn_mask: Any) -> float:
-        key = masks_key(resid_mask, attn_mask)
-        if key not in self.cache:
-            self.cache[key] = self.metric_sum(resid_mask, attn_mask) / len(self.task.cf)
-            self.computed += 1
-            if self.store is not None:
-                atomic_write(self.store, json.dumps(self.cache))
-            if self.progress is not None and self.computed % 5 == 0:
-                self.progress(f"exact evaluations: {self.computed} computed, {self.loaded} loaded")
-        return self.cache[key]
-
-    def full_empty(self) -> tuple[float, float]:
-        from ..circuit.patch import empty_masks, full_masks
-
-        shape = self._patcher(0).shape
-        R = len(self.task.cf.roles)
-        return self(*full_masks(shape, R)), self(*empty_masks(shape, R))
-
-
-def eap_scores(args: CircuitArgs, task: Task, ckpt: Checkpoint, progress: Progress | None) -> tuple[Any, ...]:
-    """EAP sums per batch through the checkpoint; returns (scores, half1, half2) as EdgeScores
-    (halves: even / odd batches, None with a single batch)."""
-    import numpy as np
-
-    from ..circuit.eap import attribution_batch, role_presence, scores_from_sums
-    from ..circuit.graph import EdgeScores, ModelShape
-    from ..circuit.ports import circuit_shape
-
-    m = task.m
-    shape = circuit_shape(m.model)
-    R = len(task.cf.roles)
-
-    def compute(i: int) -> dict[str, Any]:
-        batch = task.batch(i)
-        r, a = attribution_batch(m.model, batch, ig_steps=args.ig_steps, exact_softmax=args.exact_softmax,
-                                 remote=args.remote)
-        present, pairs = role_presence(batch)
-        return {"resid": r, "attn": a, "present": present, "pairs": pairs, "rows": np.array(batch.size)}
-
-    parts = [{"resid": np.zeros((shape.n_senders, shape.n_ports, R)),
-              "attn": np.zeros((shape.n_layers, shape.n_heads, R, R, 3)),
-              "present": np.zeros(R, bool), "pairs": np.zeros((R, R), bool), "rows": 0} for _ in range(2)]
-    for i, d in enumerate(ckpt.batches("eap", args.counterfactual, len(task.batches), compute, progress,
-                                       f"edge attribution ({args.counterfactual})")):
-        p = parts[i % 2]
-        p["resid"] += d["resid"]
-        p["attn"] += d["attn"]
-        p["present"] |= d["present"].astype(bool)
-        p["pairs"] |= d["pairs"].astype(bool)
-        p["rows"] += int(d["rows"])
-    mshape = ModelShape(shape.n_layers, shape.n_heads, shape.n_kv)
-    meta = {"counterfactual": args.counterfactual, "schema": args.schema, "tasks": args.tasks,
-            "rows": sum(p["rows"] for p in parts), "ig_steps": args.ig_steps, "exact_softmax": args.exact_softmax,
-            **task.reach()}
-
-    def scores(ps: list[dict[str, Any]], extra: dict[str, Any]) -> Any:
-        res = scores_from_sums(shape, list(task.cf.roles), sum(p["resid"] for p in ps), sum(p["attn"] for p in ps),
-                               sum(p["rows"] for p in ps), np.logical_or.reduce([p["present"] for p in ps]),
-                               np.logical_or.reduce([p["pairs"] for p in ps]), task.cf.end_role)
-        return EdgeScores(res.resid, res.attn, res.roles, mshape, {**meta, **extra})
-
-    whole = scores(parts, {})
-    if parts[1]["rows"] == 0:
-        return whole, None, None
-    return whole, scores([parts[0]], {"half": "even batches"}), scores([parts[1]], {"half": "odd batches"})
-
-
-def spot_checks(scores: Any, evaluate: Evaluator, m_full: float, k: int, seed: int) -> dict[str, Any]:
-    """Exact single-edge patching (all edges clean but one) of the top-k and k random edges vs EAP."""
-    import numpy as np
-
-    from ..circuit.faithfulness import spot_check_edges, spot_check_stats
-    from ..circuit.graph import Circuit, edge_type_arrays
-    from ..circuit.patch import full_masks
-
-    idx = spot_check_edges(scores, k=k, n_random=k, seed=seed)
-    full_r, full_a = full_masks(evaluate._patcher(0).shape, len(scores.roles))
-    flat_full = np.concatenate([full_r.ravel(), full_a.ravel()])
-    exact = []
-    for i in idx:
-        mask = flat_full.copy()
-        mask[i] = False
-        exact.append(evaluate(*Circuit.from_flat(mask, scores).masks()) - m_full)
-    eap = scores.flat()[idx]
-    types = edge_type_arrays(scores)[idx]
-    return {"k": k, "seed": seed, "edges": [scores.edge_name(int(i)) for i in idx], "types": [str(t) for t in types],
-            "eap": [float(x) for x in eap], "exact": [float(x) for x in exact],
-            "stats": spot_check_stats(eap, exact, types, k=k)}
+        yield
+    except StaleCheckpoint as e:
+        raise GARConfigError(f"{e}; pass --restart to discard the checkpoint") from None
 
 
 def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | None = None) -> dict[str, Any]:
     """Run ``gar circuit``; returns the ``circuit.json`` dict. Raises ``GARConfigError`` before writing
     anything when the arguments cannot work."""
+    from ..circuit.groundtruth import truth_scores
+    from ..circuit.outputs import faithfulness_headline
+    from ..circuit.summary import append_truth
+
     log = log or (lambda msg: None)
     timings = Timings()
     slices = check_args(args)
@@ -438,16 +218,19 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
         resumed_ids = None
         if not args.restart and ckpt.check() and ckpt.path("items.json").exists():
             resumed_ids = json.loads(ckpt.path("items.json").read_text())
-        with timings("items"):
-            task = Task(args, m, slices, resumed_ids)  # a counterfactual leaving no pair fails here: nothing written
+        with timings("items"), resume_hint():
+            task = task_of(args, m, slices, resumed_ids)  # a counterfactual leaving no pair fails here: nothing written
         with manifest.own({"command": NAME, **args.to_json()}):
             resumed = ckpt.open(restart=args.restart)
             ckpt.value("items.json", lambda: task.record_ids)
             with timings("eap"), server_errors(args.remote):
-                scores, half1, half2 = eap_scores(args, task, ckpt, progress)
+                scores, half1, half2 = eap_scores(task, ckpt, ig_steps=args.ig_steps, exact_softmax=args.exact_softmax,
+                                                  remote=args.remote, meta={"schema": args.schema, "tasks": args.tasks},
+                                                  progress=progress)
             n, pct = parse_size(args.size)
             title = f"{Path(args.model).name} on {args.tasks} ({args.counterfactual}, {len(task.cf)} rows)"
-            evaluate = None if args.remote else Evaluator(task, ckpt.path("evals.json"), log)
+            with resume_hint():
+                evaluate = None if args.remote else Evaluator(task, ckpt.path("evals.json"), log)
             extra: dict[str, Any] = {}
             spot = None
             with timings("faithfulness"):
@@ -464,9 +247,9 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                     write_json(out / "spot.json", spot)
             truth = None
             if args.truth is not None:
-                truth = truth_scores(args, scores, evaluate, extra.get("m_full"), extra.get("m_empty"))
-                summary = out / "summary.md"
-                atomic_write(summary, (summary.read_text() if summary.exists() else "") + truth_summary(truth))
+                truth = truth_scores(args.truth, args.counterfactual, scores, evaluate, extra.get("m_full"),
+                                     extra.get("m_empty"))
+                append_truth(out / "summary.md", truth)
             files = sorted({Path(p).name for p in res["paths"].values()} | ({"spot.json"} if spot else set())
                            | ({"scores_half1.npz", "scores_half2.npz"} if half1 is not None else set()))
             info = {"model": m.desc, "model_arg": args.model, "model_fingerprint": fingerprint, "server": m.server,
@@ -475,7 +258,7 @@ def run_circuit(args: CircuitArgs, progress: Progress | None = None, log: Log | 
                     "meta": scores.meta, "n_edges_graph": scores.n_edges(), "circuit": {k: v for k, v in res.items()
                                                                                       if k != "paths"},
                     "m_full": extra.get("m_full"), "m_empty": extra.get("m_empty"),
-                    "faithfulness": _curve(out) if evaluate is not None else None,
+                    "faithfulness": faithfulness_headline(out) if evaluate is not None else None,
                     "spot": spot["stats"] if spot else None, "truth": truth,
                     "faithfulness_skipped": "remote run: exact patching needs the model locally" if args.remote else None,
                     "evaluations": {"computed": evaluate.computed, "loaded": evaluate.loaded} if evaluate else None,
@@ -611,7 +394,7 @@ def overlap_evaluators(args: OverlapArgs, runs: dict[str, dict[str, Any]], log: 
             if key not in loaded:
                 loaded[key] = load_model(ca.model, ca.dtype, ca.device)
                 loaded[key].hf.requires_grad_(False)
-            task = Task(ca, loaded[key], select_slices(ca.tasks, ca.config), info["record_ids"])
+            task = task_of(ca, loaded[key], select_slices(ca.tasks, ca.config), info["record_ids"])
             ev = Evaluator(task)
             log(f"{name}: exact patcher over {len(task.cf)} rows")
             out[name] = (ev, *ev.full_empty())
@@ -691,6 +474,8 @@ def register_overlap(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..circuit.summary import run_lines
+
     ca = CircuitArgs(model=args.model, tasks=args.tasks, out=args.out, config=args.config, n=args.n,
                      batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed,
                      remote=args.remote, restart=args.restart, threads=args.threads, schema=args.schema,
@@ -700,20 +485,8 @@ def main(args: argparse.Namespace) -> int:
                      random=args.random, spot=args.spot, truth=args.truth)
     log = options.stderr_log(args)
     info = run_circuit(ca, progress=lambda stage, done, total: log(f"{stage}: batch {done}/{total}"), log=log)
-    c = info["circuit"]
-    fc = info.get("faithfulness") or {}
-    curve = ", ".join(f"{p:g}%: f {_fmt(f)} (random {_fmt(r)})" for p, f, r in
-                      zip(fc.get("percentages", []), fc.get("f", []), fc.get("random_mean", [])))
-    print(f"{info['rows']} rows, circuit of {c['n_edges']} edges (of {info['n_edges_graph']}); {curve or 'no curve'}"
-          + (f"; CPR {_fmt(c.get('cpr'))}, CMD {_fmt(c.get('cmd'))}" if len(fc.get("f", [])) > 1 else "")
-          + f"; loop {'found' if c['loop_found'] else 'not found'}"
-          + (f", spot Spearman {_fmt(info['spot']['all']['spearman'])}" if info.get("spot") else ""))
-    t = info.get("truth")
-    if t:
-        n = t["n_true"]
-        print(f"truth: recall at {n} {_fmt(t['recall'][str(n)])}, at {2 * n} {_fmt(t['recall'][str(2 * n)])}, "
-              f"AUROC {_fmt(t['auroc'])}" + (f", f true circuit {_fmt(t['f_truth'])} vs top {n} "
-                                            f"{_fmt(t['f_top'][str(n)])}" if "f_truth" in t else ""))
+    for line in run_lines(info):
+        print(line)
     print(f"wrote {args.out}")
     return 0
 
@@ -729,24 +502,11 @@ def main_overlap(args: argparse.Namespace) -> int:
     return 0
 
 
-def _curve(out: Path) -> dict[str, Any] | None:
-    """The headline of faithfulness.json (sizes, f, random mean/std), None when not computed."""
-    f = out / "faithfulness.json"
-    if not f.is_file():
-        return None
-    d = json.loads(f.read_text())
-    return {k: d.get(k) for k in ("percentages", "n_edges", "f", "random_mean", "random_std", "cpr", "cmd")}
-
-
 def _mib() -> tuple[float, ...]:
     from ..circuit.faithfulness import MIB_PERCENTAGES
 
     return MIB_PERCENTAGES
 
 
-def _fmt(x: Any, spec: str = ".3f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-__all__ = ["CircuitArgs", "Evaluator", "OverlapArgs", "Task", "check_args", "main", "main_overlap", "parse_size",
-           "register", "register_overlap", "run_circuit", "run_overlap"]
+__all__ = ["CircuitArgs", "OverlapArgs", "check_args", "main", "main_overlap", "parse_size", "register",
+           "register_overlap", "run_circuit", "run_overlap", "task_of"]
