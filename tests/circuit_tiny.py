@@ -4,6 +4,7 @@
 must not be converted in place); biases that the types initialise to zero are randomised, so the
 bias paths are exercised. ``random_batch`` builds a CircuitBatch of random tokens with
 random roles (END last), optionally left-padded, with one of the three corruptions.
+``float64_exact`` removes transformers' float32 internals from a float64 model.
 """
 
 from __future__ import annotations
@@ -116,3 +117,33 @@ def hf_metric(hf: Any, batch: Any, corrupt: bool = False) -> Any:
             logits = hf(input_ids=ids).logits[0, -1]
         out.append(float(logits[batch.clean_target[b]] - logits[batch.corrupt_target[b]]))
     return out
+
+
+def float64_exact(hf: Any, monkeypatch: Any) -> Any:
+    """Make ``hf``'s RMS norms and the attention softmax compute in float64 (transformers casts
+    both to float32): the model's arithmetic without the float32 rounding, so the patcher (which
+    calls the same modules) and the model's own forward agree to float64 precision. ``hf`` must be
+    a private copy (its norms' forwards are replaced); the softmax is restored by ``monkeypatch``."""
+    import torch
+
+    soft = torch.nn.functional.softmax
+
+    def softmax(x: Any, dim: Any = None, _stacklevel: int = 3, dtype: Any = None) -> Any:
+        return soft(x, dim=dim, _stacklevel=_stacklevel, dtype=None if x.dtype == torch.float64 else dtype)
+
+    monkeypatch.setattr(torch.nn.functional, "softmax", softmax)
+
+    def exact(module: Any, offset: bool) -> Any:
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+
+        def forward(x: Any) -> Any:
+            gain = 1 + module.weight if offset else module.weight
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
+
+        return forward
+
+    for module in hf.modules():
+        name = type(module).__name__
+        if name.endswith("RMSNorm"):
+            module.forward = exact(module, name.startswith("Gemma"))
+    return hf

@@ -8,8 +8,8 @@
   from the Hugging Face modules (see ``tests/test_circuit_engine.py``).
 
 Transformers runs a float64 model's RMS norms and attention softmax in float32; the identities
-here hold to 1e-9 once those two run in float64 (:func:`float64_exact`, applied to both sides),
-and to float32 precision without it.
+here hold to 1e-9 once those two run in float64 (``circuit_tiny.float64_exact``, which both sides
+see), and to float32 precision without it.
 """
 
 from __future__ import annotations
@@ -17,40 +17,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuit_tiny import ALL_ARCHS, END, N_ROLES, embed_module, model, random_batch
+from circuit_tiny import ALL_ARCHS, END, N_ROLES, embed_module, float64_exact, model, random_batch
 from interp.circuit.patch import EdgePatcher, empty_masks, full_masks
 from interp.circuit.ports import circuit_shape
 from tiny_models import one_thread_module  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.integration
-
-
-def float64_exact(hf, monkeypatch):
-    """Make ``hf``'s RMS norms and the attention softmax compute in float64 (transformers casts
-    both to float32): the model's arithmetic, without the float32 rounding."""
-    import torch
-
-    soft = torch.nn.functional.softmax
-
-    def softmax(x, dim=None, _stacklevel=3, dtype=None):
-        return soft(x, dim=dim, _stacklevel=_stacklevel, dtype=None if x.dtype == torch.float64 else dtype)
-
-    monkeypatch.setattr(torch.nn.functional, "softmax", softmax)
-
-    def exact(module, offset):
-        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
-
-        def forward(x):
-            gain = 1 + module.weight if offset else module.weight
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
-
-        return forward
-
-    for module in hf.modules():
-        name = type(module).__name__
-        if name.endswith("RMSNorm"):
-            module.forward = exact(module, name.startswith("Gemma"))
-    return hf
 
 
 def hf_last_logits(hf, batch, source):
@@ -145,3 +117,26 @@ def test_embeds_corruption_uses_the_models_embedding(arch):
     np.testing.assert_allclose(patcher.metrics(*empty_masks(s, N_ROLES)), patcher.metrics(*full_masks(s, N_ROLES)),
                                rtol=1e-12, atol=1e-12)
     assert embed_module(hf) is hf.get_submodule(s.path("embed"))
+
+
+def _random_masks(shape, p, seed):
+    rng = np.random.default_rng(seed)
+    full_r, full_a = full_masks(shape, N_ROLES)
+    return rng.random(full_r.shape) < p, rng.random(full_a.shape) < p
+
+
+@pytest.mark.parametrize("corruption", ["ids", "embeds", "means"])
+@pytest.mark.parametrize("arch", ALL_ARCHS)
+def test_random_circuits_equal_the_independent_reference(arch, corruption):
+    """Random circuits (residual and attention edges, sparse to near-full) give the token-by-token
+    reference of ``test_circuit_engine`` built from the model's own modules."""
+    from test_circuit_engine import reference_metrics
+
+    hf = model(arch)
+    means = _role_means(hf) if corruption == "means" else None
+    batch = random_batch(hf, rows=2, width=6, pad=(0, 1), corruption=corruption, means=means, eps=0.3, seed=3)
+    patcher = EdgePatcher(hf, batch)
+    s = circuit_shape(hf)
+    for seed, p in ((0, 0.5), (1, 0.9), (2, 0.1)):
+        masks = _random_masks(s, p, seed)
+        np.testing.assert_allclose(patcher.metrics(*masks), reference_metrics(hf, batch, *masks), rtol=1e-9, atol=1e-11)
