@@ -2,7 +2,8 @@
 
 * the exact edge patcher equals an independent, loop-by-loop plain-torch "unrolled" forward that
   rebuilds every port's input from chosen senders, for random circuits (attention edges
-  included), under pair patching and role-mean ablation;
+  included), under pair patching and role-mean ablation (the reference, built from the model's
+  own modules, covers every type of the architecture table: ``test_circuit_patcher_archs``);
 * all edges kept = the model's clean metric; none kept = its corrupted metric (pair patching) or
   the all-mean forward (role means);
 * under a small corruption every edge's EAP score equals its exact single-edge patch effect to
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from circuit_tiny import ARCHS, END, N_ROLES, hf_metric, model, random_batch
+from circuit_tiny import ARCHS, END, N_ROLES, float64_exact, hf_metric, model, random_batch
 from gar_tasks.errors import GARConfigError
 from interp.circuit.eap import attribution_batch, edge_attribution, edge_presence
 from interp.circuit.patch import EdgePatcher, empty_masks, full_masks, gather_role_means
@@ -34,19 +35,47 @@ pytestmark = pytest.mark.integration
 # an independent reference: loops over tokens, senders, heads and key positions
 
 
-def reference_senders_and_metric(hf, batch, b, corr, resid_mask, attn_mask):
-    """Row ``b`` (unpadded): its senders ``[T, S, d]`` and metric, every port rebuilt token by token."""
+def _rotate(x, cos, sin):
+    """Rotary on the first ``len(cos)`` dimensions of the vectors ``x[..., hd]`` (rotate_half on
+    that part, the rest unchanged)."""
     import torch
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    rd = cos.shape[-1]
+    part, rest = x[..., :rd], x[..., rd:]
+    half = rd // 2
+    turned = part * cos + torch.cat((-part[..., half:], part[..., :half]), -1) * sin
+    return torch.cat((turned, rest), -1)
+
+
+def reference_senders_and_metric(hf, batch, b, corr, resid_mask, attn_mask, inputs_embeds=None):
+    """Row ``b`` (unpadded): its senders ``[T, S, d]`` and metric, every port rebuilt token by token
+    from the model's own modules (any type of the architecture table; ``inputs_embeds``: the
+    row's input embeddings instead of its ids')."""
+    import inspect
+    import math
+
+    import torch
+
+    from interp.core.architectures import architecture
 
     s = circuit_shape(hf)
+    paths = architecture(s.model_type, "circuit").paths
+
+    def mod(key, layer=None):
+        return None if getattr(paths, key) is None else hf.get_submodule(s.path(key, layer))
+
+    def apply(module, x):
+        return x if module is None else module(x)
+
     keep = batch.attention_mask[b].bool()
     ids, roles = batch.input_ids[b, keep], batch.role_ids[b, keep].tolist()
-    pos = batch.position_ids[b, keep][None]
+    pos = batch.position_ids[b, keep]
     T, H, G, hd = len(ids), s.n_heads, s.n_kv, s.head_dim
-    emb = hf.model.embed_tokens(ids)
+    emb = mod("embed")(ids) if inputs_embeds is None else inputs_embeds
+    if mod("pos_embed") is not None:
+        emb = emb + mod("pos_embed")(pos)
     senders = [emb]
-    cos, sin = hf.model.rotary_emb(emb[None], pos)
+    rot = mod("rotary")
 
     def port_input(port, n_senders):
         rows = []
@@ -57,40 +86,84 @@ def reference_senders_and_metric(hf, batch, b, corr, resid_mask, attn_mask):
             rows.append(x)
         return torch.stack(rows)
 
+    def projection(layer, x, which):
+        """All heads' (groups') ``which`` of the normed input ``x[T, d]``: ``[T, n * hd]``."""
+        if paths.qkv is None:
+            return mod(which, layer)(x)
+        out = mod("qkv", layer)(x)
+        if s.fused_qkv == "per_head":
+            return out.view(T, H, 3, hd)[:, :, "qkv".index(which)].reshape(T, H * hd)
+        start = {"q": 0, "k": H * hd, "v": (H + G) * hd}[which]
+        return out[:, start:start + (H if which == "q" else G) * hd]
+
+    def head_vectors(layer, x, which, i):
+        """Head / group ``i``'s ``which`` ``[T, hd]`` of the port input ``x`` (norms, rotary)."""
+        y = projection(layer, apply(mod("attn_norm", layer), x), which)
+        norm = mod(which + "_norm", layer) if which != "v" and s.qk_norm else None
+        if norm is not None and s.qk_norm == "across_heads":
+            y = norm(y)
+        y = y[:, i * hd:(i + 1) * hd]
+        if norm is not None and s.qk_norm == "per_head":
+            y = norm(y)
+        if rot is not None and which != "v":
+            y = _rotate(y, cos, sin)
+        return y
+
     for layer in range(s.n_layers):
-        blk = hf.model.layers[layer]
-        at, norm = blk.self_attn, blk.input_layernorm
+        if rot is not None:
+            kw = {}
+            if "layer_type" in inspect.signature(rot.forward).parameters:
+                kw["layer_type"] = hf.config.get_text_config().layer_types[layer]
+            cos, sin = (t[0] for t in rot(emb[None], pos[None], **kw))
         n = s.senders_before(layer)
         xc = corr[:, :n].sum(1)
-        q_c = [at.q_proj(norm(port_input(s.port_q(layer, h), n)))[:, h * hd:(h + 1) * hd] for h in range(H)]
-        k_c = [at.k_proj(norm(port_input(s.port_k(layer, g), n)))[:, g * hd:(g + 1) * hd] for g in range(G)]
-        v_c = [at.v_proj(norm(port_input(s.port_v(layer, g), n)))[:, g * hd:(g + 1) * hd] for g in range(G)]
-        q_x, k_x, v_x = (m(norm(xc)).view(T, -1, hd).transpose(0, 1) for m in (at.q_proj, at.k_proj, at.v_proj))
-        q_c, k_c = apply_rotary_pos_emb(torch.stack(q_c)[None], torch.stack(k_c)[None], cos, sin)
-        q_x, k_x = apply_rotary_pos_emb(q_x[None], k_x[None], cos, sin)
-        q_c, k_c, q_x, k_x, v_c = q_c[0], k_c[0], q_x[0], k_x[0], torch.stack(v_c)
+        q_c = [head_vectors(layer, port_input(s.port_q(layer, h), n), "q", h) for h in range(H)]
+        k_c = [head_vectors(layer, port_input(s.port_k(layer, g), n), "k", g) for g in range(G)]
+        v_c = [head_vectors(layer, port_input(s.port_v(layer, g), n), "v", g) for g in range(G)]
+        q_x = [head_vectors(layer, xc, "q", h) for h in range(H)]
+        k_x = [head_vectors(layer, xc, "k", g) for g in range(G)]
+        v_x = [head_vectors(layer, xc, "v", g) for g in range(G)]
+        window, cap, o = s.window(layer), s.attn_softcap, mod("o", layer)
+        o_bias = getattr(o, "bias", None)
+        outs = []
         for h in range(H):
             g = h // s.group_size
             z = []
             for i in range(T):
                 scores, values = [], []
                 for j in range(i + 1):
+                    if window is not None and i - j >= window:
+                        continue
                     m = attn_mask[layer, h, roles[j], roles[i]]
-                    qi = q_c[h, i] if m[0] else q_x[h, i]
-                    kj = k_c[g, j] if m[1] else k_x[g, j]
-                    scores.append((qi * kj).sum() * s.scaling)
-                    values.append(v_c[g, j] if m[2] else v_x[g, j])
+                    qi = q_c[h][i] if m[0] else q_x[h][i]
+                    kj = k_c[g][j] if m[1] else k_x[g][j]
+                    score = (qi * kj).sum() * s.scale(layer)
+                    scores.append(score if cap is None else cap * torch.tanh(score / cap))
+                    values.append(v_c[g][j] if m[2] else v_x[g][j])
                 a = torch.softmax(torch.stack(scores), 0)
                 z.append((a[:, None] * torch.stack(values)).sum(0))
             full = torch.zeros(T, H * hd, dtype=emb.dtype)
             full[:, h * hd:(h + 1) * hd] = torch.stack(z)
-            senders.append(at.o_proj(full))
-        xm = port_input(s.port_mlp(layer), n + H)
-        senders.append(blk.mlp(blk.post_attention_layernorm(xm)))
+            out = o(full)  # the head's columns of the output projection, and the whole bias
+            outs.append(out if o_bias is None else out - o_bias * (H - 1) / H)
+        post = mod("post_attn_norm", layer)
+        if post is not None:  # each head's share of the normed sum of the heads
+            total = torch.stack(outs).sum(0)
+            eps = getattr(post, "variance_epsilon", getattr(post, "eps", None))
+            gain = post.weight + 1 if s.norm == "rms_offset" else post.weight
+            scale = gain / torch.sqrt(total.pow(2).mean(-1, keepdim=True) + eps)
+            outs = [x * scale for x in outs]
+        senders += outs
+        xm = port_input(s.port_mlp(layer), n if s.parallel else n + H)
+        y = mod("mlp", layer)(apply(mod("mlp_norm", layer), xm))
+        senders.append(apply(mod("post_mlp_norm", layer), y))
     last = sum(senders[k][-1] if resid_mask[k, s.port_logits, roles[-1]] else corr[-1, k]
                for k in range(s.n_senders))
-    logits = hf.lm_head(hf.model.norm(last))
+    logits = mod("lm_head")(mod("final_norm")(last))
+    if s.final_softcap is not None:
+        logits = s.final_softcap * torch.tanh(logits / s.final_softcap)
     metric = logits[batch.clean_target[b]] - logits[batch.corrupt_target[b]]
+    assert math.isfinite(float(metric))
     return torch.stack(senders, 1), float(metric)
 
 
@@ -104,15 +177,18 @@ def reference_metrics(hf, batch, resid_mask, attn_mask):
         for b in range(batch.size):
             keep = batch.attention_mask[b].bool()
             T = int(keep.sum())
+            zeros = torch.zeros(T, s.n_senders, s.d_model, dtype=torch.float64)
             if batch.role_means is not None:
                 corr = gather_role_means(batch.role_means, batch.role_ids[b:b + 1, keep])[0]
+            elif batch.corrupt_embeds is not None:
+                corr, _ = reference_senders_and_metric(hf, batch, b, zeros, *full_masks(s, batch.n_roles),
+                                                       inputs_embeds=batch.corrupt_embeds[b, keep])
             else:
                 other = batch.corrupt_ids[b:b + 1]
                 twin = type(batch)(other, batch.attention_mask[b:b + 1], batch.position_ids[b:b + 1],
                                    batch.role_ids[b:b + 1], batch.clean_target[b:b + 1],
                                    batch.corrupt_target[b:b + 1], batch.n_roles, batch.end_role,
                                    corrupt_ids=other)
-                zeros = torch.zeros(T, s.n_senders, s.d_model, dtype=torch.float64)
                 corr, _ = reference_senders_and_metric(hf, twin, 0, zeros, *full_masks(s, batch.n_roles))
             out.append(reference_senders_and_metric(hf, batch, b, corr, resid_mask, attn_mask)[1])
     return np.array(out)
@@ -142,15 +218,16 @@ def _means(hf, seed=1):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_full_circuit_is_clean_and_empty_is_corrupted(arch):
-    hf = model(arch)
+def test_full_circuit_is_clean_and_empty_is_corrupted(arch, monkeypatch):
+    # transformers takes RMS norms and the attention softmax in float32 even for a float64 model:
+    # float64_exact makes them float64 (on both sides), so the identities hold to float64 precision
+    hf = float64_exact(model(arch), monkeypatch)
     batch = random_batch(hf, rows=2, width=7)
     patcher = EdgePatcher(hf, batch)
     s = circuit_shape(hf)
-    # transformers takes the attention softmax in float32 even for a float64 model: hence 1e-6
-    np.testing.assert_allclose(patcher.metrics(*full_masks(s, N_ROLES)), hf_metric(hf, batch), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(patcher.metrics(*full_masks(s, N_ROLES)), hf_metric(hf, batch), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(patcher.metrics(*empty_masks(s, N_ROLES)), hf_metric(hf, batch, corrupt=True),
-                               rtol=1e-6, atol=1e-9)
+                               rtol=1e-9, atol=1e-12)
     assert patcher.full() != pytest.approx(patcher.empty())
 
 
@@ -170,7 +247,9 @@ def test_patcher_equals_independent_unrolled_forward(arch, corruption):
         import torch
 
         last = means[:, END].sum(0)
-        logits = hf.lm_head(hf.model.norm(last)).detach()
+        logits = hf.get_submodule(s.path("lm_head"))(hf.get_submodule(s.path("final_norm"))(last)).detach()
+        if s.final_softcap is not None:
+            logits = s.final_softcap * torch.tanh(logits / s.final_softcap)
         want = (logits[batch.clean_target] - logits[batch.corrupt_target]).numpy()
         np.testing.assert_allclose(patcher.metrics(*empty_masks(s, N_ROLES)), want, rtol=1e-9, atol=1e-11)
         assert torch.isfinite(torch.tensor(want)).all()
@@ -499,25 +578,27 @@ def test_patcher_paths_equal_the_reference(arch, block, gather, mode, monkeypatc
     monkeypatch.setattr(patch, "GATHER_SHARE", gather)
     monkeypatch.setattr(patch, "PREFIX_MODE", mode)
     monkeypatch.setattr(patch, "CHUNK_ELEMENTS", 64)  # several token chunks per role
-    hf = model(arch)
+    hf = float64_exact(model(arch), monkeypatch)
     batch = random_batch(hf, rows=2, width=6, seed=4)
     patcher = EdgePatcher(hf, batch)
     s = circuit_shape(hf)
     for seed, p in ((0, 0.03), (1, 0.5), (2, 0.97)):
         masks = _random_masks(s, N_ROLES, p, seed)
         np.testing.assert_allclose(patcher.metrics(*masks), reference_metrics(hf, batch, *masks), rtol=1e-9, atol=1e-11)
-    np.testing.assert_allclose(patcher.metrics(*full_masks(s, N_ROLES)), hf_metric(hf, batch), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(patcher.metrics(*full_masks(s, N_ROLES)), hf_metric(hf, batch), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_float32_folded_norm_path_matches_the_float64_reference(arch):
-    """In float32 the attention norm is folded into the q/k/v projections (its own code path):
-    it agrees with the float64 reference to float32 precision, padding included."""
+    """In float32 an RMS attention norm is folded into the q/k/v projections (its own code path;
+    a LayerNorm, or no norm, keeps the module): it agrees with the float64 reference to float32
+    precision, padding included."""
     hf64, hf32 = model(arch), model(arch, "float32")
     batch = random_batch(hf64, rows=3, width=7, pad=(0, 2, 1), seed=5)
     patcher = EdgePatcher(hf32, batch)
     s = circuit_shape(hf32)
-    assert patcher.unrolled._weights(0, patcher.clean_embeds.dtype)["fold"]
+    fold = s.pre_attention_norm and s.norm in ("rms", "rms_offset")
+    assert patcher.unrolled._weights(0, patcher.clean_embeds.dtype)["fold"] == fold
     for seed, p in ((0, 0.1), (1, 0.5), (2, 0.9)):
         masks = _random_masks(s, N_ROLES, p, seed)
         want = np.concatenate([reference_metrics(hf64, _unpadded_row(batch, b), *masks) for b in range(3)])
