@@ -277,7 +277,13 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         ots.append(pa_env[lyr].input)
                     if has_mlp_norm:
                         mids.append(n2_env[lyr].input)
-                    mis.append(mlp_env[lyr].input)
+                    if has_mlp_norm:
+                        mis.append(mlp_env[lyr].input)
+                    else:
+                        # the raw stream: a copy of its own, so its gradient is the MLP's path only
+                        mi = mlp_env[lyr].input.clone()
+                        mlp_env[lyr].input = mi
+                        mis.append(mi)
                     if post_mlp:
                         mos.append(pm_env[lyr].output)
                     else:

@@ -1,0 +1,330 @@
+"""Role-level edge attribution on every architecture of the table (tiny random models, float64).
+
+For each of the twelve types (fused q/k/v, q/k norms across or per head, norms after attention and
+MLP, parallel residual, LayerNorm, absolute positions, sliding windows, soft caps, partial rotary):
+
+* a sender's outgoing residual edges sum to its AtP, computed here with autograd hooks on the
+  transformers model (the sender's output as the shared definitions give it: a head's share of
+  the post-attention norm's output, the MLP's output after its post norm, the layer-0 input);
+* grouped k/v ports = the sum over their query heads of an ungrouped copy of the model's ports;
+* EAP-IG is complete over the input embeddings (the embedding's edges sum to m(corr) - m(clean));
+* ``remote="local"`` gives the same scores; left padding and batch composition change no score.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+
+from interp.circuit.eap import attribution_batch, edge_attribution
+from interp.circuit.ports import circuit_shape
+from interp.core.architectures import architecture
+from interp.core.model import as_nnsight
+from tiny_models import TABLE_BUILDERS, one_thread_module  # noqa: F401 (autouse fixture)
+from tiny_tokenizers import bpe_tokenizer
+
+pytestmark = pytest.mark.integration
+
+ARCHS = tuple(sorted(TABLE_BUILDERS))
+N_ROLES, END = 4, 3
+
+
+def tiny(arch: str, dtype: str = "float64", scale: float = 1.0) -> Any:
+    """A private copy of the tiny ``arch`` model (the builders' weights, ``scale`` on every matrix)."""
+    import torch
+
+    return copy.deepcopy(TABLE_BUILDERS[arch](seed=0, scale=scale)).to(getattr(torch, dtype)).eval()
+
+
+def embed(hf: Any, ids: Any) -> Any:
+    """What the embedding module returns (``inputs_embeds``; no position embedding)."""
+    return hf.get_submodule(architecture(hf.config.model_type, "circuit").path("embed"))(ids).detach()
+
+
+def random_batch(hf: Any, *, rows: int = 2, width: int = 7, pad: tuple[int, ...] = (), corruption: str = "ids",
+                 eps: float = 1e-3, seed: int = 0, means: Any = None) -> Any:
+    """Random tokens and roles (END last); ``pad[b]`` left-padding tokens in row ``b``; corruption
+    ``ids`` (last 3 tokens resampled), ``embeds`` (clean embeddings + ``eps`` noise) or ``means``."""
+    import torch
+
+    from interp.circuit.batch import CircuitBatch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 900, (rows, width), generator=g)
+    mask = torch.ones(rows, width, dtype=torch.long)
+    for b, n in enumerate(pad):
+        mask[b, :n] = 0
+        ids[b, :n] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    roles = torch.randint(0, N_ROLES - 1, (rows, width), generator=g)
+    roles[:, -1] = END
+    roles[mask == 0] = -1
+    kw: dict[str, Any] = {}
+    if corruption == "ids":
+        cids = ids.clone()
+        cids[:, -3:] = torch.randint(5, 900, (rows, 3), generator=g)
+        kw["corrupt_ids"] = cids
+    elif corruption == "embeds":
+        emb = embed(hf, ids)
+        kw["corrupt_embeds"] = emb + eps * torch.randn(emb.shape, generator=g, dtype=emb.dtype)
+    else:
+        kw["role_means"] = means
+    targets = torch.randint(5, 900, (2, rows), generator=g)
+    return CircuitBatch(ids, mask, pos, roles, targets[0], targets[1], N_ROLES, END, **kw)
+
+
+def random_means(hf: Any, seed: int = 0) -> Any:
+    """Role means ``[S, R, d]`` of a plausible size (EAP reads them as the corrupted senders)."""
+    import torch
+
+    s = circuit_shape(hf)
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 * torch.randn(s.n_senders, N_ROLES, s.d_model, generator=g, dtype=hf.dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# an independent reference: every sender's AtP with hooks on the transformers model
+
+
+def _senders_and_grads(hf: Any, metric_of: Any, row: dict[str, Any], grad: bool) -> tuple[list[Any], list[Any]]:
+    """One unpadded row: each sender's output ``[T, d]`` (emb, heads of layer 0, mlp 0, ...) and,
+    with ``grad``, the gradient of the metric at the residual-stream tensor it is part of."""
+    import torch
+
+    s = circuit_shape(hf)
+    paths = architecture(s.model_type, "circuit").paths
+    mod = hf.get_submodule
+    H, hd, d = s.n_heads, s.head_dim, s.d_model
+    caps: dict[Any, Any] = {}
+
+    def keep(key: Any) -> Any:
+        return lambda m, a, out: caps.__setitem__(key, out)
+
+    hooks = [mod(s.path("layer", 0)).register_forward_pre_hook(
+        lambda m, a, kw: caps.__setitem__("emb", a[0] if a else kw["hidden_states"]), with_kwargs=True)]
+    for layer in range(s.n_layers):
+        o = mod(s.path("o", layer))
+        hooks.append(o.register_forward_pre_hook(lambda m, a, i=layer: caps.__setitem__(("z", i), a[0])))
+        hooks.append(o.register_forward_hook(keep(("o", layer))))
+        if paths.post_attn_norm is not None:
+            hooks.append(mod(s.path("post_attn_norm", layer)).register_forward_hook(keep(("attn_out", layer))))
+        key = "post_mlp_norm" if paths.post_mlp_norm is not None else "mlp"
+        hooks.append(mod(s.path(key, layer)).register_forward_hook(keep(("mlp", layer))))
+    try:
+        logits = hf(**row).logits[0, -1]
+    finally:
+        for h in hooks:
+            h.remove()
+    metric = metric_of(logits)
+    senders, sites = [caps["emb"][0]], [caps["emb"]]
+    for layer in range(s.n_layers):
+        o_mod = mod(s.path("o", layer))
+        w_o = o_mod.weight.T if s.conv1d else o_mod.weight  # [d, H * hd]
+        z = caps[("z", layer)][0].view(-1, H, hd)
+        heads = torch.einsum("the,dhe->htd", z, w_o.view(d, H, hd))
+        if o_mod.bias is not None:
+            heads = heads + o_mod.bias / H
+        if paths.post_attn_norm is not None:
+            gain = mod(s.path("post_attn_norm", layer)).weight + (1.0 if s.norm == "rms_offset" else 0.0)
+            o_sum = caps[("o", layer)][0]
+            heads = heads * gain * torch.rsqrt(o_sum.pow(2).mean(-1, keepdim=True) + s.eps)
+            sites.append(caps[("attn_out", layer)])
+        else:
+            sites.append(caps[("o", layer)])
+        senders += list(heads) + [caps[("mlp", layer)][0]]
+        sites.append(caps[("mlp", layer)])
+    if not grad:
+        return [x.detach() for x in senders], []
+    g = torch.autograd.grad(metric, sites)
+    grads = [g[0][0]]
+    for layer in range(s.n_layers):
+        grads += [g[1 + 2 * layer][0]] * H + [g[2 + 2 * layer][0]]
+    return [x.detach() for x in senders], grads
+
+
+def reference_sender_atp(hf: Any, batch: Any) -> np.ndarray:
+    """AtP ``[S, R]`` of every sender summed over rows: ``(c^corr - c) . dm/dc``, unpadded rows."""
+    s = circuit_shape(hf)
+    out = np.zeros((s.n_senders, batch.n_roles))
+    hf.requires_grad_(True)
+    try:
+        for b in range(batch.size):
+            keep = batch.attention_mask[b].bool()
+            roles = batch.role_ids[b, keep]
+
+            def metric_of(logits: Any, b: int = b) -> Any:
+                return logits[batch.clean_target[b]] - logits[batch.corrupt_target[b]]
+
+            corr, _ = _senders_and_grads(hf, metric_of, {"input_ids": batch.corrupt_ids[b, keep][None]}, False)
+            clean, grads = _senders_and_grads(hf, metric_of, {"input_ids": batch.input_ids[b, keep][None]}, True)
+            for k in range(s.n_senders):
+                per_token = ((corr[k] - clean[k]) * grads[k]).sum(-1).detach()
+                for r in range(batch.n_roles):
+                    out[k, r] += float(per_token[roles == r].sum())
+    finally:
+        hf.requires_grad_(False)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sender_edges_sum_to_sender_atp_per_role(arch):
+    hf = tiny(arch)
+    batch = random_batch(hf, rows=3, width=8, seed=7)
+    resid, _ = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)
+    want = reference_sender_atp(hf, batch)
+    got = resid.sum(1)  # over ports
+    assert np.abs(want).max() > 1e-4
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7 * np.abs(want).max())
+
+
+# ------------------------------------------------------------------------------------------
+# grouped k/v ports
+
+
+def _ungrouped(hf: Any) -> Any:
+    """The same function with one KV head per query head (k/v projection rows repeated; a key norm
+    over all key heads repeated likewise: the rms of repeated groups is the rms of the groups)."""
+    import torch
+
+    s = circuit_shape(hf)
+    arch = architecture(s.model_type, "circuit")
+    cfg = copy.deepcopy(hf.config)
+    arch.text_config(cfg).num_key_value_heads = s.n_heads
+    out = type(hf)(cfg).to(hf.dtype).eval()
+    H, G, gs, hd = s.n_heads, s.n_kv, s.group_size, s.head_dim
+
+    def rep(v: Any) -> Any:
+        return v.view(G, hd, *v.shape[1:]).repeat_interleave(gs, 0).reshape(H * hd, *v.shape[1:])
+
+    state, layers = hf.state_dict(), arch.paths.layer.split("{i}")[0]  # the language model's layers only
+    for key, v in list(state.items()):
+        if not key.startswith(layers):
+            continue
+        if key.endswith("qkv_proj.weight"):
+            q, k, v_ = v[:H * hd], v[H * hd:(H + G) * hd], v[(H + G) * hd:]
+            state[key] = torch.cat([q, rep(k), rep(v_)])
+        elif key.endswith((".k_proj.weight", ".v_proj.weight", ".k_proj.bias", ".v_proj.bias")):
+            state[key] = rep(v)
+        elif key.endswith("k_norm.weight") and s.qk_norm == "across_heads":
+            state[key] = rep(v)
+    out.load_state_dict(state)
+    with torch.no_grad():
+        ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+        diff = (out(ids).logits - hf(ids).logits).abs().max()
+        assert diff < 1e-6, diff  # the norms' float32 internals
+    return out
+
+
+GROUPED = tuple(a for a in ARCHS if circuit_shape(TABLE_BUILDERS[a]().config).group_size > 1)
+
+
+@pytest.mark.parametrize("arch", GROUPED)
+def test_grouped_kv_ports_are_sums_of_query_head_ports(arch):
+    hf = tiny(arch)
+    flat = _ungrouped(hf)
+    batch = random_batch(hf, rows=2, width=7, seed=11)
+    r_g, a_g = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)
+    r_u, a_u = attribution_batch(as_nnsight(flat, bpe_tokenizer()), batch)
+    sg, su = circuit_shape(hf), circuit_shape(flat)
+    assert su.n_kv == sg.n_heads > sg.n_kv
+    np.testing.assert_allclose(a_g, a_u, rtol=1e-5, atol=1e-9)  # attention edges are per query head
+    for layer in range(sg.n_layers):
+        for h in range(sg.n_heads):
+            np.testing.assert_allclose(r_g[:, sg.port_q(layer, h)], r_u[:, su.port_q(layer, h)], rtol=1e-5, atol=1e-9)
+        for g in range(sg.n_kv):
+            heads = range(g * sg.group_size, (g + 1) * sg.group_size)
+            for port_g, port_u in ((sg.port_k, su.port_k), (sg.port_v, su.port_v)):
+                want = sum(r_u[:, port_u(layer, h)] for h in heads)
+                assert np.abs(want).max() > 1e-6
+                np.testing.assert_allclose(r_g[:, port_g(layer, g)], want, rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(r_g[:, sg.port_mlp(layer)], r_u[:, su.port_mlp(layer)], rtol=1e-5, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# EAP-IG completeness
+
+
+def _hf_metric_embeds(hf: Any, batch: Any, embeds: Any) -> float:
+    """Sum over rows of the metric of the model's own forward from ``inputs_embeds`` (unpadded rows)."""
+    import torch
+
+    total = 0.0
+    for b in range(batch.size):
+        keep = batch.attention_mask[b].bool()
+        with torch.no_grad():
+            logits = hf(inputs_embeds=embeds[b, keep][None]).logits[0, -1]
+        total += float(logits[batch.clean_target[b]] - logits[batch.corrupt_target[b]])
+    return total
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ig_is_complete_over_input_embeddings(arch):
+    """The embedding's edges, summed over ports and roles, approach m(corr) - m(clean): a Riemann
+    sum over the path of the embedding module's output (the position embedding added by the model)."""
+    hf = tiny(arch)
+    batch = random_batch(hf, rows=2, width=6, corruption="embeds", eps=0.05, seed=2)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    want = _hf_metric_embeds(hf, batch, batch.corrupt_embeds) - _hf_metric_embeds(hf, batch, embed(hf, batch.input_ids))
+    err = {n: abs(attribution_batch(nn_model, batch, ig_steps=n)[0][0].sum() - want) for n in (1, 8, 64)}
+    assert abs(want) > 1e-2
+    assert err[64] < 0.25 * err[8] or err[64] < 1e-3 * abs(want)  # the error falls like 1/n
+    assert err[64] < 0.1 * err[1]
+    assert err[64] < 0.1 * abs(want)
+
+
+# ------------------------------------------------------------------------------------------
+# the remote code path, padding, batch composition
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "olmo2", "phi3", "gemma3"])
+@pytest.mark.parametrize("corruption", ["ids", "means"])
+def test_remote_local_gives_the_same_scores(arch, corruption, monkeypatch):
+    """A fused (GPT-2: conv1d, position embedding; Phi-3), a post-norm (OLMo-2: q/k norms across
+    heads, no attention norm) and a multimodal wrapper (Gemma-3: soft caps, windows) type."""
+    from nnsight.intervention.backends.local import LocalSimulationBackend
+
+    shipped = []
+    real_call = LocalSimulationBackend.__call__
+    monkeypatch.setattr(LocalSimulationBackend, "__call__",
+                        lambda self, tracer: (shipped.append(1), real_call(self, tracer))[1])
+    hf = tiny(arch)
+    means = random_means(hf) if corruption == "means" else None
+    batch = random_batch(hf, rows=2, width=7, corruption=corruption, means=means, seed=9)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    roles = ["a", "b", "c", "END"]
+    local = edge_attribution(nn_model, [batch], roles, ig_steps=2, exact_softmax=True)
+    remote = edge_attribution(nn_model, [batch], roles, ig_steps=2, exact_softmax=True, remote="local")
+    assert np.nanmax(np.abs(local.resid)) > 1e-4
+    np.testing.assert_array_equal(np.isnan(local.resid), np.isnan(remote.resid))
+    np.testing.assert_allclose(remote.resid, local.resid, rtol=1e-6, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(remote.attn, local.attn, rtol=1e-6, atol=1e-9, equal_nan=True)
+    assert len(shipped) == 1  # one session (one request) per batch, IG steps included
+
+
+def _unpadded_row(batch: Any, b: int) -> Any:
+    """Row ``b`` of a left-padded batch as a batch of one without its padding."""
+    keep = batch.attention_mask[b].bool()
+    return type(batch)(batch.input_ids[b:b + 1, keep], batch.attention_mask[b:b + 1, keep],
+                       batch.position_ids[b:b + 1, keep], batch.role_ids[b:b + 1, keep],
+                       batch.clean_target[b:b + 1], batch.corrupt_target[b:b + 1], N_ROLES, END,
+                       corrupt_ids=batch.corrupt_ids[b:b + 1, keep])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padding_and_batch_composition_change_no_score(arch):
+    """float32 (transformers' own float64 forward is NaN at left-padded positions); the tiny models'
+    windows (4 keys) are shorter than the rows, so they bite."""
+    hf = tiny(arch, "float32")
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    batch = random_batch(hf, rows=3, width=9, pad=(3, 0, 5), seed=4)
+    r_all, a_all = attribution_batch(nn_model, batch)
+    r_sum, a_sum = 0, 0
+    for b in range(batch.size):
+        r, a = attribution_batch(nn_model, _unpadded_row(batch, b))
+        r_sum, a_sum = r_sum + r, a_sum + a
+    assert np.isfinite(r_all).all() and np.isfinite(a_all).all()
+    np.testing.assert_allclose(r_all, r_sum, rtol=1e-3, atol=1e-4 * np.abs(r_all).max())
+    np.testing.assert_allclose(a_all, a_sum, rtol=1e-3, atol=1e-4 * np.abs(a_all).max())
