@@ -186,7 +186,9 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     # traced code below: plain torch on captured values only (it must run on NDIF as is). What one
     # trace leaves for the next travels in the dict `st` (mutated, never rebound): on NDIF a name
     # bound inside one trace of a session is not seen by the next. No comment line may stand in the
-    # session body outside its traces (nnsight's line mapping of the compiled body skips them).
+    # session body outside its traces, nor a statement spanning several lines there (nnsight's line
+    # mapping of the compiled body skips the one and miscounts the other). Architecture quirks are
+    # Python `if`s on the plain bools above; config-derived tables (rotary, masks) come in as tensors.
     with frozen(model), model.session(remote=remote):
         weights = []
         for lyr in range(L):
@@ -203,13 +205,13 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         b3 = bf.reshape(H, 3, hd)
                         wts.update(bq=b3[:, 0].reshape(-1), bk=b3[:, 1].reshape(-1), bv=b3[:, 2].reshape(-1))
                 else:
-                    wts.update(wq=wf[:H * hd].reshape(H, hd, d), wk=wf[H * hd:(H + G) * hd].reshape(G, hd, d),
-                               wv=wf[(H + G) * hd:].reshape(G, hd, d))
+                    wts.update(wq=wf[:H * hd].reshape(H, hd, d), wk=wf[H * hd:(H + G) * hd].reshape(G, hd, d))
+                    wts["wv"] = wf[(H + G) * hd:].reshape(G, hd, d)
                     if bf is not None:
                         wts.update(bq=bf[:H * hd], bk=bf[H * hd:(H + G) * hd], bv=bf[(H + G) * hd:])
             else:
-                wts.update(wq=q_env[lyr].weight.reshape(H, hd, d), wk=k_env[lyr].weight.reshape(G, hd, d),
-                           wv=v_env[lyr].weight.reshape(G, hd, d))
+                wts.update(wq=q_env[lyr].weight.reshape(H, hd, d), wk=k_env[lyr].weight.reshape(G, hd, d))
+                wts["wv"] = v_env[lyr].weight.reshape(G, hd, d)
                 if qkv_bias["q"]:
                     wts["bq"] = q_env[lyr].bias
                 if qkv_bias["k"]:
