@@ -1,7 +1,8 @@
-"""Tiny models and batches for the circuit engine tests (tiny random Llama and Qwen2, both GQA).
+"""Tiny models and batches for the circuit engine tests (every type of the architecture table).
 
 ``model(arch, dtype)`` is a private copy (the cached tiny models of ``tiny_models`` are shared and
-must not be converted in place). ``random_batch`` builds a CircuitBatch of random tokens with
+must not be converted in place); biases that the types initialise to zero are randomised, so the
+bias paths are exercised. ``random_batch`` builds a CircuitBatch of random tokens with
 random roles (END last), optionally left-padded, with one of the three corruptions.
 """
 
@@ -11,10 +12,12 @@ import copy
 from functools import lru_cache
 from typing import Any
 
-from tiny_models import HEAD_DIM, N_HEADS, N_LAYERS, tiny_model
+from tiny_models import HEAD_DIM, N_HEADS, N_LAYERS, TABLE_BUILDERS, tiny_model
 from tiny_tokenizers import bpe_tokenizer
 
 ARCHS = ("llama", "qwen2")
+#: every type of the architecture table
+ALL_ARCHS = tuple(TABLE_BUILDERS)
 N_ROLES = 4
 END = 3
 
@@ -40,11 +43,32 @@ def _tiny_qwen2(seed: int = 0) -> Any:
     return model
 
 
+@lru_cache(maxsize=None)
+def _with_biases(arch: str, seed: int = 0) -> Any:
+    """The tiny model of ``arch`` with every bias (zero-initialised) drawn at random."""
+    import torch
+
+    out = copy.deepcopy(tiny_model(arch))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in out.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    return out
+
+
 def model(arch: str, dtype: str = "float64") -> Any:
     import torch
 
-    base = _tiny_qwen2() if arch == "qwen2" else tiny_model(arch)
+    base = _tiny_qwen2() if arch == "qwen2" else _with_biases(arch) if arch in ("gpt2", "gpt_neox") else tiny_model(arch)
     return copy.deepcopy(base).to(getattr(torch, dtype)).eval()
+
+
+def embed_module(hf: Any) -> Any:
+    """The model's token embedding (its path in the architecture table)."""
+    from interp.circuit.ports import circuit_shape
+
+    return hf.get_submodule(circuit_shape(hf).path("embed"))
 
 
 def random_batch(hf: Any, *, rows: int = 2, width: int = 7, pad: tuple[int, ...] = (), corruption: str = "ids",
@@ -71,7 +95,7 @@ def random_batch(hf: Any, *, rows: int = 2, width: int = 7, pad: tuple[int, ...]
         cids[:, -3:] = torch.randint(5, 900, (rows, 3), generator=g)
         kw["corrupt_ids"] = cids
     elif corruption == "embeds":
-        emb = hf.model.embed_tokens(ids).detach()
+        emb = embed_module(hf)(ids).detach()
         kw["corrupt_embeds"] = emb + eps * torch.randn(emb.shape, generator=g, dtype=emb.dtype)
     else:
         kw["role_means"] = means

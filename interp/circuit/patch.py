@@ -14,10 +14,25 @@ A circuit is a pair of bool masks ``resid_mask[S, P, R]`` and ``attn_mask[L, H, 
   (under pair patching: exactly the corrupted run's q/k/v; under role-mean ablation: the q/k/v
   of the all-mean residual stream).
 
-So every edge kept gives the clean forward, none kept the corrupted one (identities tested).
-Senders' corrupted outputs come from a forward of the corrupted prompt (pair patching), of the
-corrupted embeddings, or from role means. Norms, MLPs, rotary tables and the unembedding are the
-model's own modules; the attention is recomputed (eager: softmax in float32, as transformers).
+So every edge kept gives the clean forward, none kept the corrupted one (identities tested on
+every type of the architecture table). Senders' corrupted outputs come from a forward of the
+corrupted prompt (pair patching), of the corrupted embeddings, or from role means.
+
+Every architecture runs through the same code: the block's quirks are read from the
+:class:`~interp.circuit.ports.CircuitShape` fields and the modules from the architecture table's
+paths (a path the type lacks is an identity), never from the model type. The emb sender is the
+embedding module's output plus the position embedding where there is one. q/k/v per head come
+from separate projections or one fused (``"q|k|v"`` or ``"per_head"`` columns, Conv1D weights
+transposed), biases included; the attention norm (none: OLMo-2) comes first and q/k norms after
+(per head, or across heads: port ``h``'s query is slice ``h`` of the norm of the whole projection
+of its input); rotary turns the first ``rotary_dims`` of each head with per-layer tables
+(:func:`~interp.circuit.ports.rotary_tables`). Scores take the layer's scaling, the soft cap and
+the layer's sliding window (``i - j < w``). A head's sender is its slice of the output projection
+(+ bias / H) and, under post norms, its share ``gain * o_h / rms(sum of this run's heads)``; the
+MLP sender is ``post_mlp_norm(mlp(mlp_norm(port)))``, its port fed by the same layer's heads except
+under a parallel residual. The logits take the final soft cap. Norms, MLPs and the unembedding are
+the model's own modules; the attention is recomputed (softmax in float32, as transformers'
+eager attention; float64 for a float64 model).
 
 How it stays cheap (one evaluation costs a small multiple of a plain forward): the residual
 stream lives in *role order* (the batch's real tokens sorted by role, padding dropped), sender
@@ -36,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from gar_tasks.errors import GARConfigError
 
 from .batch import CircuitBatch
-from .ports import CircuitShape, circuit_shape
+from .ports import CircuitShape, circuit_shape, rotary_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -78,12 +93,16 @@ def _hf(model: Any) -> Any:
 
 
 def _rope(x: "torch.Tensor", cos: "torch.Tensor", sin: "torch.Tensor") -> "torch.Tensor":
-    """Rotary embedding of ``x[..., N, hd]`` with ``cos``/``sin`` ``[N, hd]`` (HF's rotate_half)."""
+    """Rotary embedding of ``x[..., N, hd]`` with ``cos``/``sin`` ``[N, rd]`` on the first ``rd``
+    dimensions of each head (HF's rotate_half on that part; the rest passes unchanged)."""
     import torch
 
-    half = x.shape[-1] // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), -1)
-    return x * cos + rot * sin
+    rd = cos.shape[-1]
+    part = x if rd == x.shape[-1] else x[..., :rd]
+    half = rd // 2
+    rot = torch.cat((-part[..., half:], part[..., :half]), -1)
+    turned = part * cos + rot * sin
+    return turned if rd == x.shape[-1] else torch.cat((turned, x[..., rd:]), -1)
 
 
 def _extend(mask: "torch.Tensor", dims: tuple[int, ...]) -> "torch.Tensor":
@@ -157,6 +176,7 @@ class Layout:
         self.last = to_bt.view(B, T)[:, -1]  # the metric's tokens (left padding: last column real)
         self.role_last = batch.role_ids[:, -1].to(device)
         self.roles_bt = torch.where(batch.role_ids < 0, R, batch.role_ids).to(device)  # padding -> R
+        self.cache: dict[Any, Any] = {}  # per-batch tables of the model (rotary, positions, masks)
 
     def tokens(self, x: "torch.Tensor") -> "torch.Tensor":
         """``[B, T, ...]`` -> ``[N, ...]`` (real tokens in role order)."""
@@ -221,80 +241,214 @@ class CorruptState:
 
 
 class UnrolledModel:
-    """The model's forward as senders and ports (plain torch on the HF modules' weights)."""
+    """The model's forward as senders and ports (plain torch on the HF modules' weights).
+
+    Reads the block's quirks from the :class:`CircuitShape` fields and the modules from the
+    architecture table's paths (a path the architecture lacks is an identity), never the type.
+    """
 
     def __init__(self, model: Any):
+        from ..core.architectures import architecture
+
         hf = _hf(model)
         self.model = hf
-        self.shape = circuit_shape(hf)
+        self.shape = s = circuit_shape(hf)
+        self.paths = architecture(s.model_type, "circuit").paths
         self.block = BLOCK_LAYERS  # fixed here: the corrupted states built with this model follow it
         self._cache: dict[tuple, dict[str, Any]] = {}
-        s = self.shape
-        for layer in range(s.n_layers):
-            if getattr(hf.get_submodule(s.path("o", layer)), "bias", None) is not None:
-                raise GARConfigError("output projections with a bias are not supported")
+        self._modules: dict[tuple[str, int | None], Any] = {}
+        if s.post_norms and s.norm not in ("rms", "rms_offset"):
+            raise GARConfigError(f"norms after attention of kind {s.norm!r} are not supported")
+
+    def module(self, key: str, layer: int | None = None) -> Any:
+        """The module at path ``key`` (of ``layer``), ``None`` where the architecture has none."""
+        k = (key, layer)
+        if k not in self._modules:
+            self._modules[k] = (None if getattr(self.paths, key) is None
+                                else self.model.get_submodule(self.shape.path(key, layer)))
+        return self._modules[k]
 
     def embed(self, ids: "torch.Tensor") -> "torch.Tensor":
-        module = self.model.get_submodule(self.shape.path("embed"))
+        """The embedding module's output (inputs_embeds; positions are added by :meth:`run`)."""
+        module = self.module("embed")
         return module(ids.to(module.weight.device))
 
     # ---- pieces
     def block_start(self, layer: int) -> int:
         return layer - layer % self.block
 
-    def _rotary(self, batch: CircuitBatch, lay: Layout, like: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
-        cos, sin = self.model.get_submodule(self.shape.path("rotary"))(like, batch.position_ids.to(like.device))
-        return lay.tokens(cos.to(like.dtype)), lay.tokens(sin.to(like.dtype))
+    def _gain(self, norm: Any, dtype: "torch.dtype") -> "torch.Tensor":
+        """An RMS norm's gain: ``w``, or ``1 + w`` for the offset kind (Gemma)."""
+        w = norm.weight.detach().to(dtype)
+        return 1 + w if self.shape.norm == "rms_offset" else w
+
+    def _eps(self, norm: Any) -> float:
+        for name in ("variance_epsilon", "eps", "epsilon"):
+            value = getattr(norm, name, None)
+            if isinstance(value, (int, float)):
+                return float(value)
+        return self.shape.eps
+
+    def _positions(self, batch: CircuitBatch, lay: Layout, like: "torch.Tensor") -> "torch.Tensor | None":
+        """The position embedding ``[N, d]`` (role order) added to the emb sender; None without one."""
+        module = self.module("pos_embed")
+        if module is None:
+            return None
+        key = ("positions", like.dtype, like.device)
+        if key not in lay.cache:
+            pos = batch.position_ids.to(module.weight.device)
+            lay.cache[key] = lay.tokens(module(pos).detach().to(like))
+        return lay.cache[key]
+
+    def _rotary(self, batch: CircuitBatch, lay: Layout, like: "torch.Tensor") -> "list | None":
+        """Per layer the rotary ``(cos, sin)`` ``[N, rotary_dims]`` (role order); None: no rotary."""
+        if self.shape.rotary_dims is None:
+            return None
+        key = ("rotary", like.dtype, like.device)
+        if key not in lay.cache:
+            tables = rotary_tables(self.model, batch.position_ids, like.dtype)
+            done: dict[int, tuple] = {}
+            out = []
+            for cos, sin in tables:
+                if id(cos) not in done:
+                    done[id(cos)] = (lay.tokens(cos.to(like.device)), lay.tokens(sin.to(like.device)))
+                out.append(done[id(cos)])
+            lay.cache[key] = out
+        return lay.cache[key]
+
+    def _allowed(self, batch: CircuitBatch, lay: Layout, device: "torch.device") -> list:
+        """Per layer the ``[B, T(i), T(j)]`` keys a query may read: causal, not padding, and
+        inside the layer's sliding window (``i - j < w`` on the batch's columns)."""
+        import torch
+
+        key = ("allowed", device)
+        if key not in lay.cache:
+            T = batch.width
+            cols = torch.arange(T, device=device)
+            gap = cols[:, None] - cols[None, :]
+            base = (gap >= 0)[None] & batch.attention_mask.bool().to(device)[:, None, :]
+            by_window: dict[int | None, "torch.Tensor"] = {}
+            out = []
+            for layer in range(self.shape.n_layers):
+                w = self.shape.window(layer)
+                if w not in by_window:
+                    by_window[w] = base if w is None else base & (gap < w)[None]
+                out.append(by_window[w])
+            lay.cache[key] = out
+        return lay.cache[key]
+
+    def _projections(self, layer: int) -> dict[str, tuple["torch.Tensor", "torch.Tensor | None"]]:
+        """Layer ``layer``'s q / k / v weights ``[n * hd, d]`` and biases ``[n * hd]``, from separate
+        projections or one fused (``"q|k|v"`` or ``"per_head"`` columns; conv1d: stored ``[in, out]``)."""
+        s = self.shape
+        H, G, hd, d = s.n_heads, s.n_kv, s.head_dim, s.d_model
+        if s.fused_qkv is None:
+            out = {}
+            for name in ("q", "k", "v"):
+                mod = self.module(name, layer)
+                bias = getattr(mod, "bias", None)
+                out[name] = (mod.weight.detach(), None if bias is None else bias.detach())
+            return out
+        mod = self.module("qkv", layer)
+        w = mod.weight.detach()
+        w = w.T if s.conv1d else w  # [out, d]
+        bias = getattr(mod, "bias", None)
+        bias = None if bias is None else bias.detach()
+        if s.fused_qkv == "per_head":
+            wv = w.reshape(H, 3, hd, d)
+            bv = None if bias is None else bias.reshape(H, 3, hd)
+            return {name: (wv[:, i].reshape(H * hd, d), None if bv is None else bv[:, i].reshape(H * hd))
+                    for i, name in enumerate(("q", "k", "v"))}
+        if s.fused_qkv != "q|k|v":
+            raise GARConfigError(f"fused q/k/v layout {s.fused_qkv!r} is not supported")
+        cuts = ((0, H * hd), (H * hd, (H + G) * hd), ((H + G) * hd, (H + 2 * G) * hd))
+        return {name: (w[lo:hi], None if bias is None else bias[lo:hi])
+                for name, (lo, hi) in zip(("q", "k", "v"), cuts)}
 
     def _weights(self, layer: int, dtype: "torch.dtype") -> dict[str, Any]:
         """Layer ``layer``'s projections per head, contiguous, read once (the model is frozen).
 
-        In float32 the attention norm's weight is folded into the q/k/v projections, so a port's
-        normalised input is never formed: ``W diag(w) x / rms(x)`` is the projection of the
-        scaled input; other dtypes keep the model's norm module (its float32 internals exactly).
+        In float32 a plain RMS attention norm's gain (``w``, or ``1 + w``) is folded into the
+        q/k/v projections, so a port's normalised input is never formed: ``W diag(g) x / rms(x)``
+        is the projection of the scaled input; other dtypes and norm kinds keep the model's norm
+        module (its float32 internals exactly). Under q/k norms across heads each port also needs
+        the whole projection (``q_full`` / ``k_full`` ``[d, n * hd]``).
         """
         import torch
 
         key = (layer, dtype)
         if key not in self._cache:
-            s, hf = self.shape, self.model
-            fold = dtype == torch.float32
-            norm = hf.get_submodule(s.path("attn_norm", layer))
-            out: dict[str, Any] = {"fold": fold, "norm": norm,
-                                   "eps": float(getattr(norm, "variance_epsilon", s.eps))}
-            for name, n in (("q", s.n_heads), ("k", s.n_kv), ("v", s.n_kv)):
-                mod = hf.get_submodule(s.path(name, layer))
-                w = mod.weight.detach().view(n, s.head_dim, s.d_model)
+            s = self.shape
+            norm = self.module("attn_norm", layer)
+            fold = dtype == torch.float32 and norm is not None and s.norm in ("rms", "rms_offset")
+            out: dict[str, Any] = {"fold": fold, "norm": norm, "eps": None if norm is None else self._eps(norm)}
+            gain = self._gain(norm, dtype) if fold else None
+            for name, (w, bias) in self._projections(layer).items():
+                n = s.n_heads if name == "q" else s.n_kv
+                w = w.to(dtype)
                 if fold:
-                    w = w * norm.weight.detach()
-                out[name] = w.transpose(1, 2).contiguous()  # [n, d, hd]
-                bias = getattr(mod, "bias", None)
-                out[name + "_bias"] = None if bias is None else bias.detach().view(n, 1, s.head_dim)
-            wo = hf.get_submodule(s.path("o", layer)).weight.detach()
-            out["o"] = wo.view(s.d_model, s.n_heads, s.head_dim).permute(1, 2, 0).contiguous()  # [H, hd, d]
+                    w = w * gain
+                out[name] = w.view(n, s.head_dim, s.d_model).transpose(1, 2).contiguous()  # [n, d, hd]
+                out[name + "_bias"] = None if bias is None else bias.to(dtype).view(n, 1, s.head_dim)
+                if s.qk_norm == "across_heads" and name != "v":
+                    out[name + "_full"] = w.T.contiguous()  # [d, n * hd]
+                    out[name + "_full_bias"] = None if bias is None else bias.to(dtype)
+            for name in ("q_norm", "k_norm"):
+                out[name] = self.module(name, layer) if s.qk_norm else None
+            o = self.module("o", layer)
+            wo = o.weight.detach().to(dtype)
+            out["o"] = (wo.view(s.n_heads, s.head_dim, s.d_model) if s.conv1d  # stored [in, out]
+                        else wo.view(s.d_model, s.n_heads, s.head_dim).permute(1, 2, 0)).contiguous()  # [H, hd, d]
+            bias = getattr(o, "bias", None)  # shared equally by the heads
+            out["o_bias"] = None if bias is None else bias.detach().to(dtype) / s.n_heads
+            post = self.module("post_attn_norm", layer) if s.post_norms else None
+            out["post"] = None if post is None else (self._gain(post, dtype), self._eps(post))
             self._cache[key] = out
         return self._cache[key]
 
     def _qkv(self, layer: int, x: "torch.Tensor") -> "torch.Tensor":
         """q (``H`` heads), k and v (``G`` groups each) ``[H + 2G, N, hd]``, no rotary yet, of the
-        port inputs ``x[H + 2G, N, d]``."""
+        port inputs ``x[H + 2G, N, d]`` (q/k norms applied)."""
         import torch
 
         s = self.shape
-        H, G = s.n_heads, s.n_kv
+        H, G, hd = s.n_heads, s.n_kv, s.head_dim
         w = self._weights(layer, x.dtype)
+        r = None
         if w["fold"]:
             r = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(s.d_model).add_(w["eps"]))
-        else:
+        elif w["norm"] is not None:
             x = w["norm"](x)
-        out = torch.empty(H + 2 * G, x.shape[1], s.head_dim, dtype=x.dtype, device=x.device)
+        out = torch.empty(H + 2 * G, x.shape[1], hd, dtype=x.dtype, device=x.device)
         for name, lo, hi in (("q", 0, H), ("k", H, H + G), ("v", H + G, H + 2 * G)):
+            if s.qk_norm == "across_heads" and name != "v":
+                # port i's query / key: slice i of the norm of the whole projection of its input
+                full = torch.matmul(x[lo:hi], w[name + "_full"])  # [n, N, n * hd]
+                if r is not None:
+                    full.mul_(r[lo:hi])
+                if w[name + "_full_bias"] is not None:
+                    full.add_(w[name + "_full_bias"])
+                full = w[name + "_norm"](full)
+                n = hi - lo
+                idx = torch.arange(n, device=x.device)
+                out[lo:hi] = full.view(n, x.shape[1], n, hd)[idx, :, idx]
+                continue
             y = torch.bmm(x[lo:hi], w[name], out=out[lo:hi])
-            if w["fold"]:
+            if r is not None:
                 y.mul_(r[lo:hi])
             if w[name + "_bias"] is not None:
                 y.add_(w[name + "_bias"])
+            if s.qk_norm == "per_head" and name != "v":
+                out[lo:hi] = w[name + "_norm"](y)
         return out
+
+    def _turn(self, qkv: "torch.Tensor", rotary: "list | None", layer: int) -> None:
+        """Rotary on the queries and keys of ``qkv[H + 2G, N, hd]`` in place (layer's tables)."""
+        if rotary is None:
+            return
+        n = self.shape.n_heads + self.shape.n_kv
+        cos, sin = rotary[layer]
+        qkv[:n] = _rope(qkv[:n], cos, sin)
 
     def corrupt_state(self, batch: CircuitBatch, lay: Layout, senders: "torch.Tensor | None",
                       like: "torch.Tensor") -> CorruptState:
@@ -310,7 +464,7 @@ class UnrolledModel:
         if senders is None:
             zero = like.new_zeros(lay.N, s.d_model)
             return CorruptState(None, [zero] * L, [zero] * L, [zero] * L, zero, None)
-        cos, sin = self._rotary(batch, lay, like)
+        rotary = self._rotary(batch, lay, like)
         running = senders[0].clone()
         before: list = []
         delta: list = []
@@ -326,7 +480,7 @@ class UnrolledModel:
                 delta.append(block)
                 x = before[self.block_start(layer)] + block
             t = self._qkv(layer, x[None].expand(H + 2 * G, *x.shape).contiguous())
-            t[:H + G] = _rope(t[:H + G], cos, sin)
+            self._turn(t, rotary, layer)
             t = lay.to_attn(t)
             qkv.append((t[:H], t[H:H + G], t[H + G:]))
             first = s.sender_head(layer, 0)
@@ -413,6 +567,31 @@ class UnrolledModel:
                 else:
                     o.add_(torch.add(start[c0 - a:c1 - a], prod, alpha=sign))
 
+    def _mlp_port(self, lay: Layout, rmT: "torch.Tensor", layer: int, W: "torch.Tensor", x: "torch.Tensor",
+                  corrupt_heads: "torch.Tensor", heads_sum: "torch.Tensor") -> "torch.Tensor":
+        """The mlp port's input: ``x`` (its part from earlier senders) + the corrupted heads + the
+        kept heads' differences (kept heads: + their differences; else + all the heads'
+        differences - the dropped ones')."""
+        import torch
+
+        s = self.shape
+        H, d, first = s.n_heads, s.d_model, s.sender_head(layer, 0)
+        hm = rmT[:, first:first + H, s.port_mlp(layer)]  # [R, H]
+        n_kept = hm.sum(1).tolist()
+        xm = torch.empty_like(x)
+        for r, a, b in lay.groups:
+            k, xr, hc = n_kept[r], x[a:b], corrupt_heads[a:b]
+            if 2 * k > H:  # all heads' differences, minus the dropped ones'
+                xr = xr + (hc + heads_sum[a:b])
+                w, sign = ~hm[r], -1.0
+            else:
+                xr = xr + hc
+                w, sign = hm[r], 1.0
+            if 0 < k < H:
+                xr = xr + sign * torch.mm(w[None].to(x.dtype), W[first:first + H, a:b].reshape(H, -1)).view(b - a, d)
+            xm[a:b] = xr
+        return xm
+
     def run(self, batch: CircuitBatch, lay: Layout, embeds: "torch.Tensor", state: CorruptState,
             buf: "torch.Tensor", resid_mask: "torch.Tensor | None" = None,
             attn_mask: "torch.Tensor | None" = None, work: "Workspace | None" = None) -> "torch.Tensor":
@@ -424,7 +603,7 @@ class UnrolledModel:
         """
         import torch
 
-        s, hf = self.shape, self.model
+        s = self.shape
         L, H, G, d = s.n_layers, s.n_heads, s.n_kv, s.d_model
         B, T, R = batch.size, batch.width, batch.n_roles
         dtype, device = embeds.dtype, embeds.device
@@ -453,11 +632,11 @@ class UnrolledModel:
             else:
                 torch.sub(value, state.slice(idx.start, idx.stop), out=W[idx])
 
-        put(slice(0, 1), embeds[None])
+        positions = self._positions(batch, lay, embeds)
+        put(slice(0, 1), (embeds if positions is None else embeds + positions)[None])
         run = W[0].clone()  # sum of the differences so far
-        cos, sin = self._rotary(batch, lay, embeds)
-        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        allowed = causal[None] & batch.attention_mask.bool().to(device)[:, None, :]  # [B, T(i), T(j)]
+        rotary = self._rotary(batch, lay, embeds)
+        allowed_by_layer = self._allowed(batch, lay, device)  # [B, T(i), T(j)] per layer
         neg = torch.finfo(dtype).min
         # transformers' eager attention takes the softmax in float32; a float64 model keeps float64
         soft_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -483,7 +662,8 @@ class UnrolledModel:
             if nb > n0:  # the senders of the block's earlier layers (their corrupted sum: delta)
                 self._sender_sum(lay, buf, n0, nb, run_block, rmT[:, n0:nb, p0:p0 + ppl], X, extra=state.delta[layer])
             qkv = self._qkv(layer, X[:n_attn])
-            qkv[:H + G] = _rope(qkv[:H + G], cos, sin)
+            self._turn(qkv, rotary, layer)
+            allowed = allowed_by_layer[layer]
             qkv = lay.to_attn(qkv)
             # [H, B, T, hd] each (k, v: the group's projection for each of its query heads)
             q, k, v = qkv[:H], qkv[H:H + G].index_select(0, groups), qkv[H + G:].index_select(0, groups)
@@ -505,7 +685,9 @@ class UnrolledModel:
                 scores = sq[0] if len(sq) == 1 else torch.where(mq, sq[0], sq[1])
                 if every[2]:
                     mv = None
-            scores = scores * s.scaling
+            scores = scores * s.scale(layer)
+            if s.attn_softcap is not None:
+                scores = torch.tanh(scores / s.attn_softcap) * s.attn_softcap
             scores = torch.where(allowed, scores, torch.full_like(scores, neg))
             probs = torch.softmax(scores, -1, dtype=soft_dtype).to(dtype)
             if mv is None:
@@ -525,37 +707,38 @@ class UnrolledModel:
                 else:
                     z = torch.where(kept_form, torch.matmul(probs, v) - corr, torch.matmul(probs, vx) + corr)
             first = s.sender_head(layer, 0)
-            wo = self._weights(layer, dtype)["o"]
-            torch.bmm(lay.from_attn(z), wo, out=W[first:first + H])
+            wl = self._weights(layer, dtype)
+            heads = torch.bmm(lay.from_attn(z), wl["o"], out=W[first:first + H])
+            if wl["o_bias"] is not None:
+                heads.add_(wl["o_bias"])
+            if wl["post"] is not None:  # each head's share of the normed sum of this run's heads
+                gain, eps_post = wl["post"]
+                total = heads.sum(0)
+                heads.mul_(torch.rsqrt(total.square().mean(-1, keepdim=True).add_(eps_post))).mul_(gain)
             if not zero:  # this run's head outputs minus the corrupted ones (exactly 0 where equal)
                 W[first:first + H].sub_(state.slice(first, first + H))
             # the mlp port: its part from earlier senders, the corrupted heads, the kept heads' differences
             # (kept heads: + their differences; else + all the heads' differences - the dropped ones')
-            pm = s.port_mlp(layer)
-            hm = rmT[:, first:first + H, pm]  # [R, H]
-            n_kept = hm.sum(1).tolist()
             heads_sum = W[first:first + H].sum(0)
-            xm = torch.empty_like(X[n_attn])
-            for r, a, b in lay.groups:
-                k, xr, hc = n_kept[r], X[n_attn, a:b], state.heads[layer][a:b]
-                if 2 * k > H:  # all heads' differences, minus the dropped ones'
-                    xr = xr + (hc + heads_sum[a:b])
-                    w, sign = ~hm[r], -1.0
-                else:
-                    xr = xr + hc
-                    w, sign = hm[r], 1.0
-                if 0 < k < H:
-                    xr = xr + sign * torch.mm(w[None].to(dtype), W[first:first + H, a:b].reshape(H, -1)).view(b - a, d)
-                xm[a:b] = xr
-            mlp = hf.get_submodule(s.path("mlp", layer))
-            out = mlp(hf.get_submodule(s.path("mlp_norm", layer))(xm))
+            if s.parallel:  # the mlp reads the block's input: the senders before the layer only
+                xm = X[n_attn]
+            else:
+                xm = self._mlp_port(lay, rmT, layer, W, X[n_attn], state.heads[layer], heads_sum)
+            norm = self.module("mlp_norm", layer)
+            out = self.module("mlp", layer)(xm if norm is None else norm(xm))
+            post = self.module("post_mlp_norm", layer)
+            if post is not None:
+                out = post(out)
             put(slice(s.sender_mlp(layer), s.sender_mlp(layer) + 1), out[None])
             new = heads_sum + W[s.sender_mlp(layer)]
             run += new
             run_block += new
         m = resid_mask[:, s.port_logits, lay.role_last].to(dtype)  # [S, B]
         last = state.total[lay.last] + torch.einsum("sb,sbd->bd", m, W[:, lay.last])
-        return hf.get_submodule(s.path("lm_head"))(hf.get_submodule(s.path("final_norm"))(last))
+        logits = self.module("lm_head")(self.module("final_norm")(last))
+        if s.final_softcap is not None:
+            logits = torch.tanh(logits / s.final_softcap) * s.final_softcap
+        return logits
 
     def forward(self, embeds: "torch.Tensor", batch: CircuitBatch, corrupt: "torch.Tensor | None" = None,
                 resid_mask: "np.ndarray | None" = None, attn_mask: "np.ndarray | None" = None,
@@ -676,16 +859,19 @@ class EdgePatcher:
         """Memory held by this patcher's per-batch state (not the shared workspace)."""
         return self.state.nbytes()
 
-    def metrics(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> "np.ndarray":
-        """Per-row metric ``[B]`` with the circuit's edges clean and the rest corrupted."""
+    def logits(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> "torch.Tensor":
+        """Last-position logits ``[B, V]`` with the circuit's edges clean and the rest corrupted."""
         import torch
 
         s, lay, like = self.shape, self.layout, self.clean_embeds
         rm, am = check_masks(s, self.batch.n_roles, resid_mask, attn_mask, like.device)
         with torch.no_grad():
             buf = self.workspace.get("diff", (1 + s.n_senders, lay.N, s.d_model), like.dtype, like.device)
-            logits = self.unrolled.run(self.batch, lay, lay.tokens(like), self.state, buf, rm, am, self.workspace)
-            return _metric(logits, self.batch).double().cpu().numpy()
+            return self.unrolled.run(self.batch, lay, lay.tokens(like), self.state, buf, rm, am, self.workspace)
+
+    def metrics(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> "np.ndarray":
+        """Per-row metric ``[B]`` with the circuit's edges clean and the rest corrupted."""
+        return _metric(self.logits(resid_mask, attn_mask), self.batch).double().cpu().numpy()
 
     def evaluate(self, resid_mask: "np.ndarray", attn_mask: "np.ndarray") -> float:
         """Mean metric over the batch (the faithfulness callable of the contract)."""
