@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import circuit_tiny
 from interp.circuit.eap import attribution_batch, edge_attribution
 from interp.circuit.ports import circuit_shape
 from interp.core.architectures import architecture
@@ -32,11 +33,9 @@ ARCHS = tuple(sorted(TABLE_BUILDERS))
 N_ROLES, END = 4, 3
 
 
-def tiny(arch: str, dtype: str = "float64", scale: float = 1.0) -> Any:
-    """A private copy of the tiny ``arch`` model (the builders' weights, ``scale`` on every matrix)."""
-    import torch
-
-    return copy.deepcopy(TABLE_BUILDERS[arch](seed=0, scale=scale)).to(getattr(torch, dtype)).eval()
+def tiny(arch: str, dtype: str = "float64") -> Any:
+    """A private copy of the tiny ``arch`` model (GPT-2 / GPT-NeoX / Qwen2 with random biases)."""
+    return circuit_tiny.model(arch, dtype)
 
 
 def embed(hf: Any, ids: Any) -> Any:
@@ -328,3 +327,114 @@ def test_padding_and_batch_composition_change_no_score(arch):
     assert np.isfinite(r_all).all() and np.isfinite(a_all).all()
     np.testing.assert_allclose(r_all, r_sum, rtol=1e-3, atol=1e-4 * np.abs(r_all).max())
     np.testing.assert_allclose(a_all, a_sum, rtol=1e-3, atol=1e-4 * np.abs(a_all).max())
+
+
+# ------------------------------------------------------------------------------------------
+# against the exact edge patcher (the same definitions of senders and ports)
+
+
+def _single_edge_effects(patcher: Any, edges_r: Any, edges_a: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The metric's change (summed over rows) when one edge alone is switched to its corrupted value."""
+    from interp.circuit.patch import full_masks
+
+    fr, fa = full_masks(patcher.shape, patcher.batch.n_roles)
+    base = patcher.metrics(fr, fa).sum()
+    out_r, out_a = [], []
+    for e in edges_r:
+        m = fr.copy()
+        m[tuple(e)] = False
+        out_r.append(patcher.metrics(m, fa).sum() - base)
+    for e in edges_a:
+        m = fa.copy()
+        m[tuple(e)] = False
+        out_a.append(patcher.metrics(fr, m).sum() - base)
+    return np.array(out_r), np.array(out_a)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eap_equals_single_edge_patching_to_first_order(arch):
+    from interp.circuit.eap import edge_presence
+    from interp.circuit.patch import EdgePatcher
+
+    hf = tiny(arch)
+    batch = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-4, seed=5)
+    resid, attn = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)
+    patcher = EdgePatcher(hf, batch)
+    has_r, has_a = edge_presence(patcher.shape, [batch], N_ROLES, END)
+    rng = np.random.default_rng(0)
+    er, ea = np.argwhere(has_r), np.argwhere(has_a)
+    er = er[rng.choice(len(er), 60, replace=False)]
+    ea = ea[rng.choice(len(ea), 60, replace=False)]
+    exact_r, exact_a = _single_edge_effects(patcher, er, ea)
+    est_r, est_a = resid[tuple(er.T)], attn[tuple(ea.T)]
+    for kind, est, exact in (("resid", est_r, exact_r), ("attn", est_a, exact_a)):
+        assert np.abs(exact).max() > 1e-7, kind  # the corruption moves the metric
+        assert np.corrcoef(est, exact)[0, 1] > 0.99, kind
+        np.testing.assert_allclose(est, exact, rtol=0.05, atol=0.05 * np.abs(exact).max())
+    assert set(ea[:, 4]) == {0, 1, 2}  # q/k/v attention edges and every port kind are in the sample
+    assert {"q", "k", "v", "mlp"} <= set(patcher.shape.port_arrays()["port_kind"][er[:, 1]])
+    assert np.all(resid[~has_r] == 0) and np.all(attn[~has_a] == 0)  # no edge outside the data
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_role_mean_eap_equals_single_edge_patching_to_first_order(arch):
+    """Role-mean ablation with one token per role and row, the means a tiny perturbation of the
+    clean senders (the patcher's): the corrupted senders and layer inputs come from the means."""
+    import torch
+
+    from interp.circuit.batch import CircuitBatch
+    from interp.circuit.eap import edge_presence
+    from interp.circuit.patch import EdgePatcher
+
+    hf = tiny(arch)
+    pair = random_batch(hf, rows=2, width=N_ROLES, seed=8)
+    roles = torch.arange(N_ROLES).expand(2, N_ROLES).clone()
+    pair = CircuitBatch(pair.input_ids, pair.attention_mask, pair.position_ids, roles, pair.clean_target,
+                        pair.corrupt_target, N_ROLES, END, corrupt_ids=pair.corrupt_ids)
+    with torch.no_grad():
+        patcher = EdgePatcher(hf, pair)
+        senders = patcher.unrolled.forward(patcher.clean_embeds, pair, capture=True)[1]  # [B, T, S, d]
+    g = torch.Generator().manual_seed(3)
+    means = senders.permute(0, 2, 1, 3) + 1e-4 * torch.randn(senders.permute(0, 2, 1, 3).shape, generator=g,
+                                                             dtype=senders.dtype)  # [B, S, R, d]
+    batch = CircuitBatch(pair.input_ids, pair.attention_mask, pair.position_ids, roles, pair.clean_target,
+                         pair.corrupt_target, N_ROLES, END, role_means=means)
+    resid, attn = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)
+    patcher = EdgePatcher(hf, batch)
+    has_r, has_a = edge_presence(patcher.shape, [batch], N_ROLES, END)
+    rng = np.random.default_rng(1)
+    er, ea = np.argwhere(has_r), np.argwhere(has_a)
+    er = er[rng.choice(len(er), 40, replace=False)]
+    ea = ea[rng.choice(len(ea), 40, replace=False)]
+    exact_r, exact_a = _single_edge_effects(patcher, er, ea)
+    for kind, est, exact in (("resid", resid[tuple(er.T)], exact_r), ("attn", attn[tuple(ea.T)], exact_a)):
+        assert np.abs(exact).max() > 1e-7, kind
+        assert np.corrcoef(est, exact)[0, 1] > 0.99, kind
+        np.testing.assert_allclose(est, exact, rtol=0.05, atol=0.05 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_softmax_attention_edges(arch):
+    """The QK fix: v edges unchanged; q/k edges equal plain EAP to first order, and closer to exact
+    single-edge patching under a large corruption (the head's own softmax, soft cap and window
+    included, is no longer linearised)."""
+    from interp.circuit.eap import edge_presence
+    from interp.circuit.patch import EdgePatcher
+
+    hf = tiny(arch)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    small = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-5, seed=5)
+    plain, fixed = attribution_batch(nn_model, small)[1], attribution_batch(nn_model, small, exact_softmax=True)[1]
+    np.testing.assert_array_equal(plain[..., 2], fixed[..., 2])
+    assert np.corrcoef(plain[..., :2].ravel(), fixed[..., :2].ravel())[0, 1] > 0.9999
+    big = random_batch(hf, rows=2, width=7, corruption="embeds", eps=3.0, seed=6)
+    plain, fixed = attribution_batch(nn_model, big)[1], attribution_batch(nn_model, big, exact_softmax=True)[1]
+    patcher = EdgePatcher(hf, big)
+    has_a = edge_presence(patcher.shape, [big], N_ROLES, END)[1]
+    last = np.argwhere(has_a)
+    last = last[(last[:, 0] == patcher.shape.n_layers - 1) & (last[:, 4] < 2)]  # q/k edges, last layer
+    _, exact = _single_edge_effects(patcher, [], last)
+    err_plain = np.abs(plain[tuple(last.T)] - exact).mean()
+    err_fixed = np.abs(fixed[tuple(last.T)] - exact).mean()
+    print(f"{arch}: mean |EAP - exact| {err_plain:.3g}, with the QK fix {err_fixed:.3g}")
+    assert err_fixed < err_plain, (err_fixed, err_plain)

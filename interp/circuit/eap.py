@@ -3,43 +3,61 @@
 Scores estimate, to first order, how the metric ``m = logit(clean_target) - logit(corrupt_target)``
 (last position) moves when one edge of the clean run is switched to its corrupted value (the
 direction of ``gar patch``: negative = the edge carries the clean answer). Layout and semantics of
-edges: :mod:`interp.circuit.ports` and :mod:`interp.circuit.patch`.
+edges: :mod:`interp.circuit.ports` and :mod:`interp.circuit.patch`; senders and ports are defined as
+in the exact patcher, for every architecture of the table (its quirks are :class:`CircuitShape`
+fields and table paths, never the model type).
+
+**Senders** (what the multipliers ``c^corr - c`` are taken of): ``emb`` is the residual stream
+entering layer 0 (the embedding module's output, plus the position embedding where the model has
+one); head ``h`` of a layer is ``z_h W_o[:, h]^T`` (+ ``b_o / H`` where the output projection has a
+bias), times ``gain / rms(o)`` of that run's own attention output ``o`` where a norm follows
+attention (Gemma-2/3, OLMo-2); ``mlp`` is what the MLP adds to the stream (after its post norm).
 
 **Residual edges** ``sender@r -> port@r``: ``sum_{t in r} (c_s^corr(t) - c_s(t)) . g_p(t)`` where
-``c_s`` is the sender's output in the residual stream and ``g_p`` the gradient of ``m`` w.r.t. the
-port's *own copy* of the pre-norm residual input. ``g_p`` is obtained per port without a backward
-per port: the gradient at the q (k, v) projection's output, restricted to head ``h``'s (group
-``g``'s) columns, is pulled back through that projection's rows and the RMSNorm Jacobian in plain
-torch; ``mlp`` ports pull the gradient at the MLP's input back through post_attention_layernorm;
-``logits`` is the gradient at the final norm's input. One contraction per layer
-(``[B, T, S_l, d] x [B, T, P_l, d]``, then a one-hot role sum), never one per edge.
+``g_p`` is the gradient of ``m`` w.r.t. the port's *own copy* of the pre-norm residual input. ``g_p``
+is obtained per port without a backward per port: the gradient at the q (k, v) projection's output
+(a fused projection's columns split per its layout), restricted to head ``h``'s (group ``g``'s)
+columns, is pulled back through that projection's rows and the attention norm's Jacobian (RMSNorm
+with gain ``w`` or ``1 + w``, LayerNorm with gain; none where q/k/v read the raw stream) in plain
+torch. A per-head q/k norm is inside the autograd; a q/k norm across heads (OLMo-2) is not: port
+``h``'s gradient is head ``h``'s slice of the gradient at the norm's output pulled back through the
+norm's Jacobian at the clean pre-norm q and then through the whole projection. ``mlp`` ports pull
+the gradient at the MLP's input back through the MLP norm (where there is none, the MLP reads a
+copy of the stream of its own); ``logits`` is the gradient at the final norm's input. Under a
+parallel residual (GPT-NeoX) the mlp port is fed only by the senders before its layer. One
+contraction per layer (``[B, T, S_l, d] x [B, T, P_l, d]``, then a one-hot role sum), never one per edge.
 
 **Attention edges** of head ``(l, h)`` from source role ``s`` (key positions ``j``) to
-destination role ``t`` (query positions ``i``), summed over ``i in t, j in s, j <= i``:
+destination role ``t`` (query positions ``i``), summed over ``i in t`` and the keys ``j in s`` the
+query may read (causal, not padding, inside the layer's sliding window):
 
 * ``c = 2`` (value): ``A(i, j) * g_z(i) . (v^corr(j) - v(j))``  (exact: the output is linear in v);
-* ``c = 1`` (key): ``dm/dS(i, j) * scaling * q(i) . (k^corr(j) - k(j))``;
-* ``c = 0`` (query): ``dm/dS(i, j) * scaling * (q^corr(i) - q(i)) . k(j)``;
+* ``c = 1`` (key): ``dm/dS(i, j) * scale_l * q(i) . (k^corr(j) - k(j))``;
+* ``c = 0`` (query): ``dm/dS(i, j) * scale_l * (q^corr(i) - q(i)) . k(j)``;
 
-with ``A`` the attention pattern, ``S`` the pre-softmax scores, ``g_z`` the gradient at the head's
-output (the output projection's input), q/k after the rotary embedding. ``q^corr`` etc. are the
-projections of the all-corrupted port input (pair patching: the corrupted run's q/k/v; role
-means: those of the summed means), as in the exact patcher.
+with ``A`` the attention pattern, ``S`` the scores after the soft cap (``dm/dS`` then carries the
+cap's ``1 - tanh^2``), ``g_z`` the gradient at the head's output (the output projection's input),
+q/k after the q/k norms and the (partial) rotary embedding. ``q^corr`` etc. are those of the
+all-corrupted port input (pair patching: the corrupted run's layer input; role means: the summed
+means), through the same norms, as in the exact patcher.
 
 With ``exact_softmax`` (AtP*'s QK fix, per source role) the q and k edges ``s -> t`` are instead
 ``sum_{i in t} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``, ``A'`` the pattern recomputed with the
 scores of the keys of role ``s`` taken with the corrupted key (c = 1) or query (c = 0): exact
 through the softmax, first order after the head's output. ``R`` extra softmaxes per head.
 
-**EAP-IG** (``ig_steps = n > 1``): the gradients are averaged over ``n`` forwards whose input
-embeddings are ``e^corr + (k / n) (e - e^corr)``, ``k = n .. 1`` (``n = 1`` is plain EAP); the
-multipliers stay the clean-minus-corrupted differences.
+**EAP-IG** (``ig_steps = n > 1``): the gradients are averaged over ``n`` forwards whose embedding
+module outputs are ``e^corr + (k / n) (e - e^corr)``, ``k = n .. 1`` (``n = 1`` is plain EAP; the
+model adds its position embedding, so the ``emb`` sender moves on the same line); the multipliers
+stay the clean-minus-corrupted differences.
 
 Everything runs in one ``model.session`` per batch (one NDIF request): a graph-free forward of the
 corrupted rows (pair patching), then per IG step a forward of the clean rows, ``torch.autograd.grad``
 of ``m`` w.r.t. the captured projection outputs, and the contractions; only the role-aggregated
 ``[S, P, R]`` and ``[L, H, R, R, 3]`` sums leave the session. The traced code is plain torch on
-captured tensors, ints and envoys (no function of this package), so ``remote=True`` runs the same.
+captured tensors, ints, bools and envoys (no function of this package): the quirks are Python
+``if``s on bools computed before the session, the rotary tables (:func:`rotary_tables`) and the
+per-layer masks come in as tensors, so ``remote=True`` runs the same.
 """
 
 from __future__ import annotations
@@ -321,7 +339,8 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                                 oc = oc + wts["bo"] / H
                             if post_attn:
                                 ot = st["c_ot"][lyr].to(dev, dt)
-                                oc = oc * ((wts["pa"] + off) * torch.rsqrt(ot.pow(2).mean(-1, keepdim=True) + eps))[:, :, None]
+                                r_o = torch.rsqrt(ot.pow(2).mean(-1, keepdim=True) + eps)
+                                oc = oc * ((wts["pa"] + off) * r_o)[:, :, None]
                             heads_c.append(oc)
                             heads_c.append(st["c_mlp"][lyr].to(dev, dt)[:, :, None])
                         c_all = torch.cat([c_res[0][:, :, None]] + heads_c, 2)
@@ -395,8 +414,10 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                             oh = oh + wts["bo"] / H
                         if post_attn:
                             ot = ots[lyr].detach()
-                            oh = oh * ((wts["pa"] + off) * torch.rsqrt(ot.pow(2).mean(-1, keepdim=True) + eps))[:, :, None]
-                        delta[:, :, first:first + H] = torch.where(real[:, :, None, None], c_all[:, :, first:first + H] - oh, zero)
+                            r_o = torch.rsqrt(ot.pow(2).mean(-1, keepdim=True) + eps)
+                            oh = oh * ((wts["pa"] + off) * r_o)[:, :, None]
+                        dh = c_all[:, :, first:first + H] - oh
+                        delta[:, :, first:first + H] = torch.where(real[:, :, None, None], dh, zero)
                         dmlp = c_all[:, :, first + H] - mos[lyr].detach()
                         delta[:, :, first + H] = torch.where(real[:, :, None], dmlp, zero)
                         xc = c_res[lyr].to(dev, dt)
