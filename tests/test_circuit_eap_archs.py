@@ -440,3 +440,51 @@ def test_exact_softmax_attention_edges(arch):
     err_fixed = np.abs(fixed[tuple(last.T)] - exact).mean()
     print(f"{arch}: mean |EAP - exact| {err_plain:.3g}, with the QK fix {err_fixed:.3g}")
     assert err_fixed < err_plain, (err_fixed, err_plain)
+
+
+def _sharpened(arch: str) -> Any:
+    """Sharp attention (queries and keys x8) with the type's score quirk made to bite: Gemma-2 a
+    soft cap at the scores' size, GPT-2 its scaling by ``1 / (layer + 1)``."""
+    import torch
+
+    hf = tiny(arch)
+    with torch.no_grad():
+        for layer in range(circuit_shape(hf).n_layers):
+            if arch == "gpt2":
+                attn = hf.transformer.h[layer].attn
+                attn.c_attn.weight[:, :2 * hf.config.n_embd].mul_(8.0)
+                attn.scaling = attn.scaling / (layer + 1)
+            else:
+                attn = hf.model.layers[layer].self_attn
+                attn.q_proj.weight.mul_(8.0)
+                attn.k_proj.weight.mul_(8.0)
+                attn.attn_logit_softcapping = 1.0
+    if arch == "gpt2":
+        hf.config.scale_attn_by_inverse_layer_idx = True
+        assert circuit_shape(hf).scale(1) == circuit_shape(hf).scale(0) / 2
+    else:
+        hf.config.attn_logit_softcapping = 1.0
+        assert circuit_shape(hf).attn_softcap == 1.0
+    return hf
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gpt2"])
+def test_sharp_attention_with_its_score_quirk_matches_exact_patching(arch):
+    """The q/k edges carry the soft cap's ``1 - tanh^2`` (Gemma-2) and the layer's own scaling
+    (GPT-2 by inverse layer index) and still match exact single-edge patching to first order."""
+    from interp.circuit.eap import edge_presence
+    from interp.circuit.patch import EdgePatcher
+
+    hf = _sharpened(arch)
+    batch = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-3, seed=5)
+    attn = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)[1]
+    patcher = EdgePatcher(hf, batch)
+    has_a = edge_presence(patcher.shape, [batch], N_ROLES, END)[1]
+    qk = np.argwhere(has_a)
+    qk = qk[(qk[:, 4] < 2) & (qk[:, 0] == patcher.shape.n_layers - 1)]  # q/k edges of the last layer
+    qk = qk[np.random.default_rng(2).choice(len(qk), 40, replace=False)]
+    _, exact = _single_edge_effects(patcher, [], qk)
+    est = attn[tuple(qk.T)]
+    assert np.abs(exact).max() > 1e-8
+    assert np.corrcoef(est, exact)[0, 1] > 0.99
+    np.testing.assert_allclose(est, exact, rtol=0.05, atol=0.05 * np.abs(exact).max())
