@@ -406,7 +406,7 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         u = r * u - (r ** 3 / d) * xe * (xe * u).sum(-1, keepdim=True)
                     gp = torch.where(real[:, :, None, None], u, torch.zeros_like(u))  # [B, T, H+2G, d]
                     # ---- clean queries / keys after q/k norms and rotary (and at step 0 the corrupted ones)
-                    pres = [q_pre, k_pre]
+                    pres, vxs = [q_pre, k_pre], []
                     if step == 0:
                         z0 = zs[lyr].detach().view(B, T, H, hd)
                         oh = torch.einsum("bthe,dhe->bthd", z0, wts["wo"])
@@ -420,31 +420,37 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         delta[:, :, first:first + H] = torch.where(real[:, :, None, None], dh, zero)
                         dmlp = c_all[:, :, first + H] - mos[lyr].detach()
                         delta[:, :, first + H] = torch.where(real[:, :, None], dmlp, zero)
-                        xc = c_res[lyr].to(dev, dt)
-                        if pre_norm and layernorm:
-                            xc = xc - xc.mean(-1, keepdim=True)
-                            xc = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps) * wts["n1"] + wts["n1b"]
-                        elif pre_norm:
-                            xf = xc.float()
-                            xc = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * (wts["n1"] + off)
-                        qx = torch.einsum("btd,hed->bthe", xc, wq)
-                        kx = torch.einsum("btd,hed->bthe", xc, wk)
-                        vx = torch.einsum("btd,hed->bthe", xc, wv)
-                        if "bq" in wts:
-                            qx = qx + wts["bq"].view(H, hd)
-                        if "bk" in wts:
-                            kx = kx + wts["bk"].view(G, hd)
-                        if "bv" in wts:
-                            vx = vx + wts["bv"].view(G, hd)
-                        pres += [qx, kx]
-                        st["v_cl"].append(v_pre)
-                        st["v_cx"].append(vx)
+                        # clean and all-corrupted q/k/v from their layer inputs by the same arithmetic
+                        # (their differences are the multipliers), norms at float32 at least
+                        hi = torch.promote_types(dt, torch.float32)
+                        for xc in (xs[lyr].detach(), c_res[lyr].to(dev, dt)):
+                            if pre_norm and layernorm:
+                                xc = xc - xc.mean(-1, keepdim=True)
+                                xc = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps) * wts["n1"] + wts["n1b"]
+                            elif pre_norm:
+                                xf = xc.to(hi)
+                                xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+                                xc = xf.to(dt) * (wts["n1"] + off)
+                            qx = torch.einsum("btd,hed->bthe", xc, wq)
+                            kx = torch.einsum("btd,hed->bthe", xc, wk)
+                            vx = torch.einsum("btd,hed->bthe", xc, wv)
+                            if "bq" in wts:
+                                qx = qx + wts["bq"].view(H, hd)
+                            if "bk" in wts:
+                                kx = kx + wts["bk"].view(G, hd)
+                            if "bv" in wts:
+                                vx = vx + wts["bv"].view(G, hd)
+                            pres += [qx, kx]
+                            vxs.append(vx)
+                        st["v_cl"].append(vxs[0])
+                        st["v_cx"].append(vxs[1])
                     posts = []
                     for i_pre, pre in enumerate(pres):
                         n = H if i_pre % 2 == 0 else G
                         if qk_head or qk_across:
                             gain = (wts["qn"] if i_pre % 2 == 0 else wts["kn"]) + off
-                            pf = pre.float() if qk_head else pre.reshape(B, T, n * hd).float()
+                            hi = torch.promote_types(dt, torch.float32)
+                            pf = pre.to(hi) if qk_head else pre.reshape(B, T, n * hd).to(hi)
                             pf = (pf * torch.rsqrt(pf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * gain
                             pre = pf.reshape(B, T, n, hd)
                         if rd:
@@ -456,10 +462,10 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                     q, k = posts[0], posts[1]
                     v = v_pre
                     if step == 0:
-                        st["q_cl"].append(q)
-                        st["k_cl"].append(k)
-                        st["q_cx"].append(posts[2])
-                        st["k_cx"].append(posts[3])
+                        st["q_cl"].append(posts[2])
+                        st["k_cl"].append(posts[3])
+                        st["q_cx"].append(posts[4])
+                        st["k_cx"].append(posts[5])
                     # ---- residual edges into this layer's q/k/v ports
                     e = torch.einsum("btsd,btpd->btsp", delta[:, :, :n_before], gp)
                     resid_acc[:n_before, lyr * ppl:lyr * ppl + H + 2 * G] += torch.einsum(
