@@ -39,7 +39,8 @@ with ``A`` the attention pattern, ``S`` the scores after the soft cap (``dm/dS``
 cap's ``1 - tanh^2``), ``g_z`` the gradient at the head's output (the output projection's input),
 q/k after the q/k norms and the (partial) rotary embedding. ``q^corr`` etc. are those of the
 all-corrupted port input (pair patching: the corrupted run's layer input; role means: the summed
-means), through the same norms, as in the exact patcher.
+means), as in the exact patcher; the multipliers' clean ``q`` etc. are recomputed from the clean
+layer input by the same arithmetic (norms at float32 or better), so equal inputs give exactly zero.
 
 With ``exact_softmax`` (AtP*'s QK fix, per source role) the q and k edges ``s -> t`` are instead
 ``sum_{i in t} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``, ``A'`` the pattern recomputed with the
