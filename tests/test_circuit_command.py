@@ -203,3 +203,34 @@ def test_context_counterfactual_end_to_end(tmp_path, tiny_dir, capsys):
     assert faith["f"][-1] == pytest.approx(1.0, abs=1e-6) and info["m_full"] != info["m_empty"]
     summary = (out / "summary.md").read_text()
     assert f"- first_differing_role: {info['meta']['first_differing_role']}" in summary
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gemma3", "phi3",
+                                  "olmo2", "gpt2", "gpt_neox"])
+def test_every_architecture_end_to_end(tmp_path, capsys, arch):
+    """``gar circuit`` on a tiny random folder of every other type of the architecture table (the
+    Llama one is above): every output written, the full circuit exactly faithful, the scores laid
+    out for that model's shape with NaN exactly where its architecture has no edge."""
+    from tiny_models import tiny_model
+    from tiny_tokenizers import bpe_tokenizer
+
+    folder = tmp_path / arch
+    tiny_model(arch).save_pretrained(folder)
+    bpe_tokenizer().save_pretrained(folder)
+    capsys.readouterr()  # transformers' "Writing model shards" progress bar is the test's, not the command's
+    out = tmp_path / "out"
+    rc, o, e = circuit(capsys, folder, out, "--curve", "1", "100")
+    assert rc == 0, e
+    assert outputs(out) == FILES
+    f = json.loads((out / "faithfulness.json").read_text())
+    assert f["percentages"][-1] == 100.0 and f["f"][-1] == pytest.approx(1.0, abs=1e-6)
+    from interp.circuit.ports import circuit_shape
+
+    shape = circuit_shape(tiny_model(arch))
+    z = np.load(out / "scores.npz")
+    assert z["resid"].shape[:2] == (shape.n_senders, shape.n_ports)
+    assert z["attn"].shape[:2] == (shape.n_layers, shape.n_heads)
+    scored = ~np.isnan(z["resid"]).all(axis=2)
+    assert not (scored & ~shape.edge_exists()).any() and scored[:, :-1].sum() > 0.5 * shape.edge_exists().sum()
+    spot = json.loads((out / "spot.json").read_text())
+    assert len(spot["exact"]) == 4 and np.isfinite(spot["exact"]).all()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import circuit_tiny
-from test_circuit_patcher_archs import float64_exact
+from circuit_tiny import float64_exact
 from interp.circuit.eap import attribution_batch, edge_attribution
 from interp.circuit.ports import circuit_shape
 from interp.core.architectures import architecture
