@@ -194,7 +194,7 @@ def _ungrouped(hf: Any) -> Any:
     cfg = copy.deepcopy(hf.config)
     arch.text_config(cfg).num_key_value_heads = s.n_heads
     out = type(hf)(cfg).to(hf.dtype).eval()
-    H, G, gs, hd = s.n_heads, s.n_kv, s.group_size, s.head_dim
+    H, G, gs, hd = s.n_heads, s.n_groups, s.group_size, s.head_dim
 
     def rep(v: Any) -> Any:
         return v.view(G, hd, *v.shape[1:]).repeat_interleave(gs, 0).reshape(H * hd, *v.shape[1:])
@@ -230,12 +230,12 @@ def test_grouped_kv_ports_are_sums_of_query_head_ports(arch):
     r_g, a_g = attribution_batch(as_nnsight(hf, bpe_tokenizer()), batch)
     r_u, a_u = attribution_batch(as_nnsight(flat, bpe_tokenizer()), batch)
     sg, su = circuit_shape(hf), circuit_shape(flat)
-    assert su.n_kv == sg.n_heads > sg.n_kv
+    assert su.n_groups == sg.n_heads > sg.n_groups
     np.testing.assert_allclose(a_g, a_u, rtol=1e-5, atol=1e-9)  # attention edges are per query head
     for layer in range(sg.n_layers):
         for h in range(sg.n_heads):
             np.testing.assert_allclose(r_g[:, sg.port_q(layer, h)], r_u[:, su.port_q(layer, h)], rtol=1e-5, atol=1e-9)
-        for g in range(sg.n_kv):
+        for g in range(sg.n_groups):
             heads = range(g * sg.group_size, (g + 1) * sg.group_size)
             for port_g, port_u in ((sg.port_k, su.port_k), (sg.port_v, su.port_v)):
                 want = sum(r_u[:, port_u(layer, h)] for h in heads)
@@ -383,7 +383,7 @@ def _check_against_patcher(hf: Any, batch: Any, seed: int) -> None:
     _agree(resid[tuple(er.T)], exact_r, "resid")
     _agree(attn[tuple(e_qk.T)], exact_a[:len(e_qk)], "q/k")
     _agree(attn[tuple(e_v.T)], exact_a[len(e_qk):], "v")
-    assert {"q", "k", "v", "mlp"} <= set(patcher.shape.port_arrays()["port_kind"][er[:, 1]])
+    assert {"q", "k", "v", "mlp"} <= set(patcher.shape.port_arrays()[1][er[:, 1]])
     assert np.all(resid[~has_r] == 0) and np.all(attn[~has_a] == 0)  # no edge outside the data
 
 

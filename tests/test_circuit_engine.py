@@ -70,7 +70,7 @@ def reference_senders_and_metric(hf, batch, b, corr, resid_mask, attn_mask, inpu
     keep = batch.attention_mask[b].bool()
     ids, roles = batch.input_ids[b, keep], batch.role_ids[b, keep].tolist()
     pos = batch.position_ids[b, keep]
-    T, H, G, hd = len(ids), s.n_heads, s.n_kv, s.head_dim
+    T, H, G, hd = len(ids), s.n_heads, s.n_groups, s.head_dim
     emb = mod("embed")(ids) if inputs_embeds is None else inputs_embeds
     if mod("pos_embed") is not None:
         emb = emb + mod("pos_embed")(pos)
@@ -290,7 +290,7 @@ def test_eap_equals_single_edge_patching_to_first_order(arch):
         assert np.corrcoef(est, exact)[0, 1] > 0.999, kind
     # every kind of edge is in the sample: q/k/v attention edges and every port kind
     assert set(ea[:, 4]) == {0, 1, 2}
-    kinds = patcher.shape.port_arrays()["port_kind"][er[:, 1]]
+    kinds = patcher.shape.port_arrays()[1][er[:, 1]]
     assert {"q", "k", "v", "mlp"} <= set(kinds)
     # no edge outside the data: scores there are exactly zero
     assert np.all(resid[~has_r] == 0) and np.all(attn[~has_a] == 0)
@@ -367,7 +367,7 @@ def _ungrouped(hf):
     state = hf.state_dict()
     for k, v in list(state.items()):
         if k.endswith(("k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias")):
-            state[k] = v.view(s.n_kv, s.head_dim, *v.shape[1:]).repeat_interleave(s.group_size, 0).reshape(
+            state[k] = v.view(s.n_groups, s.head_dim, *v.shape[1:]).repeat_interleave(s.group_size, 0).reshape(
                 s.n_heads * s.head_dim, *v.shape[1:])
     out.load_state_dict(state)
     with torch.no_grad():
@@ -387,7 +387,7 @@ def test_grouped_kv_ports_are_sums_of_query_head_ports(arch):
     for layer in range(sg.n_layers):
         for h in range(sg.n_heads):
             np.testing.assert_allclose(r_g[:, sg.port_q(layer, h)], r_u[:, su.port_q(layer, h)], rtol=1e-8, atol=1e-12)
-        for g in range(sg.n_kv):
+        for g in range(sg.n_groups):
             heads = range(g * sg.group_size, (g + 1) * sg.group_size)
             for port_g, port_u in ((sg.port_k, su.port_k), (sg.port_v, su.port_v)):
                 want = sum(r_u[:, port_u(layer, h)] for h in heads)
@@ -445,7 +445,7 @@ def test_padding_and_batch_composition_change_no_score():
 
 
 @pytest.mark.parametrize("corruption", ["ids", "means"])
-def test_remote_local_gives_the_same_scores(corruption, monkeypatch):
+def test_remote_local_gives_the_same_scores(corruption, monkeypatch, tmp_path):
     from nnsight.intervention.backends.local import LocalSimulationBackend
 
     shipped = []
@@ -467,8 +467,10 @@ def test_remote_local_gives_the_same_scores(corruption, monkeypatch):
     assert local.resid.shape == (s.n_senders, s.n_ports, N_ROLES) and local.resid.dtype == np.float32
     assert local.attn.shape == (s.n_layers, s.n_heads, N_ROLES, N_ROLES, 3)
     assert np.isnan(local.resid[:, s.port_logits, :END]).all() and not np.isnan(local.resid[0, s.port_logits, END])
-    assert set(local.arrays()) >= {"resid", "attn", "roles", "sender_layer", "sender_kind", "sender_head",
-                                   "port_layer", "port_kind", "port_index", "model_shape"}
+    saved = local.edge_scores().save(tmp_path / "scores.npz")
+    back = type(local.edge_scores()).load(saved)  # the graph side reads what the engine scored
+    assert back.shape == s.layout and back.roles == ["a", "b", "c", "END"] and back.meta["ig_steps"] == 2
+    np.testing.assert_array_equal(back.resid, local.resid)
 
 
 def test_unsupported_architecture_is_refused():
@@ -480,9 +482,10 @@ def test_unsupported_architecture_is_refused():
 
 def test_edge_layout_matches_the_contract():
     s = circuit_shape(model("llama"))
-    L, H, G = s.n_layers, s.n_heads, s.n_kv
+    L, H, G = s.n_layers, s.n_heads, s.n_groups
     assert s.n_senders == 1 + L * (H + 1) and s.n_ports == L * (H + 2 * G + 1) + 1
-    senders, ports = s.sender_arrays(), s.port_arrays()
+    arrays = s.contract_arrays()
+    senders, ports = arrays, arrays
     assert senders["sender_kind"][s.sender_head(1, 2)] == "head" and senders["sender_head"][s.sender_head(1, 2)] == 2
     assert senders["sender_kind"][s.sender_mlp(0)] == "mlp" and senders["sender_layer"][s.sender_mlp(0)] == 0
     assert ports["port_kind"][s.port_k(1, 1)] == "k" and ports["port_index"][s.port_k(1, 1)] == 1

@@ -46,6 +46,32 @@ def test_resid_structure_matches_the_contract():
     assert m[:, lg, 1].all() and not m[:, lg, 0].any()
 
 
+def test_parallel_residual_layout_feeds_mlp_ports_like_attention_and_travels_in_files(tmp_path):
+    """Under a parallel residual (GPT-NeoX) no head feeds its own layer's MLP; scores.npz and
+    graph.json keep the flag (files without it read as sequential)."""
+    s, seq = ModelShape(2, 2, 1, parallel=True), ModelShape(2, 2, 1)
+    m = resid_structure(s, ["K", "END"])
+    h0, mlp0 = s.sender("head", 0, 0), s.port("mlp", 0)
+    assert not m[h0, mlp0].any() and m[h0, s.port("mlp", 1)].all()
+    assert (resid_structure(seq, ["K", "END"]) != m).sum() == 2 * 2 * 2  # heads of each layer -> its mlp, 2 roles
+    R = 2
+    scores = EdgeScores(np.where(m, 1.0, np.nan), np.ones((2, 2, R, R, 3)), ["K", "END"], s, {})
+    assert EdgeScores.load(scores.save(tmp_path / "scores.npz")).shape == s
+    circuit = Circuit.empty_like(scores)
+    circuit.resid_mask[0, s.port("logits"), 1] = True
+    data = json.loads(json.dumps(circuit_to_json(circuit, scores)))
+    assert data["model"]["parallel"] is True and circuit_from_json(data)[1] == s
+    data["model"].pop("parallel")
+    assert circuit_from_json(data)[1] == seq
+
+
+def test_the_engine_shape_is_the_graph_layout():
+    """One shape type: the engine's CircuitShape is a ModelShape, its layout is what files carry."""
+    from interp.circuit.ports import CircuitShape
+
+    assert issubclass(CircuitShape, ModelShape)
+
+
 def test_scores_npz_round_trip(tmp_path):
     scores, _ = planted_scores()
     scores.meta = {"task": "cls", "counterfactual": "pair"}

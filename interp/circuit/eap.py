@@ -76,6 +76,8 @@ from .ports import CircuitShape, circuit_shape, rotary_tables
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
+    from .graph import EdgeScores
+
 Progress = Callable[[int, int], Any]
 
 
@@ -95,14 +97,12 @@ class AttributionResult:
     ig_steps: int = 1
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def arrays(self) -> dict[str, "np.ndarray"]:
-        """The arrays of ``scores.npz`` (contract): scores, roles, sender/port tables, model shape."""
-        import numpy as np
+    def edge_scores(self) -> "EdgeScores":
+        """The scores as the graph side's :class:`~interp.circuit.graph.EdgeScores` (what ``scores.npz`` holds)."""
+        from .graph import EdgeScores
 
-        s = self.shape
-        return {"resid": self.resid, "attn": self.attn, "roles": np.array(self.roles),
-                **s.sender_arrays(), **s.port_arrays(),
-                "model_shape": np.array([s.n_layers, s.n_heads, s.n_kv, s.head_dim, s.d_model])}
+        meta = {**self.meta, "rows": self.n_rows, "ig_steps": self.ig_steps}
+        return EdgeScores(self.resid, self.attn, list(self.roles), self.shape.layout, meta)
 
 
 def _check(model: Any, batch: CircuitBatch, remote: Remote) -> CircuitShape:
@@ -130,7 +130,7 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     shape = _check(model, batch, remote)
     if ig_steps < 1:
         raise GARConfigError(f"ig_steps must be at least 1, got {ig_steps}")
-    L, H, G, hd, d = shape.n_layers, shape.n_heads, shape.n_kv, shape.head_dim, shape.d_model
+    L, H, G, hd, d = shape.n_layers, shape.n_heads, shape.n_groups, shape.head_dim, shape.d_model
     S, P, R = shape.n_senders, shape.n_ports, batch.n_roles
     B, T = batch.size, batch.width
     gs, eps = shape.group_size, shape.eps

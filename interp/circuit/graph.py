@@ -48,53 +48,117 @@ def _frozen(values: list) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """L layers, H query heads, G key/value groups (head h belongs to group h // (H // G))."""
+    """The circuit graph's layout: L layers, H query heads, G key/value groups (head h belongs to
+    group h // (H // G)), and whether attention and MLP read the same block input (``parallel``:
+    then an MLP port is fed like the q/k/v ports, by the senders before its layer only).
+
+    The one shape type of heads, ports and senders: the engine's :class:`interp.circuit.ports.CircuitShape`
+    is this layout plus the block's maths, and scores files carry the layout alone.
+    """
 
     n_layers: int
     n_heads: int
     n_groups: int
+    parallel: bool = False
 
     def __post_init__(self) -> None:
         if min(self.n_layers, self.n_heads, self.n_groups) < 1 or self.n_heads % self.n_groups:
             raise ValueError(f"bad model shape {self}: need L, H, G >= 1 and G dividing H")
 
     @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_groups
+
+    @property
     def n_senders(self) -> int:
         return 1 + self.n_layers * (self.n_heads + 1)
 
     @property
+    def ports_per_layer(self) -> int:
+        return self.n_heads + 2 * self.n_groups + 1
+
+    @property
     def n_ports(self) -> int:
-        return self.n_layers * (self.n_heads + 2 * self.n_groups + 1) + 1
+        return self.n_layers * self.ports_per_layer + 1
 
     def group(self, head: int) -> int:
-        return head // (self.n_heads // self.n_groups)
+        return head // self.group_size
 
     def group_heads(self, group: int) -> range:
-        per = self.n_heads // self.n_groups
-        return range(group * per, (group + 1) * per)
+        return range(group * self.group_size, (group + 1) * self.group_size)
 
     # --- indices -------------------------------------------------------------------------
+    def sender_head(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def sender_mlp(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def senders_before(self, layer: int) -> int:
+        """Number of senders that feed layer ``layer``'s q/k/v ports (emb and layers < l)."""
+        return 1 + layer * (self.n_heads + 1)
+
+    def port_q(self, layer: int, head: int) -> int:
+        return layer * self.ports_per_layer + head
+
+    def port_k(self, layer: int, group: int) -> int:
+        return layer * self.ports_per_layer + self.n_heads + group
+
+    def port_v(self, layer: int, group: int) -> int:
+        return layer * self.ports_per_layer + self.n_heads + self.n_groups + group
+
+    def port_mlp(self, layer: int) -> int:
+        return layer * self.ports_per_layer + self.n_heads + 2 * self.n_groups
+
+    @property
+    def port_logits(self) -> int:
+        return self.n_layers * self.ports_per_layer
+
     def sender(self, kind: str, layer: int = -1, head: int = -1) -> int:
         """Index of sender ``emb`` / ``head (layer, head)`` / ``mlp layer``."""
         if kind == "emb":
             return 0
-        base = 1 + layer * (self.n_heads + 1)
         if kind == "head":
-            return base + head
+            return self.sender_head(layer, head)
         if kind == "mlp":
-            return base + self.n_heads
+            return self.sender_mlp(layer)
         raise ValueError(f"unknown sender kind {kind!r}")
 
     def port(self, kind: str, layer: int = -1, index: int = -1) -> int:
         """Index of port ``q (layer, head)``, ``k``/``v (layer, group)``, ``mlp layer`` or ``logits``."""
         if kind == "logits":
-            return self.n_layers * (self.n_heads + 2 * self.n_groups + 1)
-        base = layer * (self.n_heads + 2 * self.n_groups + 1)
-        offset = {"q": 0, "k": self.n_heads, "v": self.n_heads + self.n_groups,
-                  "mlp": self.n_heads + 2 * self.n_groups}.get(kind)
-        if offset is None:
+            return self.port_logits
+        at = {"q": self.port_q, "k": self.port_k, "v": self.port_v}.get(kind)
+        if kind == "mlp":
+            return self.port_mlp(layer)
+        if at is None:
             raise ValueError(f"unknown port kind {kind!r}")
-        return base + offset + (0 if kind == "mlp" else index)
+        return at(layer, index)
+
+    def edge_exists(self) -> np.ndarray:
+        """``bool[S, P]``: which residual edges exist (position-independent): a sender of layer l
+        (emb: -1) feeds the q/k/v ports of layers > l, the MLP ports of layers >= l (heads; > l
+        under a parallel residual) or > l (MLPs), and the logits."""
+        s_layer, s_kind, _ = self.sender_arrays()
+        p_layer, p_kind, _ = self.port_arrays()
+        sl, pl = s_layer[:, None], p_layer[None, :]
+        fed_like_attn = np.isin(p_kind, ("q", "k", "v", "mlp") if self.parallel else ("q", "k", "v"))[None, :]
+        return np.where(fed_like_attn | (s_kind == "mlp")[:, None], pl > sl, pl >= sl)
+
+    def contract_arrays(self) -> dict[str, np.ndarray]:
+        """The sender and port tables of ``scores.npz``, by their names in the contract."""
+        names = ("sender_layer", "sender_kind", "sender_head", "port_layer", "port_kind", "port_index")
+        return dict(zip(names, (*self.sender_arrays(), *self.port_arrays())))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The layout as ``graph.json`` records it (``parallel`` only when set)."""
+        out: dict[str, Any] = {"n_layers": self.n_layers, "n_heads": self.n_heads, "n_groups": self.n_groups}
+        return {**out, "parallel": True} if self.parallel else out
+
+    @property
+    def layout(self) -> "ModelShape":
+        """The layout alone (what scores files and graphs carry)."""
+        return ModelShape(self.n_layers, self.n_heads, self.n_groups, self.parallel)
 
     @functools.lru_cache(maxsize=None)
     def sender_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,16 +207,8 @@ def resid_structure(shape: ModelShape, roles: list[str], end_role: str = "END") 
 
     Scores of real runs may have more NaN (roles absent from the data); this is the upper bound.
     """
-    R = len(roles)
-    s_layer, s_kind, _ = shape.sender_arrays()
-    p_layer, p_kind, _ = shape.port_arrays()
-    sl, pl = s_layer[:, None], p_layer[None, :]
-    head, mlp, emb = (s_kind == "head")[:, None], (s_kind == "mlp")[:, None], (s_kind == "emb")[:, None]
-    is_mlp_in, is_logits = (p_kind == "mlp")[None, :], (p_kind == "logits")[None, :]
-    ok = emb | (head & ((pl > sl) | (is_mlp_in & (pl == sl)))) | (mlp & (pl > sl))
-    out = np.repeat(ok[:, :, None], R, axis=2)
-    logit_roles = np.array([r == end_role for r in roles])
-    out[:, is_logits[0], :] &= logit_roles[None, None, :]
+    out = np.repeat(shape.edge_exists()[:, :, None], len(roles), axis=2)
+    out[:, shape.port_logits, :] &= np.array([r == end_role for r in roles])[None, :]
     return out
 
 
@@ -209,14 +265,11 @@ class EdgeScores:
     # --- files ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``scores.npz`` atomically: the contract's arrays plus ``model_shape`` and ``meta``."""
-        s_layer, s_kind, s_head = self.shape.sender_arrays()
-        p_layer, p_kind, p_index = self.shape.port_arrays()
+        s = self.shape
         buf = io.BytesIO()
         np.savez_compressed(
-            buf, resid=self.resid, attn=self.attn, roles=np.array(self.roles),
-            sender_layer=s_layer, sender_kind=s_kind, sender_head=s_head,
-            port_layer=p_layer, port_kind=p_kind, port_index=p_index,
-            model_shape=np.array([self.shape.n_layers, self.shape.n_heads, self.shape.n_groups]),
+            buf, resid=self.resid, attn=self.attn, roles=np.array(self.roles), **s.contract_arrays(),
+            model_shape=np.array([s.n_layers, s.n_heads, s.n_groups, int(s.parallel)]),
             meta=np.array(json.dumps(self.meta, sort_keys=True)))
         return atomic_write(path, buf.getvalue())
 
@@ -228,7 +281,8 @@ class EdgeScores:
             if missing:
                 raise ValueError(f"{path}: not a scores file (missing {sorted(missing)})")
             if "model_shape" in z.files:
-                shape = ModelShape(*(int(x) for x in z["model_shape"]))
+                dims = [int(x) for x in z["model_shape"]]  # L, H, G (, parallel: absent before it existed)
+                shape = ModelShape(*dims[:3], parallel=bool(dims[3]) if len(dims) > 3 else False)
             else:
                 shape = infer_shape(z["resid"].shape, z["attn"].shape)
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
@@ -499,7 +553,7 @@ def circuit_to_json(circuit: Circuit, scores: EdgeScores, extra: dict[str, Any] 
     links = [{"source": a, "target": b, "type": d["type"], "score": _finite(d["score"])}
              for a, b, d in g.edges(data=True)]
     return {"format": GRAPH_FORMAT, "version": GRAPH_VERSION,
-            "model": {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "n_groups": shape.n_groups},
+            "model": shape.to_dict(),
             "roles": list(roles), "n_edges": circuit.n_edges, "edges": edges, "nodes": nodes,
             "links": links, **(extra or {})}
 

@@ -341,7 +341,7 @@ class UnrolledModel:
         """Layer ``layer``'s q / k / v weights ``[n * hd, d]`` and biases ``[n * hd]``, from separate
         projections or one fused (``"q|k|v"`` or ``"per_head"`` columns; conv1d: stored ``[in, out]``)."""
         s = self.shape
-        H, G, hd, d = s.n_heads, s.n_kv, s.head_dim, s.d_model
+        H, G, hd, d = s.n_heads, s.n_groups, s.head_dim, s.d_model
         if s.fused_qkv is None:
             out = {}
             for name in ("q", "k", "v"):
@@ -384,7 +384,7 @@ class UnrolledModel:
             out: dict[str, Any] = {"fold": fold, "norm": norm, "eps": None if norm is None else self._eps(norm)}
             gain = self._gain(norm, dtype) if fold else None
             for name, (w, bias) in self._projections(layer).items():
-                n = s.n_heads if name == "q" else s.n_kv
+                n = s.n_heads if name == "q" else s.n_groups
                 w = w.to(dtype)
                 if fold:
                     w = w * gain
@@ -412,7 +412,7 @@ class UnrolledModel:
         import torch
 
         s = self.shape
-        H, G, hd = s.n_heads, s.n_kv, s.head_dim
+        H, G, hd = s.n_heads, s.n_groups, s.head_dim
         w = self._weights(layer, x.dtype)
         r = None
         if w["fold"]:
@@ -446,7 +446,7 @@ class UnrolledModel:
         """Rotary on the queries and keys of ``qkv[H + 2G, N, hd]`` in place (layer's tables)."""
         if rotary is None:
             return
-        n = self.shape.n_heads + self.shape.n_kv
+        n = self.shape.n_heads + self.shape.n_groups
         cos, sin = rotary[layer]
         qkv[:n] = _rope(qkv[:n], cos, sin)
 
@@ -460,7 +460,7 @@ class UnrolledModel:
         there have exactly zero effect, as in float64.
         """
         s = self.shape
-        H, G, L = s.n_heads, s.n_kv, s.n_layers
+        H, G, L = s.n_heads, s.n_groups, s.n_layers
         if senders is None:
             zero = like.new_zeros(lay.N, s.d_model)
             return CorruptState(None, [zero] * L, [zero] * L, [zero] * L, zero, None)
@@ -604,7 +604,7 @@ class UnrolledModel:
         import torch
 
         s = self.shape
-        L, H, G, d = s.n_layers, s.n_heads, s.n_kv, s.d_model
+        L, H, G, d = s.n_layers, s.n_heads, s.n_groups, s.d_model
         B, T, R = batch.size, batch.width, batch.n_roles
         dtype, device = embeds.dtype, embeds.device
         if resid_mask is None:

@@ -35,19 +35,18 @@ from gar_tasks.errors import GARConfigError
 
 from ..core.architectures import architecture
 from ..core.sites import head_sites, model_config
+from .graph import ModelShape
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import torch
 
-@dataclass(frozen=True)
-class CircuitShape:
-    """Layer/head counts of a model and the sender/port index layout of its circuit graph."""
+@dataclass(frozen=True, kw_only=True)
+class CircuitShape(ModelShape):
+    """A model's circuit-graph layout (:class:`interp.circuit.graph.ModelShape`: layers, heads, key/value
+    groups, parallel residual; sender and port indices, which edges exist) and its block's maths."""
 
     model_type: str
-    n_layers: int
-    n_heads: int
-    n_kv: int
     head_dim: int
     d_model: int
     eps: float
@@ -57,7 +56,6 @@ class CircuitShape:
     pre_attention_norm: bool = True     #: False: q/k/v read the raw stream (OLMo-2)
     qk_norm: str | None = None          #: None, "per_head" (Qwen3, Gemma-3) or "across_heads" (OLMo-2)
     post_norms: bool = False            #: norms after attention and after the MLP (Gemma-2/3, OLMo-2)
-    parallel: bool = False              #: attention and MLP read the same block input (GPT-NeoX)
     scalings: tuple[float, ...] = ()    #: per layer, the factor on ``q . k`` (GPT-2 can scale by layer)
     windows: tuple[int | None, ...] = ()  #: per layer, the sliding window (keys i - j < w), None: global
     attn_softcap: float | None = None   #: attention scores ``c * tanh(s / c)`` (Gemma-2)
@@ -74,97 +72,12 @@ class CircuitShape:
         """``layer``'s sliding window (a query at i reads keys j with i - j < window), None: global."""
         return self.windows[layer] if self.windows else None
 
-    # ---- counts
-    @property
-    def group_size(self) -> int:
-        return self.n_heads // self.n_kv
-
-    @property
-    def n_senders(self) -> int:
-        return 1 + self.n_layers * (self.n_heads + 1)
-
-    @property
-    def ports_per_layer(self) -> int:
-        return self.n_heads + 2 * self.n_kv + 1
-
-    @property
-    def n_ports(self) -> int:
-        return self.n_layers * self.ports_per_layer + 1
-
-    # ---- indices
-    def sender_head(self, layer: int, head: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + head
-
-    def sender_mlp(self, layer: int) -> int:
-        return 1 + layer * (self.n_heads + 1) + self.n_heads
-
-    def senders_before(self, layer: int) -> int:
-        """Number of senders that feed layer ``layer``'s q/k/v ports (emb and layers < l)."""
-        return 1 + layer * (self.n_heads + 1)
-
-    def port_q(self, layer: int, head: int) -> int:
-        return layer * self.ports_per_layer + head
-
-    def port_k(self, layer: int, group: int) -> int:
-        return layer * self.ports_per_layer + self.n_heads + group
-
-    def port_v(self, layer: int, group: int) -> int:
-        return layer * self.ports_per_layer + self.n_heads + self.n_kv + group
-
-    def port_mlp(self, layer: int) -> int:
-        return layer * self.ports_per_layer + self.n_heads + 2 * self.n_kv
-
-    @property
-    def port_logits(self) -> int:
-        return self.n_layers * self.ports_per_layer
-
     def path(self, key: str, layer: int | None = None) -> str:
         """The module path called ``key`` (:class:`interp.core.architectures.Paths`) of ``layer``."""
         return architecture(self.model_type, "circuit").path(key, layer)
 
-    # ---- arrays of the contract
-    def sender_arrays(self) -> dict[str, "np.ndarray"]:
-        """``sender_layer`` (-1 for emb), ``sender_kind`` (emb/head/mlp), ``sender_head`` (-1 unless head)."""
-        import numpy as np
-
-        layer, kind, head = [-1], ["emb"], [-1]
-        for lyr in range(self.n_layers):
-            layer += [lyr] * (self.n_heads + 1)
-            kind += ["head"] * self.n_heads + ["mlp"]
-            head += list(range(self.n_heads)) + [-1]
-        return {"sender_layer": np.array(layer), "sender_kind": np.array(kind), "sender_head": np.array(head)}
-
-    def port_arrays(self) -> dict[str, "np.ndarray"]:
-        """``port_layer`` (L for logits), ``port_kind`` (q/k/v/mlp/logits), ``port_index`` (head/group, else -1)."""
-        import numpy as np
-
-        layer, kind, index = [], [], []
-        for lyr in range(self.n_layers):
-            layer += [lyr] * self.ports_per_layer
-            kind += ["q"] * self.n_heads + ["k"] * self.n_kv + ["v"] * self.n_kv + ["mlp"]
-            index += list(range(self.n_heads)) + list(range(self.n_kv)) * 2 + [-1]
-        return {"port_layer": np.array(layer + [self.n_layers]), "port_kind": np.array(kind + ["logits"]),
-                "port_index": np.array(index + [-1])}
-
-    def edge_exists(self) -> "np.ndarray":
-        """``bool[S, P]``: which residual edges exist (position-independent)."""
-        import numpy as np
-
-        s_layer = self.sender_arrays()["sender_layer"]
-        ports = self.port_arrays()
-        p_layer, p_kind = ports["port_layer"], ports["port_kind"]
-        # a sender of layer l (emb: -1) feeds q/k/v of layers > l, mlp of layers >= l (heads) or > l
-        # (mlp); under a parallel residual mlp ports are fed like q/k/v
-        is_mlp = self.sender_arrays()["sender_kind"] == "mlp"
-        attn_port = np.isin(p_kind, ("q", "k", "v", "mlp") if self.parallel else ("q", "k", "v"))
-        out = np.where(attn_port[None, :], p_layer[None, :] > s_layer[:, None],
-                       np.where(is_mlp[:, None], p_layer[None, :] > s_layer[:, None],
-                                p_layer[None, :] >= s_layer[:, None]))
-        return out
-
     def to_dict(self) -> dict[str, Any]:
-        return {"model_type": self.model_type, "n_layers": self.n_layers, "n_heads": self.n_heads,
-                "n_kv": self.n_kv, "head_dim": self.head_dim, "d_model": self.d_model}
+        return {"model_type": self.model_type, **super().to_dict(), "head_dim": self.head_dim, "d_model": self.d_model}
 
 
 def circuit_shape(model_or_config: Any) -> CircuitShape:
@@ -184,7 +97,7 @@ def circuit_shape(model_or_config: Any) -> CircuitShape:
     windows = tuple(sites.sliding_window if layer in sites.sliding_layers else None for layer in range(n_layers))
     eps = next(float(v) for v in (getattr(cfg, k, None) for k in EPS_KEYS) if v is not None)
     scalings = tuple(arch.attention_scaling(top, layer) for layer in range(n_layers))
-    return CircuitShape(model_type=mt, n_layers=n_layers, n_heads=n_heads, n_kv=n_kv,
+    return CircuitShape(model_type=mt, n_layers=n_layers, n_heads=n_heads, n_groups=n_kv,
                         head_dim=sites.head_dim, d_model=int(cfg.hidden_size), eps=eps, scaling=scalings[0],
                         norm=q.norm, pre_attention_norm=q.pre_attention_norm, qk_norm=q.qk_norm,
                         post_norms=q.post_attention_norm, parallel=arch.parallel_residual(top), scalings=scalings,

@@ -203,7 +203,7 @@ def eap_scores(task: Task, ckpt: Checkpoint, *, ig_steps: int = 1, exact_softmax
         p["present"] |= d["present"].astype(bool)
         p["pairs"] |= d["pairs"].astype(bool)
         p["rows"] += int(d["rows"])
-    mshape = ModelShape(shape.n_layers, shape.n_heads, shape.n_kv)
+    mshape = shape.layout
     meta = {"counterfactual": task.counterfactual, **(meta or {}), "rows": sum(p["rows"] for p in parts),
             "ig_steps": ig_steps, "exact_softmax": exact_softmax, **task.reach()}
 
