@@ -12,7 +12,8 @@
 #   scripts/ndif_local.sh down             stop what up started (recorded PIDs, then ray stop)
 #
 # Without deploy arguments, up deploys gar-eval/organism (the model organism) and gar-eval/smollm2
-# (the embedded, Q4_1-dequantised SmolLM2-135M-Instruct). Settings (environment): NDIF_LOCAL_DIR
+# (the embedded, Q4_1-dequantised SmolLM2-135M-Instruct), and the ID=DIR specs in NDIF_LOCAL_EXTRA
+# (space-separated). Settings (environment): NDIF_LOCAL_DIR
 # (default .cache/ndif-local in the project), NDIF_LOCAL_PORT (API, default 18801), NDIF_LOCAL_TIMEOUT
 # (seconds to wait for readiness, default 240), NDIF_LOCAL_DTYPE (float32), NDIF_LOCAL_THREADS (torch
 # threads of the CPU model actor, default all cores), NDIF_LOCAL_SANDBOX (1, the default: the CPU actor
@@ -166,7 +167,8 @@ up() {
     wait_for "the API" curl -sf "http://127.0.0.1:$PORT/connected"
     log "API connected to ray on 127.0.0.1:$PORT"
   fi
-  if [ $# -eq 0 ]; then set -- "${DEFAULT_MODELS[@]}"; fi
+  # shellcheck disable=SC2206  # NDIF_LOCAL_EXTRA: space-separated ID=DIR specs
+  if [ $# -eq 0 ]; then set -- "${DEFAULT_MODELS[@]}" ${NDIF_LOCAL_EXTRA:-}; fi
   deploy "$@"
   client_env
 }

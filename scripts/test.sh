@@ -8,9 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ "${GAR_NDIF:-1}" != 0 ]; then
-  trap 'bash scripts/ndif_local.sh down || true' EXIT
+  trap 'bash scripts/ndif_local.sh down || true; rm -rf "${GAR_TEST_NDIF_TINY:-}"' EXIT
   trap 'exit 130' INT TERM
   t0=$SECONDS
+  # tiny random models of the architecture families the circuit engine must serve remotely too
+  GAR_TEST_NDIF_TINY=$(mktemp -d)
+  NDIF_LOCAL_EXTRA=$(.venv/bin/python tests/tiny_models.py "$GAR_TEST_NDIF_TINY" gemma2 gpt_neox olmo2 gpt2)
+  export GAR_TEST_NDIF_TINY NDIF_LOCAL_EXTRA
   if lines=$(bash scripts/ndif_local.sh up); then
     GAR_TEST_NDIF_HOST=$(sed -n 's/^export NDIF_HOST=//p' <<< "$lines")
     GAR_TEST_NDIF_HF_HOME=$(sed -n 's/^export HF_HOME=\([^ ]*\).*/\1/p' <<< "$lines")

@@ -138,6 +138,26 @@ def test_circuit_remote_equals_local(ndif, tmp_path):
     assert info["circuit"]["n_edges"] == json.loads((local / "circuit.json").read_text())["circuit"]["n_edges"]
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "gpt_neox", "olmo2", "gpt2"])
+def test_circuit_on_every_family_remote_equals_local(ndif, tmp_path, arch):
+    """``gar circuit --remote`` on tiny random models of the table's other families (sandwich norms
+    and soft caps; parallel residual with fused per-head q/k/v; q/k norms across heads without a
+    pre-norm; Conv1D with absolute positions), served by the test server (``scripts/test.sh``
+    deploys them from ``GAR_TEST_NDIF_TINY``), equals the run on the same folder here."""
+    from tiny_models import remote_id
+
+    folder = Path(os.environ.get("GAR_TEST_NDIF_TINY", "")) / arch
+    if not (folder / "config.json").is_file():
+        pytest.fail(f"no tiny {arch} folder under GAR_TEST_NDIF_TINY: scripts/test.sh deploys them", pytrace=False)
+    argv = ("circuit", "--tasks", "gar_gen_nr0_gender_city", "--n", "6", "--batch-size", "3")
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    r = gar(ndif, *argv, "--model", remote_id(arch), "--remote", "--out", remote, "-q")
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    gar({}, *argv, "--model", folder, "--out", local, "-q")
+    assert_npz_close(remote / "scores.npz", local / "scores.npz", rtol=1e-5, atol=1e-6)
+    assert not np.isnan(np.load(remote / "scores.npz")["resid"]).all()
+
+
 def test_lm_eval_on_ndif_equals_the_hf_model(ndif, tmp_path):
     """``lm_eval --model gar-ndif`` (log-likelihoods computed on the server) scores every document as
     lm-eval's ``hf`` model does on the same weights here."""

@@ -238,3 +238,31 @@ def tiny_gpt_neox(seed: int = 0, scale: float = 1.0, embed_scale: float = 1.0) -
 #: one builder per row of the architecture table (BUILDERS: the ones the interp analyses are tested on)
 TABLE_BUILDERS = {**BUILDERS, "mistral": tiny_mistral, "qwen2": tiny_qwen2, "gemma": tiny_gemma,
                   "gemma2": tiny_gemma2, "gpt_neox": tiny_gpt_neox}
+
+
+def save_folders(root: str, types: list[str]) -> list[str]:
+    """Save the tiny model of each type with its tokenizer under ``root/<type>``; the NDIF deploy
+    specs ``gar-eval/tiny-<type>=<folder>`` (``_`` as ``-`` in the id)."""
+    import os
+
+    specs = []
+    for t in types:
+        folder = os.path.join(root, t)
+        tiny_model(t).save_pretrained(folder)
+        bpe_tokenizer().save_pretrained(folder)
+        specs.append(f"{remote_id(t)}={folder}")
+    return specs
+
+
+def remote_id(model_type: str) -> str:
+    """The Hub-style id the test NDIF serves a tiny model of ``model_type`` under."""
+    return f"gar-eval/tiny-{model_type.replace('_', '-')}"
+
+
+if __name__ == "__main__":  # python tests/tiny_models.py ROOT TYPE...: the folders, deploy specs on stdout
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    print(" ".join(save_folders(sys.argv[1], sys.argv[2:])))

@@ -168,7 +168,9 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     parallel = shape.parallel
     cap = shape.attn_softcap
     scales = [shape.scale(lyr) for lyr in range(L)]
-    tables = rotary_tables(model, batch.position_ids, hf.dtype) if shape.rotary_dims else None
+    # float32 at least: a remote skeleton's dtype is its config's (often half), not the server's
+    tables = (rotary_tables(model, batch.position_ids, torch.promote_types(hf.dtype, torch.float32))
+              if shape.rotary_dims else None)
     rd = shape.rotary_dims if tables is not None else 0
     rot = [(c[:, :, None], s_[:, :, None]) for c, s_ in tables] if tables is not None else [None] * L
     causal = torch.ones(T, T, dtype=torch.bool).tril()
