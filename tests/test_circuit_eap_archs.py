@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import circuit_tiny
-from circuit_tiny import float64_exact
+from circuit_tiny import END, N_ROLES, float64_exact, random_batch
 from interp.circuit.eap import attribution_batch, edge_attribution
 from interp.circuit.ports import circuit_shape
 from interp.core.architectures import architecture
@@ -31,7 +31,6 @@ from tiny_tokenizers import bpe_tokenizer
 pytestmark = pytest.mark.integration
 
 ARCHS = tuple(sorted(TABLE_BUILDERS))
-N_ROLES, END = 4, 3
 
 
 def tiny(arch: str, dtype: str = "float64") -> Any:
@@ -41,39 +40,7 @@ def tiny(arch: str, dtype: str = "float64") -> Any:
 
 def embed(hf: Any, ids: Any) -> Any:
     """What the embedding module returns (``inputs_embeds``; no position embedding)."""
-    return hf.get_submodule(architecture(hf.config.model_type, "circuit").path("embed"))(ids).detach()
-
-
-def random_batch(hf: Any, *, rows: int = 2, width: int = 7, pad: tuple[int, ...] = (), corruption: str = "ids",
-                 eps: float = 1e-3, seed: int = 0, means: Any = None) -> Any:
-    """Random tokens and roles (END last); ``pad[b]`` left-padding tokens in row ``b``; corruption
-    ``ids`` (last 3 tokens resampled), ``embeds`` (clean embeddings + ``eps`` noise) or ``means``."""
-    import torch
-
-    from interp.circuit.batch import CircuitBatch
-
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 900, (rows, width), generator=g)
-    mask = torch.ones(rows, width, dtype=torch.long)
-    for b, n in enumerate(pad):
-        mask[b, :n] = 0
-        ids[b, :n] = 0
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    roles = torch.randint(0, N_ROLES - 1, (rows, width), generator=g)
-    roles[:, -1] = END
-    roles[mask == 0] = -1
-    kw: dict[str, Any] = {}
-    if corruption == "ids":
-        cids = ids.clone()
-        cids[:, -3:] = torch.randint(5, 900, (rows, 3), generator=g)
-        kw["corrupt_ids"] = cids
-    elif corruption == "embeds":
-        emb = embed(hf, ids)
-        kw["corrupt_embeds"] = emb + eps * torch.randn(emb.shape, generator=g, dtype=emb.dtype)
-    else:
-        kw["role_means"] = means
-    targets = torch.randint(5, 900, (2, rows), generator=g)
-    return CircuitBatch(ids, mask, pos, roles, targets[0], targets[1], N_ROLES, END, **kw)
+    return circuit_tiny.embed_module(hf)(ids).detach()
 
 
 def random_means(hf: Any, seed: int = 0) -> Any:
