@@ -185,3 +185,30 @@ def test_circuit_library_errors_name_no_flags():
                 bad += [(name, node.lineno) for c in ast.walk(node.exc)
                         if isinstance(c, ast.Constant) and isinstance(c.value, str) and flag.search(c.value)]
     assert bad == []
+
+
+#: config attributes that hold a model's sizes: read once, in core.sites.head_sites
+SIZE_KEYS = {"num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "n_layer", "n_head",
+             "n_embd"}
+
+
+def test_circuit_shapes_come_from_the_core():
+    """One shape: the circuit engine's layer, head, group and width counts come from the core's
+    HeadSites (interp.core.sites.head_sites), never from the config directly; the compiled fixtures
+    (groundtruth), which build configs, are the exception. And the engine's shape is the graph's."""
+    readers = []
+    for name, path in MODULES.items():
+        if not name.startswith("interp.circuit.") or name == "interp.circuit.groundtruth":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr in SIZE_KEYS:
+                readers.append((name, node.lineno, node.attr))
+            if isinstance(node, ast.Constant) and node.value in SIZE_KEYS:
+                readers.append((name, node.lineno, node.value))
+    assert readers == []
+    taken = {n for mod, names in _imports("interp.circuit.ports", MODULES["interp.circuit.ports"])
+             if mod == "interp.core.sites" for n in names}
+    assert "head_sites" in taken
+    ports = ast.parse(MODULES["interp.circuit.ports"].read_text())
+    shape = next(n for n in ports.body if isinstance(n, ast.ClassDef) and n.name == "CircuitShape")
+    assert [getattr(b, "id", None) for b in shape.bases] == ["ModelShape"]

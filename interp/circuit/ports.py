@@ -91,14 +91,14 @@ def circuit_shape(model_or_config: Any) -> CircuitShape:
     sites = head_sites(top)
     cfg = arch.text_config(top)
     n_layers, n_heads, q = sites.n_layers, sites.n_heads, arch.quirks
-    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
+    n_kv = sites.n_kv_heads
     if n_heads % n_kv:
         raise GARConfigError(f"{n_heads} query heads do not split into {n_kv} KV groups")
     windows = tuple(sites.sliding_window if layer in sites.sliding_layers else None for layer in range(n_layers))
     eps = next(float(v) for v in (getattr(cfg, k, None) for k in EPS_KEYS) if v is not None)
     scalings = tuple(arch.attention_scaling(top, layer) for layer in range(n_layers))
     return CircuitShape(model_type=mt, n_layers=n_layers, n_heads=n_heads, n_groups=n_kv,
-                        head_dim=sites.head_dim, d_model=int(cfg.hidden_size), eps=eps, scaling=scalings[0],
+                        head_dim=sites.head_dim, d_model=sites.d_model, eps=eps, scaling=scalings[0],
                         norm=q.norm, pre_attention_norm=q.pre_attention_norm, qk_norm=q.qk_norm,
                         post_norms=q.post_attention_norm, parallel=arch.parallel_residual(top), scalings=scalings,
                         windows=windows, attn_softcap=arch.attn_softcap(top), final_softcap=arch.final_softcap(top),
@@ -133,7 +133,7 @@ def rotary_tables(model: Any, position_ids: "torch.Tensor", dtype: "torch.dtype"
     module = type(hf.get_submodule(arch.path("rotary")))(config=cfg)
     like = torch.zeros((), dtype=torch.float32)
     pos = position_ids.cpu()
-    n_layers = int(cfg.num_hidden_layers)
+    n_layers = head_sites(top).n_layers
     if "layer_type" not in inspect.signature(module.forward).parameters:
         with torch.no_grad():
             cos, sin = module(like, pos)

@@ -48,6 +48,8 @@ class HeadSites:
     #: layers whose attention sees only the last ``sliding_window`` keys (empty: all layers global)
     sliding_layers: tuple[int, ...] = ()
     sliding_window: int | None = None
+    n_kv_heads: int = 0  #: key/value heads (grouped-query attention: fewer than n_heads); 0: n_heads
+    d_model: int = 0     #: the residual stream's width (0: unknown)
 
     def path(self, layer: int) -> str:
         """Dotted module path (relative to the model) whose input holds ``layer``'s heads."""
@@ -100,7 +102,9 @@ def head_sites(model_or_config: Any) -> HeadSites:
     return HeadSites(model_type=model_type, template=arch.paths.o,
                      n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, quirks=quirks,
                      sliding_layers=_sliding_layers(cfg, n_layers) if window else (),
-                     sliding_window=int(window) if window else None)
+                     sliding_window=int(window) if window else None,
+                     n_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or n_heads),
+                     d_model=int(cfg.hidden_size))
 
 
 def _sliding_layers(cfg: Any, n_layers: int) -> tuple[int, ...]:
