@@ -116,6 +116,39 @@ def _check(model: Any, batch: CircuitBatch, remote: Remote) -> CircuitShape:
     return shape
 
 
+def forward_inputs(model: Any, batch: CircuitBatch) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The keyword inputs of the clean forward and of the corrupted one (None under role means)."""
+    extra = forward_kwargs(model)
+    clean = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+             "position_ids": batch.position_ids, **extra}
+    if batch.corruption == "corrupt_ids":
+        return clean, {**clean, "input_ids": batch.corrupt_ids}
+    if batch.corruption == "corrupt_embeds":
+        return clean, {"inputs_embeds": batch.corrupt_embeds, "attention_mask": batch.attention_mask,
+                       "position_ids": batch.position_ids, **extra}
+    return clean, None
+
+
+def attention_masks(shape: CircuitShape, batch: CircuitBatch) -> tuple[list["torch.Tensor"], list["torch.Tensor"]]:
+    """Per layer, bool ``[B, 1, T(i), T(j)]``: which keys a query reads (causal, key not padding,
+    inside the layer's window on column indices), and those pairs whose query is real too."""
+    import torch
+
+    T = batch.width
+    real = batch.attention_mask.bool()
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    pos = torch.arange(T)
+    allowed, valid = [], []
+    for lyr in range(shape.n_layers):
+        a = causal[None, None] & real[:, None, None, :]
+        w = shape.window(lyr)
+        if w is not None:
+            a = a & ((pos[:, None] - pos[None, :]) < w)[None, None]
+        allowed.append(a)
+        valid.append(a & real[:, None, :, None])
+    return allowed, valid
+
+
 def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exact_softmax: bool = False,
                       remote: Remote = False) -> tuple["np.ndarray", "np.ndarray"]:
     """Sums over the batch's rows of the role-level EAP scores: ``(resid [S, P, R], attn [L, H, R, R, 3])``
@@ -135,17 +168,7 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     B, T = batch.size, batch.width
     gs, eps = shape.group_size, shape.eps
     ppl = shape.ports_per_layer
-    kind = batch.corruption
-    extra = forward_kwargs(model)
-    clean_in = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                "position_ids": batch.position_ids, **extra}
-    if kind == "corrupt_ids":
-        corrupt_in = {**clean_in, "input_ids": batch.corrupt_ids}
-    elif kind == "corrupt_embeds":
-        corrupt_in = {"inputs_embeds": batch.corrupt_embeds, "attention_mask": batch.attention_mask,
-                      "position_ids": batch.position_ids, **extra}
-    else:
-        corrupt_in = None
+    clean_in, corrupt_in = forward_inputs(model, batch)
     means = batch.role_means.detach() if batch.role_means is not None else None
     role_idx = batch.role_ids.clamp(min=0)
     real_bt = batch.attention_mask.bool()
@@ -173,16 +196,7 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
               if shape.rotary_dims else None)
     rd = shape.rotary_dims if tables is not None else 0
     rot = [(c[:, :, None], s_[:, :, None]) for c, s_ in tables] if tables is not None else [None] * L
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    pos_i = torch.arange(T)
-    allowed, valid = [], []  # per layer [B, 1, T(i), T(j)]: causal, key real, inside the window
-    for lyr in range(L):
-        a = causal[None, None] & real_bt[:, None, None, :]
-        w = shape.window(lyr)
-        if w is not None:
-            a = a & ((pos_i[:, None] - pos_i[None, :]) < w)[None, None]
-        allowed.append(a)
-        valid.append(a & real_bt[:, None, :, None])  # both positions real
+    allowed, valid = attention_masks(shape, batch)
 
     def has_bias(key: str, lyr: int) -> bool:
         return getattr(hf.get_submodule(shape.path(key, lyr)), "bias", None) is not None
@@ -635,5 +649,5 @@ def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequenc
                             ig_steps=ig_steps, exact_softmax=exact_softmax)
 
 
-__all__ = ["AttributionResult", "attribution_batch", "edge_attribution", "edge_presence", "presence_masks",
-           "role_presence", "scores_from_sums"]
+__all__ = ["AttributionResult", "attention_masks", "attribution_batch", "edge_attribution", "edge_presence",
+           "forward_inputs", "presence_masks", "role_presence", "scores_from_sums"]
