@@ -592,6 +592,72 @@ class UnrolledModel:
             xm[a:b] = xr
         return xm
 
+    def _attend(self, layer: int, qkv: "torch.Tensor", state: CorruptState, pair_masks: tuple | None,
+                allowed: "torch.Tensor", groups: "torch.Tensor") -> "torch.Tensor":
+        """Every head's output ``z [H, B, T, hd]`` of ``layer`` from this run's q/k/v ``qkv`` (attention
+        layout, before grouping); with ``pair_masks`` (``[3, H, B, T, T]`` and which of q/k/v any / every
+        pair keeps), the dropped pairs read the corrupted q / k / v instead."""
+        import torch
+
+        s = self.shape
+        H, G = s.n_heads, s.n_groups
+        dtype = qkv.dtype
+        # [H, B, T, hd] each (k, v: the group's projection for each of its query heads)
+        q, k, v = qkv[:H], qkv[H:H + G].index_select(0, groups), qkv[H + G:].index_select(0, groups)
+        if pair_masks is None:
+            scores, mv, vx = torch.matmul(q, k.transpose(-1, -2)), None, None
+        else:
+            qx, kx, vx = state.qkv[layer]
+            kx, vx = kx.index_select(0, groups), vx.index_select(0, groups)
+            (mq, mk, mv), some, every = pair_masks  # [H, B, T(i), T(j)] each
+            qs = [t for use, t in ((some[0], q), (not every[0], qx)) if use]
+            ks = [t for use, t in ((some[1], k), (not every[1], kx)) if use]
+
+            def with_key(qq: "torch.Tensor") -> "torch.Tensor":
+                sc = [torch.matmul(qq, kk.transpose(-1, -2)) for kk in ks]
+                return sc[0] if len(sc) == 1 else torch.where(mk, sc[0], sc[1])
+
+            sq = [with_key(qq) for qq in qs]
+            scores = sq[0] if len(sq) == 1 else torch.where(mq, sq[0], sq[1])
+            if every[2]:
+                mv = None
+        scores = scores * s.scale(layer)
+        if s.attn_softcap is not None:
+            scores = torch.tanh(scores / s.attn_softcap) * s.attn_softcap
+        scores = torch.where(allowed, scores, torch.full_like(scores, torch.finfo(dtype).min))
+        # transformers' eager attention takes the softmax in float32; a float64 model keeps float64
+        probs = torch.softmax(scores, -1, dtype=torch.float64 if dtype == torch.float64 else torch.float32).to(dtype)
+        if mv is None:
+            return torch.matmul(probs, v)
+        if not some[2]:
+            return torch.matmul(probs, vx)
+        # per query: this run's values minus the dropped pairs' change, or the corrupted values plus
+        # the kept pairs' change, whichever pairs are fewer (a change that is exactly 0 changes
+        # nothing, so edges between identical tokens have no effect)
+        real = allowed.to(dtype)
+        kept_form = (mv * real).sum(-1, keepdim=True) * 2 >= real.sum(-1, keepdim=True)  # [H, B, T, 1]
+        corr = torch.matmul(probs * torch.where(kept_form, ~mv, mv), v - vx)
+        if bool(kept_form.all()):
+            return torch.matmul(probs, v) - corr
+        if not bool(kept_form.any()):
+            return torch.matmul(probs, vx) + corr
+        return torch.where(kept_form, torch.matmul(probs, v) - corr, torch.matmul(probs, vx) + corr)
+
+    def _head_outputs(self, layer: int, z: "torch.Tensor", out: "torch.Tensor") -> None:
+        """``out[H, N, d]`` = each head's sender output from its ``z [H, N, hd]``: its slice of the
+        output projection, its share of the bias, and under a post-attention norm its share of the
+        normed sum of this run's heads."""
+        import torch
+
+        wl = self._weights(layer, z.dtype)
+        heads = torch.bmm(z, wl["o"], out=out)
+        if wl["o_bias"] is not None:
+            heads.add_(wl["o_bias"])
+        if wl["post"] is not None:
+            gain, eps_post = wl["post"]
+            total = heads.sum(0)
+            heads.mul_(torch.rsqrt(total.square().mean(-1, keepdim=True).add_(eps_post))).mul_(gain)
+
     def run(self, batch: CircuitBatch, lay: Layout, embeds: "torch.Tensor", state: CorruptState,
             buf: "torch.Tensor", resid_mask: "torch.Tensor | None" = None,
             attn_mask: "torch.Tensor | None" = None, work: "Workspace | None" = None) -> "torch.Tensor":
@@ -637,9 +703,6 @@ class UnrolledModel:
         run = W[0].clone()  # sum of the differences so far
         rotary = self._rotary(batch, lay, embeds)
         allowed_by_layer = self._allowed(batch, lay, device)  # [B, T(i), T(j)] per layer
-        neg = torch.finfo(dtype).min
-        # transformers' eager attention takes the softmax in float32; a float64 model keeps float64
-        soft_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         groups = torch.arange(H, device=device) // s.group_size
         for layer in range(L):
             l0 = self.block_start(layer)
@@ -663,58 +726,11 @@ class UnrolledModel:
                 self._sender_sum(lay, buf, n0, nb, run_block, rmT[:, n0:nb, p0:p0 + ppl], X, extra=state.delta[layer])
             qkv = self._qkv(layer, X[:n_attn])
             self._turn(qkv, rotary, layer)
-            allowed = allowed_by_layer[layer]
             qkv = lay.to_attn(qkv)
-            # [H, B, T, hd] each (k, v: the group's projection for each of its query heads)
-            q, k, v = qkv[:H], qkv[H:H + G].index_select(0, groups), qkv[H + G:].index_select(0, groups)
-            if amask is None:
-                scores, mv, vx = torch.matmul(q, k.transpose(-1, -2)), None, None
-            else:
-                qx, kx, vx = state.qkv[layer]
-                kx, vx = kx.index_select(0, groups), vx.index_select(0, groups)
-                mq, mk, mv = am_all[layer]  # [H, B, T(i), T(j)] each
-                some, every = am_some[layer], am_every[layer]
-                qs = [t for use, t in ((some[0], q), (not every[0], qx)) if use]
-                ks = [t for use, t in ((some[1], k), (not every[1], kx)) if use]
-
-                def with_key(qq: "torch.Tensor") -> "torch.Tensor":
-                    sc = [torch.matmul(qq, kk.transpose(-1, -2)) for kk in ks]
-                    return sc[0] if len(sc) == 1 else torch.where(mk, sc[0], sc[1])
-
-                sq = [with_key(qq) for qq in qs]
-                scores = sq[0] if len(sq) == 1 else torch.where(mq, sq[0], sq[1])
-                if every[2]:
-                    mv = None
-            scores = scores * s.scale(layer)
-            if s.attn_softcap is not None:
-                scores = torch.tanh(scores / s.attn_softcap) * s.attn_softcap
-            scores = torch.where(allowed, scores, torch.full_like(scores, neg))
-            probs = torch.softmax(scores, -1, dtype=soft_dtype).to(dtype)
-            if mv is None:
-                z = torch.matmul(probs, v)
-            elif not some[2]:
-                z = torch.matmul(probs, vx)
-            else:  # per query: this run's values minus the dropped pairs' change, or the corrupted
-                # values plus the kept pairs' change, whichever pairs are fewer (a change that is
-                # exactly 0 changes nothing, so edges between identical tokens have no effect)
-                real = allowed.to(dtype)
-                kept_form = (mv * real).sum(-1, keepdim=True) * 2 >= real.sum(-1, keepdim=True)  # [H, B, T, 1]
-                corr = torch.matmul(probs * torch.where(kept_form, ~mv, mv), v - vx)
-                if bool(kept_form.all()):
-                    z = torch.matmul(probs, v) - corr
-                elif not bool(kept_form.any()):
-                    z = torch.matmul(probs, vx) + corr
-                else:
-                    z = torch.where(kept_form, torch.matmul(probs, v) - corr, torch.matmul(probs, vx) + corr)
+            pair_masks = None if amask is None else (am_all[layer], am_some[layer], am_every[layer])
+            z = self._attend(layer, qkv, state, pair_masks, allowed_by_layer[layer], groups)
             first = s.sender_head(layer, 0)
-            wl = self._weights(layer, dtype)
-            heads = torch.bmm(lay.from_attn(z), wl["o"], out=W[first:first + H])
-            if wl["o_bias"] is not None:
-                heads.add_(wl["o_bias"])
-            if wl["post"] is not None:  # each head's share of the normed sum of this run's heads
-                gain, eps_post = wl["post"]
-                total = heads.sum(0)
-                heads.mul_(torch.rsqrt(total.square().mean(-1, keepdim=True).add_(eps_post))).mul_(gain)
+            self._head_outputs(layer, lay.from_attn(z), W[first:first + H])
             if not zero:  # this run's head outputs minus the corrupted ones (exactly 0 where equal)
                 W[first:first + H].sub_(state.slice(first, first + H))
             # the mlp port: its part from earlier senders, the corrupted heads, the kept heads' differences
