@@ -414,6 +414,58 @@ def test_exact_softmax_attention_edges(arch):
     assert err_fixed < err_plain, (err_fixed, err_plain)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_softmax_logits_edges_are_exact(arch, monkeypatch):
+    """Under exact_softmax the logits port's edges are exact (the final norm and the unembedding are
+    the last step): each equals exact single-edge patching under a large corruption, to float64
+    rounding, where plain EAP's linearised final norm does not."""
+    from interp.circuit.eap import edge_presence
+    from interp.circuit.patch import EdgePatcher
+
+    hf = float64_exact(tiny(arch), monkeypatch)
+    batch = random_batch(hf, rows=2, width=7, corruption="embeds", eps=3.0, seed=6)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    plain, fixed = attribution_batch(nn_model, batch)[0], attribution_batch(nn_model, batch, exact_softmax=True)[0]
+    patcher = EdgePatcher(hf, batch)
+    has_r = edge_presence(patcher.shape, [batch], N_ROLES, END)[0]
+    edges = np.argwhere(has_r[:, patcher.shape.port_logits])
+    edges = np.insert(edges, 1, patcher.shape.port_logits, axis=1)
+    exact, _ = _single_edge_effects(patcher, edges, [])
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(fixed[tuple(edges.T)], exact, atol=1e-9 * scale)
+    assert np.abs(plain[tuple(edges.T)] - exact).max() > 1e-4 * scale
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_softmax_query_port_edges(arch):
+    """Under exact_softmax the residual edges into q ports go through the head's softmax exactly:
+    equal to plain EAP to first order under a tiny corruption, closer to exact single-edge patching
+    under a large one (the k / v / mlp ports are plain EAP's)."""
+    from interp.circuit.eap import edge_presence
+    from interp.circuit.patch import EdgePatcher
+
+    hf = tiny(arch)
+    nn_model = as_nnsight(hf, bpe_tokenizer())
+    s = circuit_shape(hf)
+    q_ports = np.array(s.port_arrays()[1]) == "q"
+    small = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-5, seed=5)
+    plain, fixed = attribution_batch(nn_model, small)[0], attribution_batch(nn_model, small, exact_softmax=True)[0]
+    rest = ~q_ports & (np.arange(s.n_ports) != s.port_logits)
+    np.testing.assert_allclose(fixed[:, rest], plain[:, rest], rtol=1e-10, atol=1e-12 * np.abs(plain).max())
+    assert np.corrcoef(plain[:, q_ports].ravel(), fixed[:, q_ports].ravel())[0, 1] > 0.9999
+    big = random_batch(hf, rows=2, width=7, corruption="embeds", eps=3.0, seed=6)
+    plain, fixed = attribution_batch(nn_model, big)[0], attribution_batch(nn_model, big, exact_softmax=True)[0]
+    patcher = EdgePatcher(hf, big)
+    has_r = edge_presence(patcher.shape, [big], N_ROLES, END)[0]
+    edges = np.argwhere(has_r & q_ports[None, :, None])
+    edges = edges[s.port_arrays()[0][edges[:, 1]] == s.n_layers - 1]  # the last layer's query ports
+    exact, _ = _single_edge_effects(patcher, edges, [])
+    err_plain = np.abs(plain[tuple(edges.T)] - exact).mean()
+    err_fixed = np.abs(fixed[tuple(edges.T)] - exact).mean()
+    print(f"{arch}: mean |EAP - exact| on q ports {err_plain:.3g}, exact through the softmax {err_fixed:.3g}")
+    assert err_fixed < err_plain
+
+
 def _sharpened(arch: str) -> Any:
     """Sharp attention (queries and keys x8) with the type's score quirk made to bite: Gemma-2 a
     soft cap at the scores' size, GPT-2 its scaling by ``1 / (layer + 1)``."""

@@ -45,7 +45,14 @@ layer input by the same arithmetic (norms at float32 or better), so equal inputs
 With ``exact_softmax`` (AtP*'s QK fix, per source role) the q and k edges ``s -> t`` are instead
 ``sum_{i in t} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``, ``A'`` the pattern recomputed with the
 scores of the keys of role ``s`` taken with the corrupted key (c = 1) or query (c = 0): exact
-through the softmax, first order after the head's output. ``R`` extra softmaxes per head.
+through the softmax, first order after the head's output. ``R`` extra softmaxes per head. The
+residual edges ``s@r -> q (l, h)`` likewise: ``sum_{i in r} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``
+with ``A'`` the pattern of the query recomputed (norm, projection, q norm, rotary) from the port's
+input plus sender ``s``'s difference (one extra softmax per head and earlier sender); a saturated
+head's softmax has no gradient, so plain EAP scores its query path ~0 while patching it moves the
+metric most (the compiled fixtures: ``interp.circuit.groundtruth``). And the ``logits`` edges are
+exact: the metric recomputed through the final norm and the two target rows of the unembedding
+with each sender's difference added at the last position (plain EAP linearises the final norm).
 
 **EAP-IG** (``ig_steps = n > 1``): the gradients are averaged over ``n`` forwards whose embedding
 module outputs are ``e^corr + (k / n) (e - e^corr)``, ``k = n .. 1`` (``n = 1`` is plain EAP; the
@@ -79,6 +86,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .graph import EdgeScores
 
 Progress = Callable[[int, int], Any]
+
+#: under ``exact_softmax``, the residual q-port edges recompute the queries of this many senders at
+#: once (memory: ``B * T * chunk * (d + H * hd) + B * chunk * H * T * T`` values per layer)
+EXACT_SOFTMAX_CHUNK = 32
 
 
 @dataclass
@@ -155,7 +166,8 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     as float64 (zeros where no edge: see :func:`edge_presence` for the NaN pattern).
 
     ``model``: an nnsight ``TransformersModel`` of any architecture of the table. ``exact_softmax``:
-    q/k attention edges exact through their head's softmax (see the module docstring).
+    q/k attention edges and residual q-port edges exact through their head's softmax, logits edges
+    exact (see the module docstring).
     """
     import nnsight
     import torch
@@ -197,6 +209,7 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     rd = shape.rotary_dims if tables is not None else 0
     rot = [(c[:, :, None], s_[:, :, None]) for c, s_ in tables] if tables is not None else [None] * L
     allowed, valid = attention_masks(shape, batch)
+    chunk = EXACT_SOFTMAX_CHUNK  # senders per recomputed query block (exact_softmax's q ports)
 
     def has_bias(key: str, lyr: int) -> bool:
         return getattr(hf.get_submodule(shape.path(key, lyr)), "bias", None) is not None
@@ -213,6 +226,9 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
         return [model.get(shape.path(key, lyr)) for lyr in range(L)]
 
     emb_env, fin_env = model.get(shape.path("embed")), model.get(shape.path("final_norm"))
+    lm_env = model.get(shape.path("lm_head"))
+    lm_bias = getattr(hf.get_submodule(shape.path("lm_head")), "bias", None) is not None
+    fcap = shape.final_softcap
     blk_env, o_env, mlp_env = envs("layer"), envs("o"), envs("mlp")
     q_env, k_env, v_env, qkv_env = envs("q"), envs("k"), envs("v"), envs("qkv")
     qn_env, kn_env = envs("q_norm"), envs("k_norm")
@@ -270,6 +286,10 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
             if post_attn:
                 wts["pa"] = pa_env[lyr].weight
             weights.append(wts)
+        fin_w = fin_env.weight
+        fin_b = fin_env.bias if layernorm else None
+        lm_w = lm_env.weight
+        lm_b = lm_env.bias if lm_bias else None
         st = {}
         if corrupt_in is not None:
             with model.trace(corrupt_in):
@@ -484,8 +504,9 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         st["q_cx"].append(posts[4])
                         st["k_cx"].append(posts[5])
                     # ---- residual edges into this layer's q/k/v ports
-                    e = torch.einsum("btsd,btpd->btsp", delta[:, :, :n_before], gp)
-                    resid_acc[:n_before, lyr * ppl:lyr * ppl + H + 2 * G] += torch.einsum(
+                    q0 = H if exact_softmax else 0
+                    e = torch.einsum("btsd,btpd->btsp", delta[:, :, :n_before], gp[:, :, q0:])
+                    resid_acc[:n_before, lyr * ppl + q0:lyr * ppl + H + 2 * G] += torch.einsum(
                         "btsp,btr->spr", e, onehot).double()
                     # ---- residual edges into the mlp port
                     gm = g_mi[lyr]
@@ -544,11 +565,63 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         attn_acc[lyr, :, :, :, :2] += fix
                         attn_acc[lyr, :, :, :, 2:] += torch.einsum("bhijc,bjs,bit->hstc", terms, onehot,
                                                                    onehot).double()
+                        # residual edges into the q ports, exact through the softmax too: each earlier
+                        # sender's difference added to this run's port input, the queries recomputed
+                        # (norms, projection, q norm, rotary), the pattern exact, first order after it
+                        hi = torch.promote_types(dt, torch.float32)
+                        for c0 in range(0, n_before, chunk):
+                            c1 = min(n_before, c0 + chunk)
+                            xq = xs[lyr].detach()[:, :, None] + delta[:, :, c0:c1]
+                            if pre_norm and layernorm:
+                                xq = xq - xq.mean(-1, keepdim=True)
+                                xq = xq * torch.rsqrt(xq.pow(2).mean(-1, keepdim=True) + eps) * wts["n1"] + wts["n1b"]
+                            elif pre_norm:
+                                xf = xq.to(hi)
+                                xq = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * (wts["n1"] + off)
+                            qn = torch.einsum("btsd,hed->btshe", xq, wq)
+                            if "bq" in wts:
+                                qn = qn + wts["bq"].view(H, hd)
+                            if qk_head or qk_across:
+                                qf = qn.to(hi) if qk_head else qn.reshape(B, T, c1 - c0, H * hd).to(hi)
+                                qf = (qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * (wts["qn"] + off)
+                                qn = qf.reshape(B, T, c1 - c0, H, hd)
+                            if rd:
+                                cs, sn = rot[lyr][0].to(dev, dt)[:, :, None], rot[lyr][1].to(dev, dt)[:, :, None]
+                                pr = qn[..., :rd]
+                                pr = pr * cs + torch.cat((-pr[..., rd // 2:], pr[..., :rd // 2]), -1) * sn
+                                qn = torch.cat((pr, qn[..., rd:]), -1)
+                            s3 = torch.einsum("bishe,bjhe->bshij", qn, kh) * scale
+                            if cap is not None:
+                                s3 = cap * torch.tanh(s3 / cap)
+                            s3 = torch.where(al[:, None], s3, torch.full_like(s3, torch.finfo(dt).min))
+                            p3 = torch.softmax(s3, -1, dtype=torch.float64 if dt == torch.float64 else torch.float32).to(dt)
+                            per_q = torch.where(vm[:, None], (p3 - probs[:, None]) * d_a[:, None], torch.zeros_like(p3)).sum(-1)
+                            resid_acc[c0:c1, lyr * ppl:lyr * ppl + H] += torch.einsum("bshi,bir->shr", per_q, onehot).double()
                     else:
                         attn_acc[lyr] += torch.einsum("bhijc,bjs,bit->hstc", terms, onehot, onehot).double()
                 # ---- residual edges into the logits port (last position: role END)
-                gf = g_fin[:, -1]
-                el = torch.einsum("bsd,bd->bs", delta[:, -1], gf)
+                if exact_softmax:
+                    # exact through the final norm and the unembedding (the last step): the metric
+                    # with each sender's difference added at the last position, minus this run's
+                    hi = torch.promote_types(dt, torch.float32)
+                    xl = fin[:, -1].detach()
+                    xe = torch.cat([xl[:, None], xl[:, None] + delta[:, -1]], 1)
+                    if layernorm:
+                        xe = xe - xe.mean(-1, keepdim=True)
+                    xf = xe.to(hi)
+                    xn = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * (fin_w + off)
+                    if fin_b is not None:
+                        xn = xn + fin_b
+                    rows = torch.stack([lm_w[ct[:, 0].to(dev)], lm_w[xt[:, 0].to(dev)]], 1)
+                    zl = torch.einsum("bsd,bkd->bsk", xn, rows)
+                    if lm_b is not None:
+                        zl = zl + torch.stack([lm_b[ct[:, 0].to(dev)], lm_b[xt[:, 0].to(dev)]], 1)[:, None]
+                    if fcap is not None:
+                        zl = fcap * torch.tanh(zl / fcap)
+                    ml = zl[..., 0] - zl[..., 1]
+                    el = ml[:, 1:] - ml[:, :1]
+                else:
+                    el = torch.einsum("bsd,bd->bs", delta[:, -1], g_fin[:, -1])
                 end_ids = role_idx[:, -1].to(dev)
                 for b in range(B):
                     resid_acc[:, P - 1, end_ids[b]] += el[b].double()
