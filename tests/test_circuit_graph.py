@@ -66,10 +66,17 @@ def test_parallel_residual_layout_feeds_mlp_ports_like_attention_and_travels_in_
 
 
 def test_the_engine_shape_is_the_graph_layout():
-    """One shape type: the engine's CircuitShape is a ModelShape, its layout is what files carry."""
-    from interp.circuit.ports import CircuitShape
+    """One shape type: the engine's CircuitShape is a ModelShape, its layout is what files carry
+    (a GPT-NeoX config's parallel residual included)."""
+    from transformers import GPTNeoXConfig
 
-    assert issubclass(CircuitShape, ModelShape)
+    from interp.circuit.ports import CircuitShape, circuit_shape
+
+    shape = circuit_shape(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, use_parallel_residual=True))
+    assert isinstance(shape, CircuitShape) and isinstance(shape, ModelShape)
+    assert shape.layout == ModelShape(2, 4, 4, parallel=True) and type(shape.layout) is ModelShape
+    assert (shape.edge_exists() == shape.layout.edge_exists()).all()
 
 
 def test_scores_npz_round_trip(tmp_path):

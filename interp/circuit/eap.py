@@ -78,7 +78,7 @@ from gar_tasks.errors import GARConfigError
 from ..core.model import Remote, check_remote, forward_kwargs, frozen, is_nnsight
 from .batch import CircuitBatch
 from ..core.architectures import architecture
-from .ports import CircuitShape, circuit_shape, rotary_tables
+from .ports import CircuitShape, attention_masks, circuit_shape, rotary_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -138,26 +138,6 @@ def forward_inputs(model: Any, batch: CircuitBatch) -> tuple[dict[str, Any], dic
         return clean, {"inputs_embeds": batch.corrupt_embeds, "attention_mask": batch.attention_mask,
                        "position_ids": batch.position_ids, **extra}
     return clean, None
-
-
-def attention_masks(shape: CircuitShape, batch: CircuitBatch) -> tuple[list["torch.Tensor"], list["torch.Tensor"]]:
-    """Per layer, bool ``[B, 1, T(i), T(j)]``: which keys a query reads (causal, key not padding,
-    inside the layer's window on column indices), and those pairs whose query is real too."""
-    import torch
-
-    T = batch.width
-    real = batch.attention_mask.bool()
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    pos = torch.arange(T)
-    allowed, valid = [], []
-    for lyr in range(shape.n_layers):
-        a = causal[None, None] & real[:, None, None, :]
-        w = shape.window(lyr)
-        if w is not None:
-            a = a & ((pos[:, None] - pos[None, :]) < w)[None, None]
-        allowed.append(a)
-        valid.append(a & real[:, None, :, None])
-    return allowed, valid
 
 
 def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exact_softmax: bool = False,
@@ -722,5 +702,5 @@ def edge_attribution(model: Any, batches: Sequence[CircuitBatch], roles: Sequenc
                             ig_steps=ig_steps, exact_softmax=exact_softmax)
 
 
-__all__ = ["AttributionResult", "attention_masks", "attribution_batch", "edge_attribution", "edge_presence",
+__all__ = ["AttributionResult", "attribution_batch", "edge_attribution", "edge_presence",
            "forward_inputs", "presence_masks", "role_presence", "scores_from_sums"]

@@ -128,9 +128,9 @@ class ModelShape:
         """Index of port ``q (layer, head)``, ``k``/``v (layer, group)``, ``mlp layer`` or ``logits``."""
         if kind == "logits":
             return self.port_logits
-        at = {"q": self.port_q, "k": self.port_k, "v": self.port_v}.get(kind)
         if kind == "mlp":
             return self.port_mlp(layer)
+        at = {"q": self.port_q, "k": self.port_k, "v": self.port_v}.get(kind)
         if at is None:
             raise ValueError(f"unknown port kind {kind!r}")
         return at(layer, index)

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 from gar_tasks.errors import GARConfigError
 
 from .batch import CircuitBatch
-from .ports import CircuitShape, circuit_shape, rotary_tables
+from .ports import CircuitShape, attention_masks, circuit_shape, rotary_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -317,24 +317,10 @@ class UnrolledModel:
         return lay.cache[key]
 
     def _allowed(self, batch: CircuitBatch, lay: Layout, device: "torch.device") -> list:
-        """Per layer the ``[B, T(i), T(j)]`` keys a query may read: causal, not padding, and
-        inside the layer's sliding window (``i - j < w`` on the batch's columns)."""
-        import torch
-
+        """Per layer the ``[B, T(i), T(j)]`` keys a query may read (:func:`~interp.circuit.ports.attention_masks`)."""
         key = ("allowed", device)
         if key not in lay.cache:
-            T = batch.width
-            cols = torch.arange(T, device=device)
-            gap = cols[:, None] - cols[None, :]
-            base = (gap >= 0)[None] & batch.attention_mask.bool().to(device)[:, None, :]
-            by_window: dict[int | None, "torch.Tensor"] = {}
-            out = []
-            for layer in range(self.shape.n_layers):
-                w = self.shape.window(layer)
-                if w not in by_window:
-                    by_window[w] = base if w is None else base & (gap < w)[None]
-                out.append(by_window[w])
-            lay.cache[key] = out
+            lay.cache[key] = [a[:, 0].to(device) for a in attention_masks(self.shape, batch)[0]]
         return lay.cache[key]
 
     def _projections(self, layer: int) -> dict[str, tuple["torch.Tensor", "torch.Tensor | None"]]:

@@ -144,4 +144,27 @@ def rotary_tables(model: Any, position_ids: "torch.Tensor", dtype: "torch.dtype"
             cos, sin = module(like, pos, kind)
             out[kind] = (cos.to(dtype), sin.to(dtype))
     return [out[kind] for kind in types]
-__all__ = ["CircuitShape", "EPS_KEYS", "circuit_shape", "rotary_tables"]
+
+
+def attention_masks(shape: CircuitShape, batch: Any) -> tuple[list["torch.Tensor"], list["torch.Tensor"]]:
+    """Per layer, bool ``[B, 1, T(i), T(j)]`` for a left-padded batch (a ``CircuitBatch``): which keys
+    a query reads (causal, key not padding, inside the layer's window ``i - j < w`` on column
+    indices), and those pairs whose query is real too. The one masking rule of the patcher and EAP."""
+    import torch
+
+    T = batch.width
+    real = batch.attention_mask.bool()
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    pos = torch.arange(T)
+    allowed, valid = [], []
+    for lyr in range(shape.n_layers):
+        a = causal[None, None] & real[:, None, None, :]
+        w = shape.window(lyr)
+        if w is not None:
+            a = a & ((pos[:, None] - pos[None, :]) < w)[None, None]
+        allowed.append(a)
+        valid.append(a & real[:, None, :, None])
+    return allowed, valid
+
+
+__all__ = ["CircuitShape", "EPS_KEYS", "attention_masks", "circuit_shape", "rotary_tables"]
