@@ -437,33 +437,42 @@ def test_exact_softmax_logits_edges_are_exact(arch, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_exact_softmax_query_port_edges(arch):
-    """Under exact_softmax the residual edges into q ports go through the head's softmax exactly:
-    equal to plain EAP to first order under a tiny corruption, closer to exact single-edge patching
-    under a large one (the k / v / mlp ports are plain EAP's)."""
+def test_exact_softmax_qkv_port_edges(arch):
+    """Under exact_softmax the residual edges into q, k and v ports go through the norm and the head
+    exactly (q and k through the softmax, keys per source role): equal to plain EAP to first order
+    under a tiny corruption, closer to exact single-edge patching under a large one, each kind of
+    port on its own (the mlp ports are plain EAP's)."""
     from interp.circuit.eap import edge_presence
     from interp.circuit.patch import EdgePatcher
 
     hf = tiny(arch)
     nn_model = as_nnsight(hf, bpe_tokenizer())
     s = circuit_shape(hf)
-    q_ports = np.array(s.port_arrays()[1]) == "q"
+    kinds = np.array(s.port_arrays()[1])
+    head_ports = np.isin(kinds, ["q", "k", "v"])
     small = random_batch(hf, rows=2, width=7, corruption="embeds", eps=1e-5, seed=5)
     plain, fixed = attribution_batch(nn_model, small)[0], attribution_batch(nn_model, small, exact_softmax=True)[0]
-    rest = ~q_ports & (np.arange(s.n_ports) != s.port_logits)
+    rest = ~head_ports & (np.arange(s.n_ports) != s.port_logits)
     np.testing.assert_allclose(fixed[:, rest], plain[:, rest], rtol=1e-10, atol=1e-12 * np.abs(plain).max())
-    assert np.corrcoef(plain[:, q_ports].ravel(), fixed[:, q_ports].ravel())[0, 1] > 0.9999
+    for kind in ("q", "k", "v"):
+        assert np.corrcoef(plain[:, kinds == kind].ravel(), fixed[:, kinds == kind].ravel())[0, 1] > 0.9999, kind
     big = random_batch(hf, rows=2, width=7, corruption="embeds", eps=3.0, seed=6)
     plain, fixed = attribution_batch(nn_model, big)[0], attribution_batch(nn_model, big, exact_softmax=True)[0]
     patcher = EdgePatcher(hf, big)
     has_r = edge_presence(patcher.shape, [big], N_ROLES, END)[0]
-    edges = np.argwhere(has_r & q_ports[None, :, None])
-    edges = edges[s.port_arrays()[0][edges[:, 1]] == s.n_layers - 1]  # the last layer's query ports
+    edges = np.argwhere(has_r & head_ports[None, :, None])
+    edges = edges[s.port_arrays()[0][edges[:, 1]] == s.n_layers - 1]  # the last layer's head ports
     exact, _ = _single_edge_effects(patcher, edges, [])
-    err_plain = np.abs(plain[tuple(edges.T)] - exact).mean()
-    err_fixed = np.abs(fixed[tuple(edges.T)] - exact).mean()
-    print(f"{arch}: mean |EAP - exact| on q ports {err_plain:.3g}, exact through the softmax {err_fixed:.3g}")
-    assert err_fixed < err_plain
+    for kind in ("q", "k", "v"):
+        sel = kinds[edges[:, 1]] == kind
+        e = edges[sel]
+        err_plain = np.abs(plain[tuple(e.T)] - exact[sel]).mean()
+        err_fixed = np.abs(fixed[tuple(e.T)] - exact[sel]).mean()
+        print(f"{arch}: mean |EAP - exact| on {kind} ports {err_plain:.3g}, exact through the head {err_fixed:.3g}")
+        if kind == "v" and not s.pre_attention_norm:  # v reads the raw stream (OLMo-2): already linear
+            np.testing.assert_allclose(fixed[tuple(e.T)], plain[tuple(e.T)], rtol=1e-8)
+        else:
+            assert err_fixed < err_plain, kind
 
 
 def _sharpened(arch: str) -> Any:

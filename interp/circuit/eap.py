@@ -46,13 +46,21 @@ With ``exact_softmax`` (AtP*'s QK fix, per source role) the q and k edges ``s ->
 ``sum_{i in t} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``, ``A'`` the pattern recomputed with the
 scores of the keys of role ``s`` taken with the corrupted key (c = 1) or query (c = 0): exact
 through the softmax, first order after the head's output. ``R`` extra softmaxes per head. The
-residual edges ``s@r -> q (l, h)`` likewise: ``sum_{i in r} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``
-with ``A'`` the pattern of the query recomputed (norm, projection, q norm, rotary) from the port's
-input plus sender ``s``'s difference (one extra softmax per head and earlier sender); a saturated
+residual edges into the head's ports are exact through the attention norm and the head too: each
+earlier sender's difference is added to this run's port input (from the first column where clean
+and corrupted tokens differ), and the queries, keys and values are recomputed from it (norm,
+projection, q/k norm, rotary). ``s@r -> q``: ``sum_{i in r} g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``,
+``A'`` with the recomputed query at ``i``; ``s@r -> k``: ``sum_i g_z(i) . sum_j (A'(i, j) - A(i, j)) v(j)``
+over every query, ``A'`` with the recomputed keys at the positions of role ``r`` (one pattern per
+source role, from per-role sums of the unnormalised pattern: ``sum_j A' g_z . v = N_r / Z_r``, the
+sums of the other roles added, never subtracted, in float64); ``s@r -> v``:
+``sum_{j in r} g_v(j) . (v'(j) - v(j))`` (the output is linear in v given the pattern). A saturated
 head's softmax has no gradient, so plain EAP scores its query path ~0 while patching it moves the
-metric most (the compiled fixtures: ``interp.circuit.groundtruth``). And the ``logits`` edges are
-exact: the metric recomputed through the final norm and the two target rows of the unembedding
-with each sender's difference added at the last position (plain EAP linearises the final norm).
+metric most; a norm linearised at a one-hot stream gives an edge that changes no query, key or value
+a score (the compiled fixtures: ``interp.circuit.groundtruth``). And the ``logits`` edges are exact:
+the metric recomputed through the final norm and the two target rows of the unembedding with each
+sender's difference added at the last position (plain EAP linearises the final norm). The mlp
+ports stay first order.
 
 **EAP-IG** (``ig_steps = n > 1``): the gradients are averaged over ``n`` forwards whose embedding
 module outputs are ``e^corr + (k / n) (e - e^corr)``, ``k = n .. 1`` (``n = 1`` is plain EAP; the
@@ -87,8 +95,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 Progress = Callable[[int, int], Any]
 
-#: under ``exact_softmax``, the residual q-port edges recompute the queries of this many senders at
-#: once (memory: ``B * T * chunk * (d + H * hd) + B * chunk * H * T * T`` values per layer)
+#: under ``exact_softmax``, the residual q/k/v-port edges recompute the ports of this many senders at
+#: once (memory: ``B * T * chunk * (d + 3 * H * hd) + 4 * B * chunk * H * T * T`` values per layer)
 EXACT_SOFTMAX_CHUNK = 32
 
 
@@ -146,8 +154,8 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     as float64 (zeros where no edge: see :func:`edge_presence` for the NaN pattern).
 
     ``model``: an nnsight ``TransformersModel`` of any architecture of the table. ``exact_softmax``:
-    q/k attention edges and residual q-port edges exact through their head's softmax, logits edges
-    exact (see the module docstring).
+    q/k attention edges and residual q/k/v-port edges exact through their head (q and k through its
+    softmax), logits edges exact (see the module docstring).
     """
     import nnsight
     import torch
@@ -189,7 +197,9 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
     rd = shape.rotary_dims if tables is not None else 0
     rot = [(c[:, :, None], s_[:, :, None]) for c, s_ in tables] if tables is not None else [None] * L
     allowed, valid = attention_masks(shape, batch)
-    chunk = EXACT_SOFTMAX_CHUNK  # senders per recomputed query block (exact_softmax's q ports)
+    chunk = EXACT_SOFTMAX_CHUNK  # senders per recomputed port block (exact_softmax's residual edges)
+    # columns before the first one where clean and corrupted tokens differ carry no difference
+    first_diff = min(batch.first_difference() or 0, T - 1)
 
     def has_bias(key: str, lyr: int) -> bool:
         return getattr(hf.get_submodule(shape.path(key, lyr)), "bias", None) is not None
@@ -484,10 +494,10 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         st["q_cx"].append(posts[4])
                         st["k_cx"].append(posts[5])
                     # ---- residual edges into this layer's q/k/v ports
-                    q0 = H if exact_softmax else 0
-                    e = torch.einsum("btsd,btpd->btsp", delta[:, :, :n_before], gp[:, :, q0:])
-                    resid_acc[:n_before, lyr * ppl + q0:lyr * ppl + H + 2 * G] += torch.einsum(
-                        "btsp,btr->spr", e, onehot).double()
+                    if not exact_softmax:
+                        e = torch.einsum("btsd,btpd->btsp", delta[:, :, :n_before], gp)
+                        resid_acc[:n_before, lyr * ppl:lyr * ppl + H + 2 * G] += torch.einsum(
+                            "btsp,btr->spr", e, onehot).double()
                     # ---- residual edges into the mlp port
                     gm = g_mi[lyr]
                     if has_mlp_norm:
@@ -545,13 +555,30 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         attn_acc[lyr, :, :, :, :2] += fix
                         attn_acc[lyr, :, :, :, 2:] += torch.einsum("bhijc,bjs,bit->hstc", terms, onehot,
                                                                    onehot).double()
-                        # residual edges into the q ports, exact through the softmax too: each earlier
-                        # sender's difference added to this run's port input, the queries recomputed
-                        # (norms, projection, q norm, rotary), the pattern exact, first order after it
-                        hi = torch.promote_types(dt, torch.float32)
+                        # residual edges into the q/k/v ports exact through the head: each earlier sender's
+                        # difference added to this run's port input from the first differing column on, the
+                        # queries / keys / values recomputed (norms, projection, q/k norms, rotary); q and k
+                        # through the pattern, per source role for keys, v exactly; first order after the head
+                        hi, hp = torch.promote_types(dt, torch.float32), torch.float64
+                        fd = first_diff
+                        p64 = torch.softmax(sc[:, :, fd:].to(hp), -1)
+                        lse = torch.logsumexp(sc[:, :, fd:].to(hp), -1)
+                        dm64 = torch.where(vm[:, :, fd:], d_a[:, :, fd:], torch.zeros_like(d_a[:, :, fd:])).to(hp)
+                        ohx = torch.cat([onehot, 1 - onehot.sum(-1, keepdim=True)], -1).to(hp)
+                        rs0 = [torch.einsum("bhij,bjr->bhir", p64, ohx), torch.einsum("bhij,bjr->bhir", p64 * dm64, ohx)]
+                        pre0 = [torch.einsum("bhij,bjr->bhir", p64[..., :fd], ohx[:, :fd]), torch.einsum("bhij,bjr->bhir", (p64 * dm64)[..., :fd], ohx[:, :fd])]
+                        rest0 = []
+                        for a0 in rs0:
+                            lo = torch.cat([torch.zeros_like(a0[..., :1]), a0[..., :-1]], -1).cumsum(-1)
+                            up = torch.cat([a0[..., 1:], torch.zeros_like(a0[..., :1])], -1).flip(-1).cumsum(-1).flip(-1)
+                            rest0.append(lo + up)
+                        base = rs0[1].sum(-1) / rs0[0].sum(-1)
+                        gvm = torch.where(real[:, fd:, None, None], gv[:, fd:], torch.zeros_like(gv[:, fd:]))
                         for c0 in range(0, n_before, chunk):
                             c1 = min(n_before, c0 + chunk)
-                            xq = xs[lyr].detach()[:, :, None] + delta[:, :, c0:c1]
+                            dx = delta[:, fd:, c0:c1]
+                            nz = (dx != 0).any(-1)
+                            xq = xs[lyr].detach()[:, fd:, None] + dx
                             if pre_norm and layernorm:
                                 xq = xq - xq.mean(-1, keepdim=True)
                                 xq = xq * torch.rsqrt(xq.pow(2).mean(-1, keepdim=True) + eps) * wts["n1"] + wts["n1b"]
@@ -559,24 +586,48 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                                 xf = xq.to(hi)
                                 xq = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * (wts["n1"] + off)
                             qn = torch.einsum("btsd,hed->btshe", xq, wq)
+                            kn = torch.einsum("btsd,ged->btsge", xq, wk)
+                            vn = torch.einsum("btsd,ged->btsge", xq, wv)
                             if "bq" in wts:
                                 qn = qn + wts["bq"].view(H, hd)
-                            if qk_head or qk_across:
-                                qf = qn.to(hi) if qk_head else qn.reshape(B, T, c1 - c0, H * hd).to(hi)
-                                qf = (qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * (wts["qn"] + off)
-                                qn = qf.reshape(B, T, c1 - c0, H, hd)
-                            if rd:
-                                cs, sn = rot[lyr][0].to(dev, dt)[:, :, None], rot[lyr][1].to(dev, dt)[:, :, None]
-                                pr = qn[..., :rd]
-                                pr = pr * cs + torch.cat((-pr[..., rd // 2:], pr[..., :rd // 2]), -1) * sn
-                                qn = torch.cat((pr, qn[..., rd:]), -1)
+                            if "bk" in wts:
+                                kn = kn + wts["bk"].view(G, hd)
+                            if "bv" in wts:
+                                vn = vn + wts["bv"].view(G, hd)
+                            dvn = torch.where(nz[..., None, None], vn - v_pre[:, fd:, None], torch.zeros_like(vn))
+                            ev = torch.einsum("btsge,btge->btsg", dvn, gvm)
+                            resid_acc[c0:c1, lyr * ppl + H + G:lyr * ppl + H + 2 * G] += torch.einsum("btsg,btr->sgr", ev, onehot[:, fd:]).double()
+                            rq = []
+                            for i_n, qk in enumerate((qn, kn)):
+                                n = H if i_n == 0 else G
+                                if qk_head or qk_across:
+                                    gain = (wts["qn"] if i_n == 0 else wts["kn"]) + off
+                                    qf = qk.to(hi) if qk_head else qk.reshape(B, T - fd, c1 - c0, n * hd).to(hi)
+                                    qf = (qf * torch.rsqrt(qf.pow(2).mean(-1, keepdim=True) + eps)).to(dt) * gain
+                                    qk = qf.reshape(B, T - fd, c1 - c0, n, hd)
+                                if rd:
+                                    cs, sn = rot[lyr][0].to(dev, dt)[:, fd:, None], rot[lyr][1].to(dev, dt)[:, fd:, None]
+                                    pr = qk[..., :rd]
+                                    pr = pr * cs + torch.cat((-pr[..., rd // 2:], pr[..., :rd // 2]), -1) * sn
+                                    qk = torch.cat((pr, qk[..., rd:]), -1)
+                                rq.append(qk)
+                            qn, kn = rq[0], rq[1].repeat_interleave(gs, 3)
                             s3 = torch.einsum("bishe,bjhe->bshij", qn, kh) * scale
+                            s4 = torch.einsum("bihe,bjshe->bshij", q[:, fd:], kn) * scale
                             if cap is not None:
                                 s3 = cap * torch.tanh(s3 / cap)
-                            s3 = torch.where(al[:, None], s3, torch.full_like(s3, torch.finfo(dt).min))
+                                s4 = cap * torch.tanh(s4 / cap)
+                            s3 = torch.where(al[:, None, :, fd:], s3, torch.full_like(s3, torch.finfo(dt).min))
                             p3 = torch.softmax(s3, -1, dtype=torch.float64 if dt == torch.float64 else torch.float32).to(dt)
-                            per_q = torch.where(vm[:, None], (p3 - probs[:, None]) * d_a[:, None], torch.zeros_like(p3)).sum(-1)
-                            resid_acc[c0:c1, lyr * ppl:lyr * ppl + H] += torch.einsum("bshi,bir->shr", per_q, onehot).double()
+                            per_q = torch.where(vm[:, None, :, fd:], (p3 - probs[:, None, :, fd:]) * d_a[:, None, :, fd:], torch.zeros_like(p3)).sum(-1)
+                            resid_acc[c0:c1, lyr * ppl:lyr * ppl + H] += torch.einsum("bshi,bir->shr", per_q, onehot[:, fd:]).double()
+                            a1 = torch.exp((s4.to(hp) - lse[:, None, :, :, None]).clamp(max=700.0))
+                            a1 = torch.where(al[:, None, :, fd:, fd:], a1, torch.zeros_like(a1))
+                            a1 = torch.where(nz.permute(0, 2, 1)[:, :, None, None, :], a1, p64[:, None, :, :, fd:])
+                            zk = rest0[0][:, None] + pre0[0][:, None] + torch.einsum("bshij,bjr->bshir", a1, ohx[:, fd:])
+                            nk = rest0[1][:, None] + pre0[1][:, None] + torch.einsum("bshij,bjr->bshir", a1 * dm64[:, None, :, :, fd:], ohx[:, fd:])
+                            per_k = nk[..., :R] / zk[..., :R] - base[:, None, :, :, None]
+                            resid_acc[c0:c1, lyr * ppl + H:lyr * ppl + H + G] += per_k.reshape(B, c1 - c0, G, gs, T - fd, R).sum((0, 3, 4))
                     else:
                         attn_acc[lyr] += torch.einsum("bhijc,bjs,bit->hstc", terms, onehot, onehot).double()
                 # ---- residual edges into the logits port (last position: role END)

@@ -42,7 +42,7 @@ from . import options
 
 NAME = "circuit"
 OVERLAP_NAME = "circuit-overlap"
-CHECKPOINT_VERSION = 2  # 2: exact-softmax also exact on q ports and logits
+CHECKPOINT_VERSION = 3  # 2: exact-softmax exact on q ports and logits; 3: on k and v ports too
 MAIN = "circuit.json"
 OUTPUTS = ("scores.npz", "graph.json", "circuit.dot", "loop.json", "summary.md", "circuit.png", "loop.png",
            "faithfulness.json", "faithfulness.png", "spot.json", "scores_half1.npz", "scores_half2.npz")
@@ -429,9 +429,9 @@ def register(sub: Any) -> None:
     options.add_knob(p, "--ig-steps", "EAP-IG steps over the input embeddings (1: plain EAP)", default=1,
                      metavar="K")
     p.add_argument("--exact-softmax", action=argparse.BooleanOptionalAction, default=True,
-                   help="q/k attention edges and residual edges into queries exact through the head's softmax, "
-                        "logits edges exact through the final norm (default; --no-exact-softmax: plain "
-                        "first-order EAP, about a third of the cost)")
+                   help="q/k attention edges and residual edges into queries, keys and values exact through "
+                        "the head (q and k through its softmax), logits edges exact through the final norm "
+                        "(default; --no-exact-softmax: plain first-order EAP, cheaper)")
     p.add_argument("--method", default="topn", choices=METHODS, help="circuit extraction (default topn)")
     p.add_argument("--size", default="1%", metavar="N|P%", type=size_arg,
                    help=f"circuit size: edges ({options.KNOBS['size_edges'].range}), or a percentage of the "
