@@ -1,7 +1,8 @@
 """Compiled GAR models with a known circuit (``interp.circuit.groundtruth``) and ``gar circuit --truth``.
 
-Both fixtures (sharp and soft attention) solve their rows and their true circuits are exactly
-faithful under the package's own patcher; the scoring is right on a ranking made by hand, and
+The fixtures (sharp and soft attention; gqa: sharp with one key/value group shared by both heads
+of a layer) solve their rows and their true circuits are exactly faithful under the package's own
+patcher; the scoring is right on a ranking made by hand, and
 ``gar circuit --truth`` writes the scores. The default attribution (exact through the heads'
 softmax on queries and keys, exact through the final norm) recovers the sharp fixture's circuit:
 every true edge in the top 2 |truth|, the top-|truth| circuit faithful, no zero-effect edge above
@@ -48,12 +49,21 @@ def collides(record) -> bool:
     return any(test & set(row.keys + row.values) for row in record.rows[:-1])
 
 
+def graph_of(name: str, roles) -> EdgeScores:
+    """Zero scores over the fixture's circuit graph (its k/v groups) with ``roles``."""
+    shape = ModelShape(gt.N_LAYERS, gt.N_HEADS, gt.SPECS[name].n_kv_heads)
+    R = len(roles)
+    return EdgeScores(np.zeros((shape.n_senders, shape.n_ports, R)), np.zeros((gt.N_LAYERS, gt.N_HEADS, R, R, 3)),
+                      list(roles), shape)
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15)])
+@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15), ("gqa", 25)])
 def test_solves_its_rows(built, name, margin):
     import torch
 
     model, tok, rows, records = built(name)
+    assert model.config.num_key_value_heads == gt.SPECS[name].n_kv_heads
     affirmative = [r for r in records if not r.negate]
     assert len(rows) >= 0.75 * len(affirmative)
     for r in rows:
@@ -67,17 +77,21 @@ def test_solves_its_rows(built, name, margin):
 
 
 @pytest.mark.integration
-def test_built_from_data_deterministically(built):
-    model, tok, _, records = built("sharp")
-    again, tok2 = gt.build_model(SPEC, records)
+@pytest.mark.parametrize("name", ["sharp", "gqa"])
+def test_built_from_data_deterministically(built, name):
+    model, tok, _, records = built(name)
+    again, tok2 = gt.build_model(gt.SPECS[name], records)
     assert tok2.get_vocab() == tok.get_vocab()
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert a.equal(b), name
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair")])
+@pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair"),
+                                        ("gqa", "pair"), ("gqa", "context")])
 def test_true_circuit_is_exactly_faithful(built, name, kind):
+    """Exactly faithful, every true edge needed, the constant edges invisible. For gqa the merged
+    k/v ports' edges: a constant edge that now shares a port with a signal would fail the last check."""
     from interp.circuit.counterfactual import make_counterfactuals
     from interp.circuit.patch import EdgePatcher
     from interp.circuit.roles import load_schema
@@ -86,21 +100,53 @@ def test_true_circuit_is_exactly_faithful(built, name, kind):
     cf = make_counterfactuals(rows, tok, load_schema("default"), kind)
     assert len(cf) == len(rows)
     patcher = EdgePatcher(model, cf.batch(list(range(len(cf)))))
+    assert patcher.shape.n_groups == gt.SPECS[name].n_kv_heads
     m_full, m_empty = patcher.full(), patcher.empty()
     assert m_full > 15 and m_empty < -15  # the corrupted run answers the other column
-    shape, R = ModelShape(gt.N_LAYERS, gt.N_HEADS, gt.N_HEADS), len(cf.roles)
-    graph = EdgeScores(np.zeros((shape.n_senders, shape.n_ports, R)), np.zeros((2, 2, R, R, 3)),
-                          list(cf.roles), shape)
-    truth = gt.truth_circuit(graph, gt.TRUE_EDGES[kind]["edges"])
-    assert truth.n_edges == len(gt.TRUE_EDGES[kind]["edges"])
+    graph = graph_of(name, cf.roles)
+    true = gt.true_edges(gt.SPECS[name].n_kv_heads)[kind]
+    truth = gt.truth_circuit(graph, true["edges"])
+    assert truth.n_edges == len(true["edges"])
     assert faithfulness(patcher.evaluate(*truth.masks()), m_full, m_empty) == pytest.approx(1.0, abs=1e-3)
     # every true edge is needed: without any one of them the circuit loses at least a tenth
-    for name in gt.TRUE_EDGES[kind]["edges"]:
-        less = gt.truth_circuit(graph, [e for e in gt.TRUE_EDGES[kind]["edges"] if e != name])
-        assert faithfulness(patcher.evaluate(*less.masks()), m_full, m_empty) < 0.9, name
+    for edge in true["edges"]:
+        less = gt.truth_circuit(graph, [e for e in true["edges"] if e != edge])
+        assert faithfulness(patcher.evaluate(*less.masks()), m_full, m_empty) < 0.9, edge
     # the constant edges are invisible: adding them all to the empty circuit changes nothing
-    const = gt.truth_circuit(graph, gt.TRUE_EDGES[kind]["constant"])
+    const = gt.truth_circuit(graph, true["constant"])
     assert faithfulness(patcher.evaluate(*const.masks()), m_full, m_empty) == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.unit
+def test_true_edges_per_kv_groups():
+    """One k/v group: the same circuits with every k/v port in group 0, merged edges listed once,
+    none both true and constant, every name an existing edge of the grouped-query graph."""
+    from interp.circuit.graph import resid_structure
+    from interp.circuit.roles import load_schema
+
+    assert gt.true_edges(gt.N_HEADS) == gt.TRUE_EDGES
+    roles = list(load_schema("default").roles)
+    for name in ("sharp", "gqa"):
+        spec = gt.SPECS[name]
+        data = gt.truth_json(spec)
+        assert data["model"]["n_groups"] == spec.n_kv_heads and data["counterfactuals"] == gt.true_edges(spec.n_kv_heads)
+        graph = graph_of(name, roles)
+        exists = np.concatenate([resid_structure(graph.shape, roles).ravel(), np.ones(graph.attn.size, bool)])
+        for kind, entry in data["counterfactuals"].items():
+            edges, const = entry["edges"], entry["constant"]
+            assert len(set(edges)) == len(edges) and len(set(const)) == len(const)
+            assert not set(edges) & set(const), kind
+            assert exists[gt.edge_indices(graph, edges + const)].all(), kind
+    one = gt.true_edges(1)
+    for kind, entry in gt.TRUE_EDGES.items():
+        # same senders, roles and heads: only the k/v group differs
+        edges = {e.replace(".g1.", ".g0.") for e in entry["edges"]}
+        assert set(one[kind]["edges"]) == edges
+        assert set(one[kind]["constant"]) == {e.replace(".g1.", ".g0.") for e in entry["constant"]} - edges
+    # ports that merge: the two positional sink edges become one
+    assert len(one["pair"]["constant"]) == len(gt.TRUE_EDGES["pair"]["constant"]) - 1
+    with pytest.raises(ValueError, match="do not divide"):
+        gt.true_edges(3)
 
 
 @pytest.mark.unit
