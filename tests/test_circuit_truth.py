@@ -129,7 +129,8 @@ def test_true_edges_per_kv_groups():
     for name in ("sharp", "gqa"):
         spec = gt.SPECS[name]
         data = gt.truth_json(spec)
-        assert data["model"]["n_groups"] == spec.n_kv_heads and data["counterfactuals"] == gt.true_edges(spec.n_kv_heads)
+        assert data["model"]["n_groups"] == spec.n_kv_heads
+        assert data["counterfactuals"] == gt.true_edges(spec.n_kv_heads)
         graph = graph_of(name, roles)
         exists = np.concatenate([resid_structure(graph.shape, roles).ravel(), np.ones(graph.attn.size, bool)])
         for kind, entry in data["counterfactuals"].items():
@@ -190,30 +191,49 @@ def test_auroc_and_bad_names():
 
 
 @pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sharp")
-    assert gt.main(["--out", str(d), "--fixture", "sharp"]) == 0  # python -m interp.circuit.groundtruth
-    assert json.loads((d / gt.TRUTH_FILE).read_text()) == json.loads(json.dumps(gt.truth_json(SPEC)))
-    return d
+def fixture_dirs(tmp_path_factory):
+    """fixture name -> its folder, written once by ``python -m interp.circuit.groundtruth``."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            d = tmp_path_factory.mktemp(name)
+            assert gt.main(["--out", str(d), "--fixture", name]) == 0
+            assert json.loads((d / gt.TRUTH_FILE).read_text()) == json.loads(json.dumps(gt.truth_json(gt.SPECS[name])))
+            cache[name] = d
+        return cache[name]
+
+    return get
 
 
 @pytest.fixture(scope="module")
-def truth_run(fixture_dir, tmp_path_factory):
-    """``gar circuit --truth`` on the sharp fixture: every affirmative row, the default attribution,
-    query swap."""
+def fixture_dir(fixture_dirs):
+    return fixture_dirs("sharp")
+
+
+def circuit_truth(model_dir, out, *extra: str) -> tuple[str, dict]:
+    """``gar circuit --truth`` on a fixture folder, every affirmative row (32), no random circuits:
+    (what it printed, ``circuit.json``'s ``truth``)."""
     import contextlib
     import io
 
     from gar_tasks.cli import main
 
-    out = tmp_path_factory.mktemp("run") / "run"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["circuit", "--model", str(fixture_dir), "--config", SPEC.config, "--tasks", SPEC.tasks,
-                   "--truth", str(fixture_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
-                   "--spot", "0", "-q", "--out", str(out)])
+        rc = main(["circuit", "--model", str(model_dir), "--config", SPEC.config, "--tasks", SPEC.tasks,
+                   "--truth", str(model_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
+                   "--spot", "0", *extra, "-q", "--out", str(out)])
     assert rc == 0
-    return out, stdout.getvalue(), json.loads((out / "circuit.json").read_text())["truth"]
+    return stdout.getvalue(), json.loads((out / "circuit.json").read_text())["truth"]
+
+
+@pytest.fixture(scope="module")
+def truth_run(fixture_dir, tmp_path_factory):
+    """``gar circuit --truth`` on the sharp fixture: the default attribution, query swap."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    printed, truth = circuit_truth(fixture_dir, out)
+    return out, printed, truth
 
 
 @pytest.mark.integration
@@ -254,20 +274,23 @@ def test_true_edges_rank_in_the_top(truth_run):
 def test_plain_eap_misses_the_query_path(fixture_dir, tmp_path):
     """First-order EAP (``--no-exact-softmax``) scores the residual edges into the saturated
     retrieval heads' queries ~0: the fixture tells the attributions apart."""
-    import contextlib
-    import io
-
-    from gar_tasks.cli import main
-
-    out = tmp_path / "plain"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["circuit", "--model", str(fixture_dir), "--config", SPEC.config, "--tasks", SPEC.tasks,
-                   "--truth", str(fixture_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
-                   "--spot", "0", "--no-exact-softmax", "-q", "--out", str(out)])
-    assert rc == 0
-    t = json.loads((out / "circuit.json").read_text())["truth"]
+    _, t = circuit_truth(fixture_dir, tmp_path / "plain", "--no-exact-softmax")
     assert t["recall"][str(2 * t["n_true"])] < 1.0
     assert abs(t["ranks"]["0.0@END -> 1.0.q"]["score"]) < 1e-3 * abs(t["ranks"]["1.0@END -> logits"]["score"])
+
+
+@pytest.mark.integration
+def test_truth_option_on_the_grouped_query_fixture(fixture_dirs, tmp_path):
+    """``gar circuit --truth`` on gqa (one k/v group per layer): the scores are over the grouped
+    graph and every true edge is in it (the recovery targets are the sharp fixture's)."""
+    out = tmp_path / "gqa"
+    _, t = circuit_truth(fixture_dirs("gqa"), out)
+    edges = gt.true_edges(1)["pair"]["edges"]
+    assert EdgeScores.load(out / "scores.npz").shape.n_groups == 1
+    assert t["counterfactual"] == "pair" and list(t["ranks"]) == edges
+    assert all(r["rank"] is not None and 1 <= r["rank"] <= t["n_edges_graph"] for r in t["ranks"].values())
+    assert 0 <= t["auroc"] <= 1
+    assert t["f_truth"] > 0.98  # as sharp: 1 but on the rows whose query item repeats a demonstration row's
 
 
 @pytest.mark.integration

@@ -29,7 +29,13 @@ item with its demonstration row is not solved exactly when the query is that ite
 tie in the retrieval).
 
 Variants: ``sharp`` (attention logit gaps of 40: saturated heads) and ``soft`` (gaps of 4: the
-same circuit, heads far from saturation), to tell saturation from bugs of an attribution.
+same circuit, heads far from saturation), to tell saturation from bugs of an attribution; ``gqa``
+(sharp, grouped-query: both heads of a layer share one key/value group). In layer 0 both heads key
+on ``const`` alone and copy the same item, so they share k and v as they are (only the queries and
+the output projections differ); in layer 1 each head's key and value contents take their own slots
+of the head (``head_dim`` doubles), each query and o_proj reading only its head's slots. Its truth
+is the same circuits with every k/v port in group 0 (:func:`true_edges`): edges that now name one
+port are one edge, and a constant edge that merges with a true one is true.
 
 :func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
 rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
