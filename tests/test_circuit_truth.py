@@ -1,7 +1,8 @@
 """Compiled GAR models with a known circuit (``interp.circuit.groundtruth``) and ``gar circuit --truth``.
 
-Both fixtures (sharp and soft attention) solve their rows and their true circuits are exactly
-faithful under the package's own patcher; the scoring is right on a ranking made by hand, and
+The fixtures (sharp and soft attention; gqa: sharp with one key/value group shared by both heads
+of a layer) solve their rows and their true circuits are exactly faithful under the package's own
+patcher; the scoring is right on a ranking made by hand, and
 ``gar circuit --truth`` writes the scores. The default attribution (exact through the heads'
 softmax on queries and keys, exact through the final norm) recovers the sharp fixture's circuit:
 every true edge in the top 2 |truth|, the top-|truth| circuit faithful, no zero-effect edge above
@@ -48,12 +49,21 @@ def collides(record) -> bool:
     return any(test & set(row.keys + row.values) for row in record.rows[:-1])
 
 
+def graph_of(name: str, roles) -> EdgeScores:
+    """Zero scores over the fixture's circuit graph (its k/v groups) with ``roles``."""
+    shape = ModelShape(gt.N_LAYERS, gt.N_HEADS, gt.SPECS[name].n_kv_heads)
+    R = len(roles)
+    return EdgeScores(np.zeros((shape.n_senders, shape.n_ports, R)), np.zeros((gt.N_LAYERS, gt.N_HEADS, R, R, 3)),
+                      list(roles), shape)
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15)])
+@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15), ("gqa", 25)])
 def test_solves_its_rows(built, name, margin):
     import torch
 
     model, tok, rows, records = built(name)
+    assert model.config.num_key_value_heads == gt.SPECS[name].n_kv_heads
     affirmative = [r for r in records if not r.negate]
     assert len(rows) >= 0.75 * len(affirmative)
     for r in rows:
@@ -67,17 +77,21 @@ def test_solves_its_rows(built, name, margin):
 
 
 @pytest.mark.integration
-def test_built_from_data_deterministically(built):
-    model, tok, _, records = built("sharp")
-    again, tok2 = gt.build_model(SPEC, records)
+@pytest.mark.parametrize("name", ["sharp", "gqa"])
+def test_built_from_data_deterministically(built, name):
+    model, tok, _, records = built(name)
+    again, tok2 = gt.build_model(gt.SPECS[name], records)
     assert tok2.get_vocab() == tok.get_vocab()
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert a.equal(b), name
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair")])
+@pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair"),
+                                        ("gqa", "pair"), ("gqa", "context")])
 def test_true_circuit_is_exactly_faithful(built, name, kind):
+    """Exactly faithful, every true edge needed, the constant edges invisible. For gqa the merged
+    k/v ports' edges: a constant edge that now shares a port with a signal would fail the last check."""
     from interp.circuit.counterfactual import make_counterfactuals
     from interp.circuit.patch import EdgePatcher
     from interp.circuit.roles import load_schema
@@ -86,21 +100,54 @@ def test_true_circuit_is_exactly_faithful(built, name, kind):
     cf = make_counterfactuals(rows, tok, load_schema("default"), kind)
     assert len(cf) == len(rows)
     patcher = EdgePatcher(model, cf.batch(list(range(len(cf)))))
+    assert patcher.shape.n_groups == gt.SPECS[name].n_kv_heads
     m_full, m_empty = patcher.full(), patcher.empty()
     assert m_full > 15 and m_empty < -15  # the corrupted run answers the other column
-    shape, R = ModelShape(gt.N_LAYERS, gt.N_HEADS, gt.N_HEADS), len(cf.roles)
-    graph = EdgeScores(np.zeros((shape.n_senders, shape.n_ports, R)), np.zeros((2, 2, R, R, 3)),
-                          list(cf.roles), shape)
-    truth = gt.truth_circuit(graph, gt.TRUE_EDGES[kind]["edges"])
-    assert truth.n_edges == len(gt.TRUE_EDGES[kind]["edges"])
+    graph = graph_of(name, cf.roles)
+    true = gt.true_edges(gt.SPECS[name].n_kv_heads)[kind]
+    truth = gt.truth_circuit(graph, true["edges"])
+    assert truth.n_edges == len(true["edges"])
     assert faithfulness(patcher.evaluate(*truth.masks()), m_full, m_empty) == pytest.approx(1.0, abs=1e-3)
     # every true edge is needed: without any one of them the circuit loses at least a tenth
-    for name in gt.TRUE_EDGES[kind]["edges"]:
-        less = gt.truth_circuit(graph, [e for e in gt.TRUE_EDGES[kind]["edges"] if e != name])
-        assert faithfulness(patcher.evaluate(*less.masks()), m_full, m_empty) < 0.9, name
+    for edge in true["edges"]:
+        less = gt.truth_circuit(graph, [e for e in true["edges"] if e != edge])
+        assert faithfulness(patcher.evaluate(*less.masks()), m_full, m_empty) < 0.9, edge
     # the constant edges are invisible: adding them all to the empty circuit changes nothing
-    const = gt.truth_circuit(graph, gt.TRUE_EDGES[kind]["constant"])
+    const = gt.truth_circuit(graph, true["constant"])
     assert faithfulness(patcher.evaluate(*const.masks()), m_full, m_empty) == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.unit
+def test_true_edges_per_kv_groups():
+    """One k/v group: the same circuits with every k/v port in group 0, merged edges listed once,
+    none both true and constant, every name an existing edge of the grouped-query graph."""
+    from interp.circuit.graph import resid_structure
+    from interp.circuit.roles import load_schema
+
+    assert gt.true_edges(gt.N_HEADS) == gt.TRUE_EDGES
+    roles = list(load_schema("default").roles)
+    for name in ("sharp", "gqa"):
+        spec = gt.SPECS[name]
+        data = gt.truth_json(spec)
+        assert data["model"]["n_groups"] == spec.n_kv_heads
+        assert data["counterfactuals"] == gt.true_edges(spec.n_kv_heads)
+        graph = graph_of(name, roles)
+        exists = np.concatenate([resid_structure(graph.shape, roles).ravel(), np.ones(graph.attn.size, bool)])
+        for kind, entry in data["counterfactuals"].items():
+            edges, const = entry["edges"], entry["constant"]
+            assert len(set(edges)) == len(edges) and len(set(const)) == len(const)
+            assert not set(edges) & set(const), kind
+            assert exists[gt.edge_indices(graph, edges + const)].all(), kind
+    one = gt.true_edges(1)
+    for kind, entry in gt.TRUE_EDGES.items():
+        # same senders, roles and heads: only the k/v group differs
+        edges = {e.replace(".g1.", ".g0.") for e in entry["edges"]}
+        assert set(one[kind]["edges"]) == edges
+        assert set(one[kind]["constant"]) == {e.replace(".g1.", ".g0.") for e in entry["constant"]} - edges
+    # ports that merge: the two positional sink edges become one
+    assert len(one["pair"]["constant"]) == len(gt.TRUE_EDGES["pair"]["constant"]) - 1
+    with pytest.raises(ValueError, match="do not divide"):
+        gt.true_edges(3)
 
 
 @pytest.mark.unit
@@ -144,30 +191,49 @@ def test_auroc_and_bad_names():
 
 
 @pytest.fixture(scope="module")
-def fixture_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sharp")
-    assert gt.main(["--out", str(d), "--fixture", "sharp"]) == 0  # python -m interp.circuit.groundtruth
-    assert json.loads((d / gt.TRUTH_FILE).read_text()) == json.loads(json.dumps(gt.truth_json(SPEC)))
-    return d
+def fixture_dirs(tmp_path_factory):
+    """fixture name -> its folder, written once by ``python -m interp.circuit.groundtruth``."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            d = tmp_path_factory.mktemp(name)
+            assert gt.main(["--out", str(d), "--fixture", name]) == 0
+            assert json.loads((d / gt.TRUTH_FILE).read_text()) == json.loads(json.dumps(gt.truth_json(gt.SPECS[name])))
+            cache[name] = d
+        return cache[name]
+
+    return get
 
 
 @pytest.fixture(scope="module")
-def truth_run(fixture_dir, tmp_path_factory):
-    """``gar circuit --truth`` on the sharp fixture: every affirmative row, the default attribution,
-    query swap."""
+def fixture_dir(fixture_dirs):
+    return fixture_dirs("sharp")
+
+
+def circuit_truth(model_dir, out, *extra: str) -> tuple[str, dict]:
+    """``gar circuit --truth`` on a fixture folder, every affirmative row (32), no random circuits:
+    (what it printed, ``circuit.json``'s ``truth``)."""
     import contextlib
     import io
 
     from gar_tasks.cli import main
 
-    out = tmp_path_factory.mktemp("run") / "run"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["circuit", "--model", str(fixture_dir), "--config", SPEC.config, "--tasks", SPEC.tasks,
-                   "--truth", str(fixture_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
-                   "--spot", "0", "-q", "--out", str(out)])
+        rc = main(["circuit", "--model", str(model_dir), "--config", SPEC.config, "--tasks", SPEC.tasks,
+                   "--truth", str(model_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
+                   "--spot", "0", *extra, "-q", "--out", str(out)])
     assert rc == 0
-    return out, stdout.getvalue(), json.loads((out / "circuit.json").read_text())["truth"]
+    return stdout.getvalue(), json.loads((out / "circuit.json").read_text())["truth"]
+
+
+@pytest.fixture(scope="module")
+def truth_run(fixture_dir, tmp_path_factory):
+    """``gar circuit --truth`` on the sharp fixture: the default attribution, query swap."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    printed, truth = circuit_truth(fixture_dir, out)
+    return out, printed, truth
 
 
 @pytest.mark.integration
@@ -208,20 +274,23 @@ def test_true_edges_rank_in_the_top(truth_run):
 def test_plain_eap_misses_the_query_path(fixture_dir, tmp_path):
     """First-order EAP (``--no-exact-softmax``) scores the residual edges into the saturated
     retrieval heads' queries ~0: the fixture tells the attributions apart."""
-    import contextlib
-    import io
-
-    from gar_tasks.cli import main
-
-    out = tmp_path / "plain"
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["circuit", "--model", str(fixture_dir), "--config", SPEC.config, "--tasks", SPEC.tasks,
-                   "--truth", str(fixture_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
-                   "--spot", "0", "--no-exact-softmax", "-q", "--out", str(out)])
-    assert rc == 0
-    t = json.loads((out / "circuit.json").read_text())["truth"]
+    _, t = circuit_truth(fixture_dir, tmp_path / "plain", "--no-exact-softmax")
     assert t["recall"][str(2 * t["n_true"])] < 1.0
     assert abs(t["ranks"]["0.0@END -> 1.0.q"]["score"]) < 1e-3 * abs(t["ranks"]["1.0@END -> logits"]["score"])
+
+
+@pytest.mark.integration
+def test_truth_option_on_the_grouped_query_fixture(fixture_dirs, tmp_path):
+    """``gar circuit --truth`` on gqa (one k/v group per layer): the scores are over the grouped
+    graph and every true edge is in it (the recovery targets are the sharp fixture's)."""
+    out = tmp_path / "gqa"
+    _, t = circuit_truth(fixture_dirs("gqa"), out)
+    edges = gt.true_edges(1)["pair"]["edges"]
+    assert EdgeScores.load(out / "scores.npz").shape.n_groups == 1
+    assert t["counterfactual"] == "pair" and list(t["ranks"]) == edges
+    assert all(r["rank"] is not None and 1 <= r["rank"] <= t["n_edges_graph"] for r in t["ranks"].values())
+    assert 0 <= t["auroc"] <= 1
+    assert t["f_truth"] > 0.98  # as sharp: 1 but on the rows whose query item repeats a demonstration row's
 
 
 @pytest.mark.integration

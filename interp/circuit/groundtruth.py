@@ -29,7 +29,13 @@ item with its demonstration row is not solved exactly when the query is that ite
 tie in the retrieval).
 
 Variants: ``sharp`` (attention logit gaps of 40: saturated heads) and ``soft`` (gaps of 4: the
-same circuit, heads far from saturation), to tell saturation from bugs of an attribution.
+same circuit, heads far from saturation), to tell saturation from bugs of an attribution; ``gqa``
+(sharp, grouped-query: both heads of a layer share one key/value group). In layer 0 both heads key
+on ``const`` alone and copy the same item, so they share k and v as they are (only the queries and
+the output projections differ); in layer 1 each head's key and value contents take their own slots
+of the head (``head_dim`` doubles), each query and o_proj reading only its head's slots. Its truth
+is the same circuits with every k/v port in group 0 (:func:`true_edges`): edges that now name one
+port are one edge, and a constant edge that merges with a true one is true.
 
 :func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
 rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
@@ -68,7 +74,8 @@ class FixtureSpec:
 
     ``pos_gap``: logit gap of the positional heads' target over every other position;
     ``match_gap``: logit of a matching key over a non-matching one in the retrieval heads;
-    ``margin``: logit of the retrieved answer over every other token (sharp heads).
+    ``margin``: logit of the retrieved answer over every other token (sharp heads);
+    ``n_kv_heads``: key/value groups per layer (``N_HEADS``: one per head; 1: grouped-query).
     """
 
     name: str
@@ -77,6 +84,7 @@ class FixtureSpec:
     pos_gap: float = 40.0
     match_gap: float = 40.0
     margin: float = 30.0
+    n_kv_heads: int = N_HEADS  # key/value groups per layer (1: both heads share one, grouped-query)
     n_pos_pairs: int = 16      # rotary frequency pairs the positional heads use
     rope_theta: float = 1e30   # the content pairs' frequencies stay below 1e-3: ~no rotation over a prompt
     dtype: str = "float64"
@@ -85,6 +93,9 @@ class FixtureSpec:
 SPECS: dict[str, FixtureSpec] = {
     "sharp": FixtureSpec("sharp"),
     "soft": FixtureSpec("soft", pos_gap=4.0, match_gap=4.0),
+    # one k/v group: the retrieval heads' slots side by side double head_dim, and twice the
+    # positional pairs keep the content pairs' rotation that of sharp (2e-4 rad over a prompt)
+    "gqa": FixtureSpec("gqa", n_kv_heads=1, n_pos_pairs=32),
 }
 
 # The true edges per counterfactual (names as ``gar circuit`` writes them). ``edges``: the circuit
@@ -110,6 +121,30 @@ TRUE_EDGES: dict[str, dict[str, list[str]]] = {
                 "constant": _KEY_PATH[:8] + _POSITIONAL + [e for e in _QUERY_PATH if e not in _VALUE_PATH
                                                           and "'" not in e]},
 }
+
+
+def true_edges(n_kv_heads: int = N_HEADS) -> dict[str, dict[str, list[str]]]:
+    """:data:`TRUE_EDGES` for a fixture with ``n_kv_heads`` key/value groups per layer.
+
+    Head h's k/v ports become those of group ``h // (N_HEADS // n_kv_heads)``; two edges that now
+    name one port merge (one edge, first place kept). A merged edge carries the signal of either
+    of its parts, so a constant edge that merges with a true one is true, not constant.
+    """
+    import re
+
+    if n_kv_heads < 1 or N_HEADS % n_kv_heads:
+        raise ValueError(f"{n_kv_heads} key/value groups do not divide {N_HEADS} heads")
+    size = N_HEADS // n_kv_heads
+
+    def mapped(names: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
+        out = [re.sub(r"\.g(\d+)\.", lambda m: f".g{int(m.group(1)) // size}.", e) for e in names]
+        return [e for e in dict.fromkeys(out) if e not in drop]
+
+    res = {}
+    for cf, entry in TRUE_EDGES.items():
+        edges = mapped(entry["edges"])
+        res[cf] = {"edges": edges, "constant": mapped(entry["constant"], drop=edges)}
+    return res
 
 
 # ------------------------------------------------------------------------------------------
@@ -179,14 +214,20 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
     words, items = vocabulary(records)
     tok = build_tokenizer(words) if tokenizer is None else tokenizer
     V, n = len(tok), len(items)
-    hd = 2 * (spec.n_pos_pairs + (n + 3) // 2)  # content slots: n items, marker, sink
+    G = spec.n_kv_heads
+    if G < 1 or N_HEADS % G:
+        raise ValueError(f"{G} key/value groups do not divide {N_HEADS} heads")
+    per_group = N_HEADS // G
+    # content slots per retrieval head: n items, marker, sink; heads sharing a k/v group use disjoint ones
+    n_slots = per_group * (n + 2)
+    hd = 2 * (spec.n_pos_pairs + (n_slots + 1) // 2)
     C, P0 = V, V + 1                           # const; P: the previous item
     M, B0 = P0 + n, P0 + n + 1                 # M: the previous word is a marker; B: the item two back
     A0 = B0 + n                                # A: the answer
     d = A0 + n
     d += d % 2
     cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4, num_hidden_layers=N_LAYERS,
-                      num_attention_heads=N_HEADS, num_key_value_heads=N_HEADS, head_dim=hd,
+                      num_attention_heads=N_HEADS, num_key_value_heads=G, head_dim=hd,
                       max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="eager")
@@ -218,39 +259,48 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
     emb[:, C] = 1.0
     lm = np.zeros((V, d))
     layers = []
+
+    def amp(h: int) -> float:  # positional head h's q and k scale: its target's score ahead by pos_gap
+        _, _, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
+        return (spec.pos_gap * root ** 2 / gap) ** 0.5 / size(2)
+
     for layer in range(N_LAYERS):
         q = np.zeros((N_HEADS, hd, d))
-        k = np.zeros((N_HEADS, hd, d))
-        v = np.zeros((N_HEADS, hd, d))
+        k = np.zeros((G, hd, d))  # heads of one group write the same k / v rows (identical writes)
+        v = np.zeros((G, hd, d))
         o = np.zeros((d, N_HEADS, hd))
         for h in range(N_HEADS):
-            if layer == 0:  # positional heads: previous token (h 0) into P and M, two back (h 1) into B
-                qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
-                amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / size(2)
+            grp = h // per_group
+            if layer == 0:  # positional heads: previous token (h 0) into P and M, two back (h 1) into B;
+                # both key on const alone, so a group shares the key of its first head (the query rescaled)
+                qv, kv, _ = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
+                k_amp = amp(grp * per_group)
                 for i in range(spec.n_pos_pairs):
-                    q[h, i, C], q[h, i + half, C] = amp * qv[i]
-                    k[h, i, C], k[h, i + half, C] = amp * kv[i]
+                    q[h, i, C], q[h, i + half, C] = amp(h) * (amp(h) / k_amp) * qv[i]
+                    k[grp, i, C], k[grp, i + half, C] = k_amp * kv[i]
                 out0 = P0 if h == 0 else B0
                 for j, t in enumerate(item_id):
-                    v[h, slot(j), t] = 1.0
+                    v[grp, slot(j), t] = 1.0
                     o[out0 + j, h, slot(j)] = 1.0 / size(2)
                 if h == 0:
                     for w in MARKERS:
                         if w in tok.get_vocab():
-                            v[h, slot(MARK), tok.convert_tokens_to_ids(w)] = 1.0
+                            v[grp, slot(MARK), tok.convert_tokens_to_ids(w)] = 1.0
                     o[M, h, slot(MARK)] = 1.0 / size(2)
             else:  # retrieval: query P (at END the query item); 1.0 keys B (item two after its key),
-                # 1.1 keys the item itself (item two before its key); both need M; BOS is the sink
+                # 1.1 keys the item itself (item two before its key); both need M; BOS is the sink.
+                # A head's slots are its own within its group (offset c), so shared k / v do not mix.
                 qs, ks = root / size(3), root / size(4)
+                c = (h % per_group) * (n + 2)
                 for j, t in enumerate(item_id):
-                    q[h, slot(j), P0 + j] = qs
-                    k[h, slot(j), (B0 + j) if h == 0 else t] = a * ks
-                    v[h, slot(j), t if h == 0 else B0 + j] = 1.0
-                    o[A0 + j, h, slot(j)] = 1.0 / size(4)
-                q[h, slot(MARK), C] = qs
-                k[h, slot(MARK), M] = b * ks
-                q[h, slot(SINK), C] = qs
-                k[h, slot(SINK), tok.bos_token_id] = s_ * root / size(2)
+                    q[h, slot(c + j), P0 + j] = qs
+                    k[grp, slot(c + j), (B0 + j) if h == 0 else t] = a * ks
+                    v[grp, slot(c + j), t if h == 0 else B0 + j] = 1.0
+                    o[A0 + j, h, slot(c + j)] = 1.0 / size(4)
+                q[h, slot(c + MARK), C] = qs
+                k[grp, slot(c + MARK), M] = b * ks
+                q[h, slot(c + SINK), C] = qs
+                k[grp, slot(c + SINK), tok.bos_token_id] = s_ * root / size(2)
         layers.append((q, k, v, o))
     for j, t in enumerate(item_id):
         lm[t, A0 + j] = spec.margin / size(4)
@@ -266,8 +316,8 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
             layer.post_attention_layernorm.weight.fill_(1.0)
             a = layer.self_attn
             a.q_proj.weight.copy_(torch.tensor(q.reshape(N_HEADS * hd, d), dtype=t))
-            a.k_proj.weight.copy_(torch.tensor(k.reshape(N_HEADS * hd, d), dtype=t))
-            a.v_proj.weight.copy_(torch.tensor(v.reshape(N_HEADS * hd, d), dtype=t))
+            a.k_proj.weight.copy_(torch.tensor(k.reshape(G * hd, d), dtype=t))
+            a.v_proj.weight.copy_(torch.tensor(v.reshape(G * hd, d), dtype=t))
             a.o_proj.weight.copy_(torch.tensor(o.reshape(d, N_HEADS * hd), dtype=t))
     model.requires_grad_(False)
     return model, tok
@@ -276,9 +326,8 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
 def truth_json(spec: FixtureSpec) -> dict[str, Any]:
     """The fixture's truth file: its true edges per counterfactual, in ``gar circuit``'s names."""
     return {"format": TRUTH_FORMAT, "version": TRUTH_VERSION, "fixture": asdict(spec),
-            "model": {"n_layers": N_LAYERS, "n_heads": N_HEADS, "n_groups": N_HEADS},
-            "counterfactuals": {k: {"edges": list(v["edges"]), "constant": list(v["constant"])}
-                                for k, v in TRUE_EDGES.items()},
+            "model": {"n_layers": N_LAYERS, "n_heads": N_HEADS, "n_groups": spec.n_kv_heads},
+            "counterfactuals": true_edges(spec.n_kv_heads),
             "mechanism": "0.0 previous token -> P, 0.1 two back -> B; 1.0 and 1.1 at END: query P, key B, "
                          "value the attended token -> answer; lm_head reads the answer"}
 
@@ -431,7 +480,7 @@ def truth_scores(path: str | Path, counterfactual: str, scores: EdgeScores,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m interp.circuit.groundtruth --out DIR [--fixture sharp|soft]``."""
+    """``python -m interp.circuit.groundtruth --out DIR [--fixture NAME]`` (a name of :data:`SPECS`)."""
     p = argparse.ArgumentParser(prog="python -m interp.circuit.groundtruth",
                                 description="Write a compiled GAR fixture: model folder, tokenizer and truth.json.")
     p.add_argument("--out", required=True, help="folder to write (created)")
@@ -450,4 +499,4 @@ if __name__ == "__main__":  # pragma: no cover
 
 __all__ = ["FixtureSpec", "SPECS", "TRUE_EDGES", "TRUTH_FILE", "auroc", "build_model", "build_tokenizer",
            "edge_indices", "load_truth", "save_fixture", "score_against_truth", "slice_records", "truth_circuit",
-           "truth_edges", "truth_json", "truth_scores", "vocabulary"]
+           "true_edges", "truth_edges", "truth_json", "truth_scores", "vocabulary"]
