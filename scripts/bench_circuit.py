@@ -1,6 +1,8 @@
 """Benchmark of the circuit engine on the embedded SmolLM2-135M (CPU, float32).
 
-One batch of ``--n`` gen n_r = 0 query-swap pairs (paper profile, default role schema):
+One batch of ``--n`` gen n_r = 0 query-swap pairs (paper profile, default role schema;
+``--counterfactual context`` or ``mean`` for the other corruptions: the context values swapped, or
+role-mean ablation with means fitted on the 400 records' items):
 
 * edge attribution (EAP, one nnsight session) vs a plain forward + backward of the same batch
   (the metric's gradient w.r.t. the input embeddings, parameters frozen): median seconds;
@@ -100,6 +102,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--spot", type=int, default=0, help="top-K + K random residual edges checked exactly")
     ap.add_argument("--methods", action="store_true", help="also time --exact-softmax and 5 EAP-IG steps")
+    ap.add_argument("--counterfactual", default="pair", choices=("pair", "context", "mean"))
     ap.add_argument("--arch", default="smollm2", help="smollm2, a model type of the architecture table, or all")
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--width", type=int, default=384)
@@ -118,7 +121,7 @@ def bench(args: argparse.Namespace, arch: str) -> None:
 
     from gar_tasks.generate import GeneratorConfig
     from gar_tasks.models import embedded_model_path, load_embedded
-    from interp.circuit.counterfactual import make_counterfactuals
+    from interp.circuit.counterfactual import RoleMeans, make_counterfactuals
     from interp.circuit.eap import attribution_batch, edge_presence
     from interp.circuit.patch import EdgePatcher, full_masks
     from interp.circuit.roles import load_schema
@@ -137,10 +140,13 @@ def bench(args: argparse.Namespace, arch: str) -> None:
     nn_model = as_nnsight(model, tok)
     schema = load_schema("default")
     records = [r for r in GeneratorConfig(profile="paper").build() if r.family == "gen" and r.n_r == 0]
-    cf = make_counterfactuals(records[:400], tok, schema, "pair")
+    cf = make_counterfactuals(records[:400], tok, schema, "context" if args.counterfactual == "context" else "pair")
     order = cf.batch_indices(args.n)
-    batch = cf.batch(order[len(order) // 2])
-    out: dict = {"arch": arch, "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
+    if args.counterfactual == "mean":
+        batch = cf.batch(order[len(order) // 2], means=RoleMeans.fit(model, cf, args.n), model=model)
+    else:
+        batch = cf.batch(order[len(order) // 2])
+    out: dict = {"arch": arch, "counterfactual": args.counterfactual, "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
                  "torch": torch.__version__,
                  "pairs": batch.size, "width": batch.width, "roles": len(schema.roles),
                  "counterfactual_counts": cf.counts}
