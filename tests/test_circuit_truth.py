@@ -31,15 +31,20 @@ SPEC = gt.SPECS["sharp"]
 
 @pytest.fixture(scope="module")
 def built():
-    """fixture name -> (model float64, tokenizer, the slice's affirmative records but those with an
-    item shared with the demonstration row (see ``collides``), every record of the slice)."""
-    records = gt.slice_records(SPEC)
-    cache = {}
+    """fixture name -> (model float64, tokenizer, the rows it solves, every record of its slice).
+
+    gen fixtures: the slice's affirmative records but those with an item shared with the
+    demonstration row (see ``collides``); cls: every affirmative record (its retrieval matches
+    both items of a pair, so a shared item is only a half match)."""
+    slices, cache = {}, {}
 
     def get(name):
         if name not in cache:
-            model, tok = gt.build_model(gt.SPECS[name], records)
-            cache[name] = (model, tok, [r for r in records if not r.negate and not collides(r)], records)
+            spec = gt.SPECS[name]
+            records = slices.setdefault((spec.config, spec.tasks), gt.slice_records(spec))
+            model, tok = gt.build_model(spec, records)
+            rows = [r for r in records if not r.negate and (spec.family == "cls" or not collides(r))]
+            cache[name] = (model, tok, rows, records)
         return cache[name]
 
     return get
@@ -53,15 +58,16 @@ def collides(record) -> bool:
 
 
 def graph_of(name: str, roles) -> EdgeScores:
-    """Zero scores over the fixture's circuit graph (its k/v groups) with ``roles``."""
-    shape = ModelShape(gt.N_LAYERS, gt.N_HEADS, gt.SPECS[name].n_kv_heads)
+    """Zero scores over the fixture's circuit graph (its layers, heads, k/v groups) with ``roles``."""
+    spec = gt.SPECS[name]
+    shape = ModelShape(spec.n_layers, spec.n_heads, spec.n_kv_heads)
     R = len(roles)
-    return EdgeScores(np.zeros((shape.n_senders, shape.n_ports, R)), np.zeros((gt.N_LAYERS, gt.N_HEADS, R, R, 3)),
+    return EdgeScores(np.zeros((shape.n_senders, shape.n_ports, R)), np.zeros((spec.n_layers, spec.n_heads, R, R, 3)),
                       list(roles), shape)
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15), ("gqa", 25)])
+@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15), ("gqa", 25), ("cls", 25)])
 def test_solves_its_rows(built, name, margin):
     import torch
 
@@ -80,7 +86,7 @@ def test_solves_its_rows(built, name, margin):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["sharp", "gqa"])
+@pytest.mark.parametrize("name", ["sharp", "gqa", "cls"])
 def test_built_from_data_deterministically(built, name):
     model, tok, _, records = built(name)
     again, tok2 = gt.build_model(gt.SPECS[name], records)
@@ -91,7 +97,7 @@ def test_built_from_data_deterministically(built, name):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair"),
-                                        ("gqa", "pair"), ("gqa", "context")])
+                                        ("gqa", "pair"), ("gqa", "context"), ("cls", "pair")])
 def test_true_circuit_is_exactly_faithful(built, name, kind):
     """Exactly faithful, every true edge needed, the constant edges invisible. For gqa the merged
     k/v ports' edges: a constant edge that now shares a port with a signal would fail the last check."""
@@ -101,13 +107,13 @@ def test_true_circuit_is_exactly_faithful(built, name, kind):
 
     model, tok, rows, _ = built(name)
     cf = make_counterfactuals(rows, tok, load_schema("default"), kind)
-    assert len(cf) == len(rows)
+    assert len(cf) == (len(rows) // 2 if gt.SPECS[name].family == "cls" else len(rows))  # cls: one per twin pair
     patcher = EdgePatcher(model, cf.batch(list(range(len(cf)))))
     assert patcher.shape.n_groups == gt.SPECS[name].n_kv_heads
     m_full, m_empty = patcher.full(), patcher.empty()
     assert m_full > 15 and m_empty < -15  # the corrupted run answers the other column
     graph = graph_of(name, cf.roles)
-    true = gt.true_edges(gt.SPECS[name].n_kv_heads)[kind]
+    true = gt.fixture_truth(gt.SPECS[name])[kind]
     truth = gt.truth_circuit(graph, true["edges"])
     assert truth.n_edges == len(true["edges"])
     assert faithfulness(patcher.evaluate(*truth.masks()), m_full, m_empty) == pytest.approx(1.0, abs=1e-3)
@@ -129,11 +135,12 @@ def test_true_edges_per_kv_groups():
 
     assert gt.true_edges(gt.N_HEADS) == gt.TRUE_EDGES
     roles = list(load_schema("default").roles)
-    for name in ("sharp", "gqa"):
+    for name in ("sharp", "gqa", "cls"):
         spec = gt.SPECS[name]
         data = gt.truth_json(spec)
-        assert data["model"]["n_groups"] == spec.n_kv_heads
-        assert data["counterfactuals"] == gt.true_edges(spec.n_kv_heads)
+        assert (data["model"]["n_layers"], data["model"]["n_heads"], data["model"]["n_groups"]) == (
+            spec.n_layers, spec.n_heads, spec.n_kv_heads)
+        assert data["counterfactuals"] == (gt.CLS_TRUE_EDGES if spec.family == "cls" else gt.true_edges(spec.n_kv_heads))
         graph = graph_of(name, roles)
         exists = np.concatenate([resid_structure(graph.shape, roles).ravel(), np.ones(graph.attn.size, bool)])
         for kind, entry in data["counterfactuals"].items():

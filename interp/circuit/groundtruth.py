@@ -75,12 +75,17 @@ class FixtureSpec:
     ``pos_gap``: logit gap of the positional heads' target over every other position;
     ``match_gap``: logit of a matching key over a non-matching one in the retrieval heads;
     ``margin``: logit of the retrieved answer over every other token (sharp heads);
-    ``n_kv_heads``: key/value groups per layer (``N_HEADS``: one per head; 1: grouped-query).
+    ``n_kv_heads``: key/value groups per layer (``N_HEADS``: one per head; 1: grouped-query);
+    ``family``: ``gen`` (the retrieval fixtures of :func:`build_model`) or ``cls`` (the Yes/No
+    fixture of :func:`build_cls_model`), with its own ``n_layers`` and ``n_heads``.
     """
 
     name: str
     tasks: str = "gar_v1_gen_nr0_gender_kind"
     config: str = "v1"
+    family: str = "gen"
+    n_layers: int = N_LAYERS
+    n_heads: int = N_HEADS
     pos_gap: float = 40.0
     match_gap: float = 40.0
     margin: float = 30.0
@@ -96,6 +101,8 @@ SPECS: dict[str, FixtureSpec] = {
     # one k/v group: the retrieval heads' slots side by side double head_dim, and twice the
     # positional pairs keep the content pairs' rotation that of sharp (2e-4 rad over a prompt)
     "gqa": FixtureSpec("gqa", n_kv_heads=1, n_pos_pairs=32),
+    # the Yes/No twins of the cls slice: three layers, three heads (three positional heads in layer 0)
+    "cls": FixtureSpec("cls", tasks="gar_v1_cls_nr0_gender_kind", family="cls", n_layers=3, n_heads=3, n_kv_heads=3),
 }
 
 # The true edges per counterfactual (names as ``gar circuit`` writes them). ``edges``: the circuit
@@ -147,6 +154,31 @@ def true_edges(n_kv_heads: int = N_HEADS) -> dict[str, dict[str, list[str]]]:
     return res
 
 
+# The cls fixture (Yes/No twins: the question's value swapped for another row's value). Its
+# premise pair (K, V) stands as "K has V" / "The K is V's" (second item V) or "The V is K's" /
+# "V has K" (second item K); 1.0 at the question's value A attends that second item (Yes) or the
+# BOS sink (No), so the true path is A's query and the two attention q edges, then 2.0 moving the
+# flag to END. The sink's score does not depend on the query (its key has no item), so its q edge
+# is constant, as are the pair's keys, the markers, the sink, the values and the positional head.
+_CLS_PATH = ["emb@A -> 1.0.q", "1.0 V->A q", "1.0 K->A q", "1.0@A -> 2.g0.v", "2.0 A->END v", "2.0@END -> logits"]
+_CLS_PAIR_KEYS = [e for first, second in (("K", "V"), ("V", "K")) for e in (
+    f"emb@{first} -> 0.g1.v", f"0.1 {first}->{second} v", f"0.1@{second} -> 1.g0.k", f"emb@{second} -> 1.g0.k",
+    f"0.0 other->{second} v", f"0.0@{second} -> 1.g0.k", f"1.0 {second}->A k", f"0.0@{second} -> 1.g0.v",
+    f"1.0 {second}->A v")]
+_CLS_CONSTANT = (["emb@Q -> 0.g1.v", "0.1 Q->A v", "0.1@A -> 1.0.q"] + _CLS_PAIR_KEYS
+                 + ["emb@pre -> 1.g0.k", "emb@pre -> 1.g0.v", "1.0 pre->A q", "1.0 pre->A k", "1.0 pre->A v",
+                    "0.0@A -> 1.g0.k", "0.2 other->A v", "0.2@A -> 1.g0.k",
+                    "emb@END -> 2.0.q", "emb@A -> 2.g0.k", "2.0 A->END q", "2.0 A->END k"])
+CLS_TRUE_EDGES: dict[str, dict[str, list[str]]] = {"pair": {"edges": _CLS_PATH, "constant": _CLS_CONSTANT}}
+
+
+def fixture_truth(spec: FixtureSpec) -> dict[str, dict[str, list[str]]]:
+    """The true edges of the fixture ``spec`` per counterfactual (its family's, mapped to its k/v groups)."""
+    if spec.family == "cls":
+        return {cf: {k: list(v) for k, v in entry.items()} for cf, entry in CLS_TRUE_EDGES.items()}
+    return true_edges(spec.n_kv_heads)
+
+
 # ------------------------------------------------------------------------------------------
 # building
 
@@ -160,6 +192,8 @@ def slice_records(spec: FixtureSpec) -> list["GARRecord"]:
 
 WORD = r"\w+(?:-\w+)*|[^\w\s]+"  # a word (hyphenated words whole: "T-shirt") or a punctuation run
 MARKERS = ("has", "is", "are")  # the words right before a row's second item
+OWNS = ("owns", "own")  # the question's relation word (cls): not a marker
+YES_NO = ("Yes", "No")
 
 
 def _words(text: str) -> list[str]:
@@ -210,6 +244,8 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if spec.family == "cls":
+        return build_cls_model(spec, records, tokenizer)
     records = slice_records(spec) if records is None else records
     words, items = vocabulary(records)
     tok = build_tokenizer(words) if tokenizer is None else tokenizer
@@ -323,13 +359,156 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
     return model, tok
 
 
+def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
+                    tokenizer: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a cls fixture (3 layers, 3 heads), weights set from the spec.
+
+    Residual stream ``[tokens | const | M | B (items) | Y N | answer Y N]``, one-hot blocks:
+
+    * layer 0, positional (rotary, from ``const``): ``0.0`` previous token, +1 into M after a
+      marker (``has``, ``is``, ``are``); ``0.1`` two back, the item into B; ``0.2`` three back,
+      -1 into M three after ``owns``: the question's value in "the one who owns K is V" is no
+      premise pair (its M cancels), while "K owns V" has no marker at all;
+    * ``1.0`` at every token: query its own item and B (at the question's value A: V and K), keys
+      each token's item and B (either order: "K has V" and "The V is K's" match alike) and M, the
+      BOS sink between a full and a half match; the premise pair's second item (M set) writes Y,
+      the sink writes N;
+    * ``2.0`` at END: attends A, three back (rotary, its score offset so that only A's is above
+      zero: the norms of the other tokens differ), and copies Y / N into the answer block, which
+      ``lm_head`` reads as ``Yes`` / ``No`` by ``margin``.
+
+    Every norm the reads divide by is known (A has 3 blocks before layer 1 and 4 after it, a
+    premise pair's second item 4, BOS 2, END 4 at the end), so the answer logit is the margin.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    records = slice_records(spec) if records is None else records
+    words, items = vocabulary(records)
+    tok = build_tokenizer(words) if tokenizer is None else tokenizer
+    V, n = len(tok), len(items)
+    L, H = spec.n_layers, spec.n_heads
+    if (L, H, spec.n_kv_heads) != (3, 3, 3):
+        raise ValueError("the cls fixture is 3 layers of 3 heads, one key/value group per head")
+    item_id = [tok.convert_tokens_to_ids(w) for w in items]
+    yes_no = [tok.convert_tokens_to_ids(w) for w in YES_NO]
+    if tok.unk_token_id in item_id + yes_no:
+        raise ValueError("an item, Yes or No is not one token of the fixture's tokenizer")
+    C, M, B0 = V, V + 1, V + 2                 # const; M: marker flag; B: the item two back
+    Y0 = B0 + n                                # Y, N: the pair exists (layer 1's verdict)
+    A0 = Y0 + 2                                # the answer's Y, N (at END)
+    d = A0 + 2
+    d += -d % (2 * H)                          # even, and a multiple of the heads (the config checks it)
+    MARK, SINK, OFF = n, n + 1, n + 2          # content slots past the items
+    hd = 2 * (spec.n_pos_pairs + (n + 4) // 2)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4, num_hidden_layers=L,
+                      num_attention_heads=H, num_key_value_heads=H, head_dim=hd,
+                      max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).to(getattr(torch, spec.dtype)).eval()
+    inv_freq = model.model.rotary_emb.inv_freq.double().cpu().numpy()
+    max_len = max(len(tok(r.text)["input_ids"]) for r in records) + 2
+    half = hd // 2
+    worst = float(inv_freq[spec.n_pos_pairs] * max_len)
+    if worst > 0.05:
+        raise ValueError(f"content pairs rotate by {worst:.3f} rad over a prompt: raise rope_theta")
+
+    def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
+        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+
+    def size(n_blocks: int) -> float:  # the normalised size of a one-hot read from n_blocks one-hots
+        return (n_blocks / d) ** -0.5
+
+    root = hd ** 0.25
+    g = spec.match_gap
+    # retrieval (logits at a premise pair's 4-block second item, scaled by sqrt(4 / blocks) elsewhere):
+    # full match 2a + b - s = g; two items without M (3 blocks): s - 1.155 * 2a > g; one item and M
+    # (3 blocks): s - 1.155 (a + b) > g; one item alone (2 blocks): s - 1.414 a > g
+    a, b, s_ = 4 * g, 4 * g, 11 * g
+    emb = np.zeros((V, d))
+    emb[np.arange(V), np.arange(V)] = 1.0
+    emb[:, C] = 1.0
+    q = np.zeros((L, H, hd, d))
+    k = np.zeros((L, H, hd, d))
+    v = np.zeros((L, H, hd, d))
+    o = np.zeros((L, d, H, hd))
+    for h in range(H):  # layer 0: previous token (M +1 after a marker), two back (B), three back (M -1 after owns)
+        qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
+        amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / size(2)
+        for i in range(spec.n_pos_pairs):
+            q[0, h, i, C], q[0, h, i + half, C] = amp * qv[i]
+            k[0, h, i, C], k[0, h, i + half, C] = amp * kv[i]
+        if h == 1:
+            for j, t in enumerate(item_id):
+                v[0, h, slot(j), t] = 1.0
+                o[0, B0 + j, h, slot(j)] = 1.0 / size(2)
+        else:
+            for w in MARKERS if h == 0 else OWNS:
+                if w in tok.get_vocab():
+                    v[0, h, slot(MARK), tok.convert_tokens_to_ids(w)] = 1.0
+            o[0, M, h, slot(MARK)] = (1.0 if h == 0 else -1.0) / size(2)
+    # layer 1: the pair's retrieval; query item and B (3 blocks at A), keys item, B and M
+    qs, ks = root / size(3), root / size(4)
+    for j, t in enumerate(item_id):
+        q[1, 0, slot(j), t] = q[1, 0, slot(j), B0 + j] = qs
+        k[1, 0, slot(j), t] = k[1, 0, slot(j), B0 + j] = a * ks
+    q[1, 0, slot(MARK), C] = qs
+    k[1, 0, slot(MARK), M] = b * ks
+    q[1, 0, slot(SINK), C] = qs
+    k[1, 0, slot(SINK), tok.bos_token_id] = s_ * root / size(2)
+    v[1, 0, slot(0), M] = 1.0                  # the pair's second item: M -> Y
+    o[1, Y0, 0, slot(0)] = 1.0 / size(4)
+    v[1, 0, slot(1), tok.bos_token_id] = 1.0   # the sink: N
+    o[1, Y0 + 1, 0, slot(1)] = 1.0 / size(2)
+    # layer 2: END (3 blocks) attends A (4 blocks), three back; the offset slot puts every other
+    # token's positional score below zero, whatever its norm
+    qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 3, max_len)
+    amp = (2 * spec.pos_gap * root ** 2 / (gap * size(3) * size(4))) ** 0.5
+    for i in range(spec.n_pos_pairs):
+        q[2, 0, i, C], q[2, 0, i + half, C] = amp * qv[i]
+        k[2, 0, i, C], k[2, 0, i + half, C] = amp * kv[i]
+    q[2, 0, slot(OFF), C] = amp
+    k[2, 0, slot(OFF), C] = -amp * (spec.n_pos_pairs - gap / 2)
+    for j in range(2):                         # Y, N at A (4 blocks) -> the answer block
+        v[2, 0, slot(j), Y0 + j] = 1.0
+        o[2, A0 + j, 0, slot(j)] = 1.0 / size(4)
+    lm = np.zeros((V, d))
+    for j, t in enumerate(yes_no):             # END: token, const, N (layer 1's sink), answer: 4 blocks
+        lm[t, A0 + j] = spec.margin / size(4)
+    t = getattr(torch, spec.dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
+        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
+        model.model.norm.weight.fill_(1.0)
+        for i, layer in enumerate(model.model.layers):
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+            at = layer.self_attn
+            at.q_proj.weight.copy_(torch.tensor(q[i].reshape(H * hd, d), dtype=t))
+            at.k_proj.weight.copy_(torch.tensor(k[i].reshape(H * hd, d), dtype=t))
+            at.v_proj.weight.copy_(torch.tensor(v[i].reshape(H * hd, d), dtype=t))
+            at.o_proj.weight.copy_(torch.tensor(o[i].reshape(d, H * hd), dtype=t))
+    model.requires_grad_(False)
+    return model, tok
+
+
 def truth_json(spec: FixtureSpec) -> dict[str, Any]:
     """The fixture's truth file: its true edges per counterfactual, in ``gar circuit``'s names."""
     return {"format": TRUTH_FORMAT, "version": TRUTH_VERSION, "fixture": asdict(spec),
-            "model": {"n_layers": N_LAYERS, "n_heads": N_HEADS, "n_groups": spec.n_kv_heads},
-            "counterfactuals": true_edges(spec.n_kv_heads),
-            "mechanism": "0.0 previous token -> P, 0.1 two back -> B; 1.0 and 1.1 at END: query P, key B, "
-                         "value the attended token -> answer; lm_head reads the answer"}
+            "model": {"n_layers": spec.n_layers, "n_heads": spec.n_heads, "n_groups": spec.n_kv_heads},
+            "counterfactuals": fixture_truth(spec),
+            "mechanism": MECHANISMS[spec.family]}
+
+
+MECHANISMS = {
+    "gen": "0.0 previous token -> P, 0.1 two back -> B; 1.0 and 1.1 at END: query P, key B, "
+           "value the attended token -> answer; lm_head reads the answer",
+    "cls": "0.0 previous token -> marker flag M, 0.1 two back -> B, 0.2 three back cancels M after owns; "
+           "1.0 at the question's value: query its item and B, keys item, B and M, BOS sink; the pair's "
+           "second item writes Y, the sink N; 2.0 at END copies them three back; lm_head reads Yes / No"}
 
 
 def save_fixture(name: str, out: str | Path) -> Path:
@@ -497,6 +676,7 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
-__all__ = ["FixtureSpec", "SPECS", "TRUE_EDGES", "TRUTH_FILE", "auroc", "build_model", "build_tokenizer",
+__all__ = ["CLS_TRUE_EDGES", "FixtureSpec", "SPECS", "TRUE_EDGES", "TRUTH_FILE", "auroc", "build_cls_model",
+           "build_model", "build_tokenizer", "fixture_truth",
            "edge_indices", "load_truth", "save_fixture", "score_against_truth", "slice_records", "truth_circuit",
            "true_edges", "truth_edges", "truth_json", "truth_scores", "vocabulary"]
