@@ -1,7 +1,7 @@
 """Compiled GAR models with a known circuit (``interp.circuit.groundtruth``) and ``gar circuit --truth``.
 
 The fixtures (sharp and soft attention; gqa: sharp with one key/value group shared by both heads
-of a layer) solve their rows and their true circuits are exactly faithful under the package's own
+of a layer; cls: the Yes/No twins of a classification slice, 3 layers) solve their rows and their true circuits are exactly faithful under the package's own
 patcher; the scoring is right on a ranking made by hand, and
 ``gar circuit --truth`` writes the scores. The default attribution (the residual edges into
 queries, keys and values exact through the attention norm and the head, q and k through its
@@ -83,6 +83,21 @@ def test_solves_its_rows(built, name, margin):
         answer = tok.convert_tokens_to_ids(r.answer)
         rest = torch.cat([logits[:answer], logits[answer + 1:]])
         assert float(logits[answer] - rest.max()) > margin, r.prompt  # the spec's margin is 30
+
+
+@pytest.mark.integration
+def test_cls_solves_every_layout(built):
+    """The cls fixture's rows are every affirmative row of its slice, of all four layouts: the
+    premise pair as "K has V", "The V is K's", "V has K" or "The K is V's", asked as "K owns V?"
+    or "the one who owns K is V?" (the question's own pair, after "is", must not match itself)."""
+    import re
+
+    _, _, rows, records = built("cls")
+    assert rows == [r for r in records if not r.negate] and len(rows) == 64
+    layouts = {(bool(re.search(r"\bThe \S+ (is|are)\b", r.prompt.split("\n")[-1])), "who owns" in r.prompt.split("\n")[-1])
+               for r in rows}
+    assert layouts == {(False, False), (True, False), (False, True), (True, True)}
+    assert {r.answer for r in rows} == {"Yes", "No"}
 
 
 @pytest.mark.integration
@@ -221,9 +236,10 @@ def fixture_dir(fixture_dirs):
     return fixture_dirs("sharp")
 
 
-def circuit_truth(model_dir, out, *extra: str) -> tuple[str, dict]:
-    """``gar circuit --truth`` on a fixture folder, every affirmative row (32), no random circuits:
-    (what it printed, ``circuit.json``'s ``truth``)."""
+def circuit_truth(model_dir, out, *extra: str, spec: gt.FixtureSpec = SPEC) -> tuple[str, dict]:
+    """``gar circuit --truth`` on a fixture folder of ``spec``'s slice, 32 rows (gen: every
+    affirmative row; cls: every Yes/No pair), no random circuits: (what it printed,
+    ``circuit.json``'s ``truth``)."""
     import contextlib
     import io
 
@@ -231,14 +247,14 @@ def circuit_truth(model_dir, out, *extra: str) -> tuple[str, dict]:
 
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        rc = main(["circuit", "--model", str(model_dir), "--config", SPEC.config, "--tasks", SPEC.tasks,
+        rc = main(["circuit", "--model", str(model_dir), "--config", spec.config, "--tasks", spec.tasks,
                    "--truth", str(model_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
                    "--spot", "0", *extra, "-q", "--out", str(out)])
     assert rc == 0
     return stdout.getvalue(), json.loads((out / "circuit.json").read_text())["truth"]
 
 
-CASES = [(name, cf) for name in ("sharp", "soft", "gqa") for cf in ("pair", "context")]
+CASES = [(name, cf) for name in ("sharp", "soft", "gqa") for cf in ("pair", "context")] + [("cls", "pair")]
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +266,7 @@ def runs(fixture_dirs, tmp_path_factory):
     def get(name, cf):
         if (name, cf) not in cache:
             out = tmp_path_factory.mktemp(f"{name}_{cf}") / "run"
-            printed, truth = circuit_truth(fixture_dirs(name), out, "--counterfactual", cf)
+            printed, truth = circuit_truth(fixture_dirs(name), out, "--counterfactual", cf, spec=gt.SPECS[name])
             cache[name, cf] = (out, printed, truth)
         return cache[name, cf]
 

@@ -1,9 +1,10 @@
 """Compiled GAR models with known circuits, and scores of an attribution against them.
 
-A *fixture* is a 2-layer, 2-head Llama (``LlamaForCausalLM``, MLPs zero) whose weights are set by
-hand from a small :class:`FixtureSpec` so that it solves the non-negated rows of a generation
-slice with n_r = 0 (default ``gar_v1_gen_nr0_gender_kind``) exactly, with a word-level tokenizer
-over the slice's words. Nothing is trained; a fixture builds in seconds.
+A *fixture* is a small Llama (``LlamaForCausalLM``, MLPs zero; the gen fixtures 2 layers of 2
+heads) whose weights are set by hand from a small :class:`FixtureSpec` so that it solves the
+non-negated rows of a slice with n_r = 0 (a generation slice, default
+``gar_v1_gen_nr0_gender_kind``; ``cls`` below: a classification one) exactly, with a word-level
+tokenizer over the slice's words. Nothing is trained; a fixture builds in seconds.
 
 The mechanism (every block of the residual stream is one-hot, so every read is exact):
 
@@ -36,6 +37,15 @@ the output projections differ); in layer 1 each head's key and value contents ta
 of the head (``head_dim`` doubles), each query and o_proj reading only its head's slots. Its truth
 is the same circuits with every k/v port in group 0 (:func:`true_edges`): edges that now name one
 port are one edge, and a constant edge that merges with a true one is true.
+
+``cls`` (:func:`build_cls_model`, 3 layers of 3 heads) answers the affirmative rows of the
+classification slice ``gar_v1_cls_nr0_gender_kind`` (all 64, every layout): "Can it be inferred
+from the premise that K owns V?" (or "... that the one who owns K is V?") is Yes when the premise
+holds the pair, in either order ("K has V", "The V is K's", "V has K", "The K is V's"). The head
+``1.0`` at the question's value matches its item and the item two back against every premise
+token's, a marker flag required, a BOS sink in between; ``2.0`` moves the verdict to END. Under
+``pair`` (the Yes/No twins: the question's value swapped for another row's) the true circuit is
+the query path of ``1.0`` and the move to the logits (6 edges, :data:`CLS_TRUE_EDGES`).
 
 :func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
 rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
