@@ -326,12 +326,14 @@ def test_default_attribution_recovers_the_known_circuit(runs, fixture_dirs, name
 
 
 @pytest.mark.integration
-def test_plain_eap_misses_the_query_path(fixture_dir, tmp_path):
+@pytest.mark.parametrize("name, query_edge, out_edge", [("sharp", "0.0@END -> 1.0.q", "1.0@END -> logits"),
+                                                        ("cls", "emb@A -> 1.0.q", "2.0@END -> logits")])
+def test_plain_eap_misses_the_query_path(fixture_dirs, tmp_path, name, query_edge, out_edge):
     """First-order EAP (``--no-exact-softmax``) scores the residual edges into the saturated
-    retrieval heads' queries ~0: the fixture tells the attributions apart."""
-    _, t = circuit_truth(fixture_dir, tmp_path / "plain", "--no-exact-softmax")
+    retrieval heads' queries ~0: the fixtures tell the attributions apart."""
+    _, t = circuit_truth(fixture_dirs(name), tmp_path / "plain", "--no-exact-softmax", spec=gt.SPECS[name])
     assert t["recall"][str(2 * t["n_true"])] < 1.0
-    assert abs(t["ranks"]["0.0@END -> 1.0.q"]["score"]) < 1e-3 * abs(t["ranks"]["1.0@END -> logits"]["score"])
+    assert abs(t["ranks"][query_edge]["score"]) < 1e-3 * abs(t["ranks"][out_edge]["score"])
 
 
 @pytest.mark.integration
