@@ -563,7 +563,9 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                         fd = first_diff
                         p64 = torch.softmax(sc[:, :, fd:].to(hp), -1)
                         lse = torch.logsumexp(sc[:, :, fd:].to(hp), -1)
-                        dm64 = torch.where(vm[:, :, fd:], d_a[:, :, fd:], torch.zeros_like(d_a[:, :, fd:])).to(hp)
+                        dmq = torch.where(vm[:, :, fd:], d_a[:, :, fd:], torch.zeros_like(d_a[:, :, fd:]))
+                        dm64 = dmq.to(hp)
+                        base_q = (probs[:, :, fd:] * dmq).sum(-1)
                         ohx = torch.cat([onehot, 1 - onehot.sum(-1, keepdim=True)], -1).to(hp)
                         rs0 = [torch.einsum("bhij,bjr->bhir", p64, ohx), torch.einsum("bhij,bjr->bhir", p64 * dm64, ohx)]
                         pre0 = [torch.einsum("bhij,bjr->bhir", p64[..., :fd], ohx[:, :fd]), torch.einsum("bhij,bjr->bhir", (p64 * dm64)[..., :fd], ohx[:, :fd])]
@@ -619,11 +621,10 @@ def attribution_batch(model: Any, batch: CircuitBatch, *, ig_steps: int = 1, exa
                                 s4 = cap * torch.tanh(s4 / cap)
                             s3 = torch.where(al[:, None, :, fd:], s3, torch.full_like(s3, torch.finfo(dt).min))
                             p3 = torch.softmax(s3, -1, dtype=torch.float64 if dt == torch.float64 else torch.float32).to(dt)
-                            per_q = torch.where(vm[:, None, :, fd:], (p3 - probs[:, None, :, fd:]) * d_a[:, None, :, fd:], torch.zeros_like(p3)).sum(-1)
+                            per_q = torch.einsum("bshij,bhij->bshi", p3, dmq) - base_q[:, None]
                             resid_acc[c0:c1, lyr * ppl:lyr * ppl + H] += torch.einsum("bshi,bir->shr", per_q, onehot[:, fd:]).double()
-                            a1 = torch.exp((s4.to(hp) - lse[:, None, :, :, None]).clamp(max=700.0))
-                            a1 = torch.where(al[:, None, :, fd:, fd:], a1, torch.zeros_like(a1))
-                            a1 = torch.where(nz.permute(0, 2, 1)[:, :, None, None, :], a1, p64[:, None, :, :, fd:])
+                            keep = al[:, None, :, fd:, fd:] & nz.permute(0, 2, 1)[:, :, None, None, :]
+                            a1 = torch.where(keep, (s4.to(hp) - lse[:, None, :, :, None]).clamp_(max=700.0).exp_(), p64[:, None, :, :, fd:])
                             zk = rest0[0][:, None] + pre0[0][:, None] + torch.einsum("bshij,bjr->bshir", a1, ohx[:, fd:])
                             nk = rest0[1][:, None] + pre0[1][:, None] + torch.einsum("bshij,bjr->bshir", a1 * dm64[:, None, :, :, fd:], ohx[:, fd:])
                             per_k = nk[..., :R] / zk[..., :R] - base[:, None, :, :, None]
