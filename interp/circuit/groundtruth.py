@@ -1,9 +1,10 @@
 """Compiled GAR models with known circuits, and scores of an attribution against them.
 
-A *fixture* is a small Llama (``LlamaForCausalLM``, MLPs zero; the gen fixtures 2 layers of 2
-heads) whose weights are set by hand from a small :class:`FixtureSpec` so that it solves the
-non-negated rows of a slice with n_r = 0 (a generation slice, default
-``gar_v1_gen_nr0_gender_kind``; ``cls`` below: a classification one) exactly, with a word-level
+A *fixture* is a small Llama (``LlamaForCausalLM``, MLPs zero but ``negation``'s last; the gen
+fixtures 2 layers of 2 heads) whose weights are set by hand from a small :class:`FixtureSpec` so
+that it solves the non-negated rows of a slice with n_r = 0 (a generation slice, default
+``gar_v1_gen_nr0_gender_kind``; ``cls`` below: a classification one; ``negation``: both
+polarities of it) exactly, with a word-level
 tokenizer over the slice's words. Nothing is trained; a fixture builds in seconds.
 
 The mechanism (every block of the residual stream is one-hot, so every read is exact):
@@ -47,6 +48,14 @@ token's, a marker flag required, a BOS sink in between; ``2.0`` moves the verdic
 ``pair`` (the Yes/No twins: the question's value swapped for another row's) the true circuit is
 the query path of ``1.0`` and the move to the logits (6 edges, :data:`CLS_TRUE_EDGES`).
 
+``negation`` (:func:`build_neg_model`, 4 layers of 3 heads) answers every row of that slice, the
+negated ones too ("... that K does not own V?", "... that the one who owns K is not V?": Yes when
+the premise lacks the pair): its answer is the pair's verdict XOR the negation, computed by the
+MLP of layer 3 from the verdict cls's mechanism moves to END and a flag of a head that attends
+``not``. Under ``pair`` (Yes/No twins of both polarities) the true circuit is the match's query
+path, the move and the MLP's two edges (9 edges, :data:`NEG_TRUE_EDGES`); the negation flag is
+constant, and the move's direct edge to the logits has no effect (:data:`NEG_DIRECT`).
+
 :func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
 rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
 faithfulness of the true circuit next to the top-|truth| one); :func:`truth_scores` applies it to
@@ -87,7 +96,8 @@ class FixtureSpec:
     ``margin``: logit of the retrieved answer over every other token (sharp heads);
     ``n_kv_heads``: key/value groups per layer (``N_HEADS``: one per head; 1: grouped-query);
     ``family``: ``gen`` (the retrieval fixtures of :func:`build_model`) or ``cls`` (the Yes/No
-    fixture of :func:`build_cls_model`), with its own ``n_layers`` and ``n_heads``.
+    fixture of :func:`build_cls_model`) or ``neg`` (:func:`build_neg_model`: both polarities of a cls
+    slice), with its own ``n_layers`` and ``n_heads``.
     """
 
     name: str
@@ -750,7 +760,8 @@ MECHANISMS = {
            "turns M into plain after owns; 1.0 fetches the negated question's first item into B (four back "
            "after own, three back after not), 1.1 flags NEG (any not) or AFF (BOS sink); 2.0 at the question's "
            "value: cls's match, Y or N; 3.0 at END copies Y / N three back; the MLP of layer 3 computes "
-           "(Y, AFF) or (N, NEG) -> Yes, else No; lm_head reads Yes / No"}
+           "(Y, AFF) or (N, NEG) -> Yes, else No; lm_head reads Yes / No (so the direct edge 3.0@END -> logits "
+           "has no effect: not a true edge)"}
 
 
 def save_fixture(name: str, out: str | Path) -> Path:
@@ -918,7 +929,7 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
-__all__ = ["CLS_TRUE_EDGES", "FixtureSpec", "SPECS", "TRUE_EDGES", "TRUTH_FILE", "auroc", "build_cls_model",
-           "build_model", "build_tokenizer", "fixture_truth",
+__all__ = ["CLS_TRUE_EDGES", "FixtureSpec", "NEG_DIRECT", "NEG_TRUE_EDGES", "SPECS", "TRUE_EDGES", "TRUTH_FILE",
+           "auroc", "build_cls_model", "build_model", "build_neg_model", "build_tokenizer", "fixture_truth",
            "edge_indices", "load_truth", "save_fixture", "score_against_truth", "slice_records", "truth_circuit",
            "true_edges", "truth_edges", "truth_json", "truth_scores", "vocabulary"]
