@@ -2,8 +2,8 @@
 
 The fixtures (sharp and soft attention; gqa: sharp with one key/value group shared by both heads
 of a layer; cls: the Yes/No twins of a classification slice, 3 layers; negation: both
-polarities of it, the answer an MLP's XOR) solve their rows and their true circuits are exactly faithful under the package's own
-patcher; the scoring is right on a ranking made by hand, and
+polarities of it, the answer an MLP's XOR) solve their rows and their true circuits are exactly
+faithful under the package's own patcher; the scoring is right on a ranking made by hand, and
 ``gar circuit --truth`` writes the scores. The default attribution (the residual edges into
 queries, keys and values exact through the attention norm and the head, q and k through its
 softmax; the attention q/k edges through the softmax; the logits edges through the final norm)
@@ -273,7 +273,8 @@ def circuit_truth(model_dir, out, *extra: str, spec: gt.FixtureSpec = SPEC) -> t
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
         rc = main(["circuit", "--model", str(model_dir), "--config", spec.config, "--tasks", spec.tasks,
-                   "--truth", str(model_dir / gt.TRUTH_FILE), "--n", "64" if spec.family == "neg" else "32", "--batch-size", "16", "--random", "0",
+                   "--truth", str(model_dir / gt.TRUTH_FILE), "--n", "64" if spec.family == "neg" else "32",
+                   "--batch-size", "16", "--random", "0",
                    "--spot", "0", *extra, "-q", "--out", str(out)])
     assert rc == 0
     return stdout.getvalue(), json.loads((out / "circuit.json").read_text())["truth"]

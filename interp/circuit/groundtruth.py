@@ -711,7 +711,8 @@ def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     gate = np.zeros((4, d))
     up = np.zeros((4, d))
     down = np.zeros((d, 4))
-    for u, (z, f, ans) in enumerate([(Z0, NEG + 1, A0), (Z0 + 1, NEG, A0), (Z0, NEG, A0 + 1), (Z0 + 1, NEG + 1, A0 + 1)]):
+    units = [(Z0, NEG + 1, A0), (Z0 + 1, NEG, A0), (Z0, NEG, A0 + 1), (Z0 + 1, NEG + 1, A0 + 1)]  # (verdict, flag, answer)
+    for u, (z, f, ans) in enumerate(units):
         gate[u, z] = gate[u, f] = G / size(6)
         gate[u, C] = -1.5 * G / size(6)
         up[u, C] = 1.0 / size(6)
