@@ -1,8 +1,9 @@
 """Compiled GAR models with a known circuit (``interp.circuit.groundtruth``) and ``gar circuit --truth``.
 
 The fixtures (sharp and soft attention; gqa: sharp with one key/value group shared by both heads
-of a layer; cls: the Yes/No twins of a classification slice, 3 layers) solve their rows and their true circuits are exactly faithful under the package's own
-patcher; the scoring is right on a ranking made by hand, and
+of a layer; cls: the Yes/No twins of a classification slice, 3 layers; negation: both
+polarities of it, the answer an MLP's XOR) solve their rows and their true circuits are exactly
+faithful under the package's own patcher; the scoring is right on a ranking made by hand, and
 ``gar circuit --truth`` writes the scores. The default attribution (the residual edges into
 queries, keys and values exact through the attention norm and the head, q and k through its
 softmax; the attention q/k edges through the softmax; the logits edges through the final norm)
@@ -35,7 +36,8 @@ def built():
 
     gen fixtures: the slice's affirmative records but those with an item shared with the
     demonstration row (see ``collides``); cls: every affirmative record (its retrieval matches
-    both items of a pair, so a shared item is only a half match)."""
+    both items of a pair, so a shared item is only a half match); negation: every record, both
+    polarities."""
     slices, cache = {}, {}
 
     def get(name):
@@ -43,7 +45,8 @@ def built():
             spec = gt.SPECS[name]
             records = slices.setdefault((spec.config, spec.tasks), gt.slice_records(spec))
             model, tok = gt.build_model(spec, records)
-            rows = [r for r in records if not r.negate and (spec.family == "cls" or not collides(r))]
+            rows = [r for r in records if spec.family == "neg"
+                    or not r.negate and (spec.family == "cls" or not collides(r))]
             cache[name] = (model, tok, rows, records)
         return cache[name]
 
@@ -67,7 +70,7 @@ def graph_of(name: str, roles) -> EdgeScores:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15), ("gqa", 25), ("cls", 25)])
+@pytest.mark.parametrize("name, margin", [("sharp", 25), ("soft", 15), ("gqa", 25), ("cls", 25), ("negation", 25)])
 def test_solves_its_rows(built, name, margin):
     import torch
 
@@ -101,7 +104,26 @@ def test_cls_solves_every_layout(built):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["sharp", "gqa", "cls"])
+def test_negation_solves_both_polarities_in_every_layout(built):
+    """The negation fixture's rows are every row of the cls slice: the 64 affirmative ones of
+    cls and the 64 negated ones, whose question ("K does not own V?", its partner four back, or
+    "the one who owns K is not V?", three back) asks about a premise of "K has V" or "The V is
+    K's"; its answers are the pair's verdict XOR the negation (both answers in both polarities).
+    The demonstration row shares the test row's polarity (the NEG head reads either "not")."""
+    import re
+
+    _, _, rows, records = built("negation")
+    assert rows == records and len(rows) == 128 and sum(r.negate for r in rows) == 64
+    for r in rows:
+        assert all(("not" in row.split()) == r.negate for row in r.prompt.replace("?", " ?").split("\n")), r.prompt
+    layouts = {(r.negate, bool(re.search(r"< The \S+ (is|are)\b", r.prompt.split("\n")[-1])),
+                "who owns" in r.prompt.split("\n")[-1], r.answer) for r in rows}
+    assert layouts == {(neg, the, who, ans) for neg in (False, True) for the in (False, True)
+                       for who in (False, True) for ans in ("Yes", "No")}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["sharp", "gqa", "cls", "negation"])
 def test_built_from_data_deterministically(built, name):
     model, tok, _, records = built(name)
     again, tok2 = gt.build_model(gt.SPECS[name], records)
@@ -112,7 +134,8 @@ def test_built_from_data_deterministically(built, name):
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name, kind", [("sharp", "pair"), ("sharp", "context"), ("soft", "pair"),
-                                        ("gqa", "pair"), ("gqa", "context"), ("cls", "pair")])
+                                        ("gqa", "pair"), ("gqa", "context"), ("cls", "pair"),
+                                        ("negation", "pair")])
 def test_true_circuit_is_exactly_faithful(built, name, kind):
     """Exactly faithful, every true edge needed, the constant edges invisible. For gqa the merged
     k/v ports' edges: a constant edge that now shares a port with a signal would fail the last check."""
@@ -122,7 +145,7 @@ def test_true_circuit_is_exactly_faithful(built, name, kind):
 
     model, tok, rows, _ = built(name)
     cf = make_counterfactuals(rows, tok, load_schema("default"), kind)
-    assert len(cf) == (len(rows) // 2 if gt.SPECS[name].family == "cls" else len(rows))  # cls: one per twin pair
+    assert len(cf) == (len(rows) // 2 if gt.SPECS[name].family in ("cls", "neg") else len(rows))  # one per twin pair
     patcher = EdgePatcher(model, cf.batch(list(range(len(cf)))))
     assert patcher.shape.n_groups == gt.SPECS[name].n_kv_heads
     m_full, m_empty = patcher.full(), patcher.empty()
@@ -150,12 +173,14 @@ def test_true_edges_per_kv_groups():
 
     assert gt.true_edges(gt.N_HEADS) == gt.TRUE_EDGES
     roles = list(load_schema("default").roles)
-    for name in ("sharp", "gqa", "cls"):
+    for name in ("sharp", "gqa", "cls", "negation"):
         spec = gt.SPECS[name]
         data = gt.truth_json(spec)
         assert (data["model"]["n_layers"], data["model"]["n_heads"], data["model"]["n_groups"]) == (
             spec.n_layers, spec.n_heads, spec.n_kv_heads)
-        assert data["counterfactuals"] == (gt.CLS_TRUE_EDGES if spec.family == "cls" else gt.true_edges(spec.n_kv_heads))
+        assert data["counterfactuals"] == gt.fixture_truth(spec)
+        assert data["counterfactuals"] == ({"cls": gt.CLS_TRUE_EDGES, "neg": gt.NEG_TRUE_EDGES}[spec.family]
+                                           if spec.family != "gen" else gt.true_edges(spec.n_kv_heads))
         graph = graph_of(name, roles)
         exists = np.concatenate([resid_structure(graph.shape, roles).ravel(), np.ones(graph.attn.size, bool)])
         for kind, entry in data["counterfactuals"].items():
@@ -238,8 +263,8 @@ def fixture_dir(fixture_dirs):
 
 def circuit_truth(model_dir, out, *extra: str, spec: gt.FixtureSpec = SPEC) -> tuple[str, dict]:
     """``gar circuit --truth`` on a fixture folder of ``spec``'s slice, 32 rows (gen: every
-    affirmative row; cls: every Yes/No pair), no random circuits: (what it printed,
-    ``circuit.json``'s ``truth``)."""
+    affirmative row; cls: every Yes/No pair; negation: 64, every Yes/No pair of both polarities),
+    no random circuits: (what it printed, ``circuit.json``'s ``truth``)."""
     import contextlib
     import io
 
@@ -248,13 +273,15 @@ def circuit_truth(model_dir, out, *extra: str, spec: gt.FixtureSpec = SPEC) -> t
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
         rc = main(["circuit", "--model", str(model_dir), "--config", spec.config, "--tasks", spec.tasks,
-                   "--truth", str(model_dir / gt.TRUTH_FILE), "--n", "32", "--batch-size", "16", "--random", "0",
+                   "--truth", str(model_dir / gt.TRUTH_FILE), "--n", "64" if spec.family == "neg" else "32",
+                   "--batch-size", "16", "--random", "0",
                    "--spot", "0", *extra, "-q", "--out", str(out)])
     assert rc == 0
     return stdout.getvalue(), json.loads((out / "circuit.json").read_text())["truth"]
 
 
-CASES = [(name, cf) for name in ("sharp", "soft", "gqa") for cf in ("pair", "context")] + [("cls", "pair")]
+CASES = [(name, cf) for name in ("sharp", "soft", "gqa") for cf in ("pair", "context")] + [("cls", "pair"),
+                                                                                           ("negation", "pair")]
 
 
 @pytest.fixture(scope="module")
@@ -327,7 +354,8 @@ def test_default_attribution_recovers_the_known_circuit(runs, fixture_dirs, name
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name, query_edge, out_edge", [("sharp", "0.0@END -> 1.0.q", "1.0@END -> logits"),
-                                                        ("cls", "emb@A -> 1.0.q", "2.0@END -> logits")])
+                                                        ("cls", "emb@A -> 1.0.q", "2.0@END -> logits"),
+                                                        ("negation", "emb@A -> 2.0.q", "3.MLP@END -> logits")])
 def test_plain_eap_misses_the_query_path(fixture_dirs, tmp_path, name, query_edge, out_edge):
     """First-order EAP (``--no-exact-softmax``) scores the residual edges into the saturated
     retrieval heads' queries ~0: the fixtures tell the attributions apart."""
@@ -353,21 +381,23 @@ ZERO_EFFECT = "0.0@END -> logits"  # the previous-token head at END: lm_head rea
 
 
 @pytest.mark.integration
-def test_an_edge_of_zero_exact_effect(built):
-    """Patching ``ZERO_EFFECT`` alone (everything else clean) does not move the metric."""
+@pytest.mark.parametrize("name, edge", [("sharp", ZERO_EFFECT), ("negation", gt.NEG_DIRECT)])
+def test_an_edge_of_zero_exact_effect(built, name, edge):
+    """Patching ``edge`` alone (everything else clean) does not move the metric. negation: the
+    move's Y / N at END straight to the logits (lm_head reads the MLP's answer only), so the
+    pair's verdict reaches the logits only through the MLP."""
     from interp.circuit.counterfactual import make_counterfactuals
     from interp.circuit.patch import EdgePatcher, full_masks
     from interp.circuit.roles import load_schema
 
-    model, tok, rows, _ = built("sharp")
+    model, tok, rows, _ = built(name)
     cf = make_counterfactuals(rows, tok, load_schema("default"), "pair")
     patcher = EdgePatcher(model, cf.batch(list(range(len(cf)))))
     resid, attn = full_masks(patcher.shape, len(cf.roles))
     n_r = resid.size
-    graph = EdgeScores(np.zeros(resid.shape), np.zeros(attn.shape), list(cf.roles),
-                       ModelShape(gt.N_LAYERS, gt.N_HEADS, gt.N_HEADS))
+    graph = graph_of(name, cf.roles)
     flat = np.concatenate([resid.ravel(), attn.ravel()])
-    flat[gt.edge_indices(graph, [ZERO_EFFECT])] = False
+    flat[gt.edge_indices(graph, [edge])] = False
     less = patcher.evaluate(flat[:n_r].reshape(resid.shape), flat[n_r:].reshape(attn.shape))
     assert abs(less - patcher.full()) < 1e-6 * abs(patcher.full())
 
@@ -378,4 +408,20 @@ def test_a_zero_effect_edge_ranks_below_the_true_ones(truth_run):
     scores = EdgeScores.load(out / "scores.npz")
     key = np.abs(np.nan_to_num(scores.flat()))
     rank = int((key >= key[gt.edge_indices(scores, [ZERO_EFFECT])[0]]).sum())
+    assert rank > max(r["rank"] for r in t["ranks"].values()), rank
+
+
+@pytest.mark.integration
+def test_negation_scores_its_mlp_path(runs):
+    """The negation fixture under ``pair``: the MLP edges (the move's verdict into the MLP of
+    layer 3, its XOR to the logits) rank in the top |truth| with the default attribution, and
+    the direct edge from the move to the logits (no effect: lm_head reads the MLP) below every
+    true edge."""
+    out, _, t = runs("negation", "pair")
+    k = t["n_true"]
+    for edge in ("3.0@END -> 3.MLP.in", "3.MLP@END -> logits"):
+        assert t["ranks"][edge]["rank"] <= k, (edge, t["ranks"][edge])
+    scores = EdgeScores.load(out / "scores.npz")
+    key = np.abs(np.nan_to_num(scores.flat()))
+    rank = int((key >= key[gt.edge_indices(scores, [gt.NEG_DIRECT])[0]]).sum())
     assert rank > max(r["rank"] for r in t["ranks"].values()), rank

@@ -1,9 +1,10 @@
 """Compiled GAR models with known circuits, and scores of an attribution against them.
 
-A *fixture* is a small Llama (``LlamaForCausalLM``, MLPs zero; the gen fixtures 2 layers of 2
-heads) whose weights are set by hand from a small :class:`FixtureSpec` so that it solves the
-non-negated rows of a slice with n_r = 0 (a generation slice, default
-``gar_v1_gen_nr0_gender_kind``; ``cls`` below: a classification one) exactly, with a word-level
+A *fixture* is a small Llama (``LlamaForCausalLM``, MLPs zero but ``negation``'s last; the gen
+fixtures 2 layers of 2 heads) whose weights are set by hand from a small :class:`FixtureSpec` so
+that it solves the non-negated rows of a slice with n_r = 0 (a generation slice, default
+``gar_v1_gen_nr0_gender_kind``; ``cls`` below: a classification one; ``negation``: both
+polarities of it) exactly, with a word-level
 tokenizer over the slice's words. Nothing is trained; a fixture builds in seconds.
 
 The mechanism (every block of the residual stream is one-hot, so every read is exact):
@@ -47,6 +48,14 @@ token's, a marker flag required, a BOS sink in between; ``2.0`` moves the verdic
 ``pair`` (the Yes/No twins: the question's value swapped for another row's) the true circuit is
 the query path of ``1.0`` and the move to the logits (6 edges, :data:`CLS_TRUE_EDGES`).
 
+``negation`` (:func:`build_neg_model`, 4 layers of 3 heads) answers every row of that slice, the
+negated ones too ("... that K does not own V?", "... that the one who owns K is not V?": Yes when
+the premise lacks the pair): its answer is the pair's verdict XOR the negation, computed by the
+MLP of layer 3 from the verdict cls's mechanism moves to END and a flag of a head that attends
+``not``. Under ``pair`` (Yes/No twins of both polarities) the true circuit is the match's query
+path, the move and the MLP's two edges (9 edges, :data:`NEG_TRUE_EDGES`); the negation flag is
+constant, and the move's direct edge to the logits has no effect (:data:`NEG_DIRECT`).
+
 :func:`score_against_truth` is the scoring (precision/recall of the true edges in the top k,
 rank of every true edge, AUROC of |score| against the truth, and, given the exact patcher, the
 faithfulness of the true circuit next to the top-|truth| one); :func:`truth_scores` applies it to
@@ -87,7 +96,8 @@ class FixtureSpec:
     ``margin``: logit of the retrieved answer over every other token (sharp heads);
     ``n_kv_heads``: key/value groups per layer (``N_HEADS``: one per head; 1: grouped-query);
     ``family``: ``gen`` (the retrieval fixtures of :func:`build_model`) or ``cls`` (the Yes/No
-    fixture of :func:`build_cls_model`), with its own ``n_layers`` and ``n_heads``.
+    fixture of :func:`build_cls_model`) or ``neg`` (:func:`build_neg_model`: both polarities of a cls
+    slice), with its own ``n_layers`` and ``n_heads``.
     """
 
     name: str
@@ -113,6 +123,9 @@ SPECS: dict[str, FixtureSpec] = {
     "gqa": FixtureSpec("gqa", n_kv_heads=1, n_pos_pairs=32),
     # the Yes/No twins of the cls slice: three layers, three heads (three positional heads in layer 0)
     "cls": FixtureSpec("cls", tasks="gar_v1_cls_nr0_gender_kind", family="cls", n_layers=3, n_heads=3, n_kv_heads=3),
+    # both polarities of the cls slice: the verdict XOR the question's negation, in an MLP
+    "negation": FixtureSpec("negation", tasks="gar_v1_cls_nr0_gender_kind", family="neg", n_layers=4, n_heads=3,
+                            n_kv_heads=3),
 }
 
 # The true edges per counterfactual (names as ``gar circuit`` writes them). ``edges``: the circuit
@@ -181,11 +194,38 @@ _CLS_CONSTANT = (["emb@Q -> 0.g1.v", "0.1 Q->A v", "0.1@A -> 1.0.q"] + _CLS_PAIR
                     "emb@END -> 2.0.q", "emb@A -> 2.g0.k", "2.0 A->END q", "2.0 A->END k"])
 CLS_TRUE_EDGES: dict[str, dict[str, list[str]]] = {"pair": {"edges": _CLS_PATH, "constant": _CLS_CONSTANT}}
 
+# The negation fixture (Yes/No twins of both polarities). The verdict path is cls's, one layer
+# later (2.0 matches at A, 3.0 moves to END), then the MLP of layer 3 XORs it with the negation
+# flag and writes the answer (the direct edge 3.0@END -> logits has no effect: lm_head reads the
+# MLP's answer block only). An affirmative Yes twin matches the premise pair (K, V: either is the
+# second item), its No twin the sink; a negated Yes twin the sink, its No twin another row's pair
+# (K', V'). The flag NEG (1.1 attends the test row's not, R, and the demonstration's, other), the
+# negated question's partner fetched by 1.0, the keys, markers, the sink and the move's positional
+# query and key are the same in both twins: constant.
+_NEG_PATH = ["emb@A -> 2.0.q", "2.0 V->A q", "2.0 K->A q", "2.0 V'->A q", "2.0 K'->A q", "2.0@A -> 3.g0.v",
+             "3.0 A->END v", "3.0@END -> 3.MLP.in", "3.MLP@END -> logits"]
+_NEG_PAIR_KEYS = [e for first, second in (("K", "V"), ("V", "K"), ("K'", "V'"), ("V'", "K'")) for e in (
+    f"emb@{first} -> 0.g1.v", f"0.1 {first}->{second} v", f"0.1@{second} -> 2.g0.k", f"emb@{second} -> 2.g0.k",
+    f"0.0 other->{second} v", f"0.0@{second} -> 2.g0.k", f"2.0 {second}->A k", f"0.0@{second} -> 2.g0.v",
+    f"2.0 {second}->A v")]
+_NEG_CONSTANT = (["emb@Q -> 0.g1.v", "0.1 Q->A v", "0.1@A -> 2.0.q",            # affirmative: Q two back
+                  "emb@Q -> 1.g0.v", "1.0 Q->A v", "1.0@A -> 2.0.q",            # negated: Q fetched
+                  "0.0 other->A v", "0.0@A -> 1.0.q", "emb@Q -> 1.g0.k", "1.0 Q->A q", "1.0 Q->A k"]
+                 + _NEG_PAIR_KEYS
+                 + ["emb@pre -> 2.g0.k", "emb@pre -> 2.g0.v", "2.0 pre->A q", "2.0 pre->A k", "2.0 pre->A v",
+                    "emb@R -> 1.g1.k", "emb@R -> 1.g1.v", "emb@other -> 1.g1.v", "emb@END -> 1.1.q",
+                    "1.1 R->END q", "1.1 R->END k", "1.1 R->END v", "1.1 other->END v", "1.1 pre->END v",
+                    "1.1@END -> 3.MLP.in", "emb@END -> 3.MLP.in", "0.0@END -> 3.MLP.in", "2.0@END -> 3.MLP.in",
+                    "emb@END -> 3.0.q", "emb@A -> 3.g0.k", "3.0 A->END q", "3.0 A->END k"])
+NEG_TRUE_EDGES: dict[str, dict[str, list[str]]] = {"pair": {"edges": _NEG_PATH, "constant": _NEG_CONSTANT}}
+NEG_DIRECT = "3.0@END -> logits"  # Y / N at END straight to the logits: no effect (lm_head reads the MLP)
+
 
 def fixture_truth(spec: FixtureSpec) -> dict[str, dict[str, list[str]]]:
     """The true edges of the fixture ``spec`` per counterfactual (its family's, mapped to its k/v groups)."""
-    if spec.family == "cls":
-        return {cf: {k: list(v) for k, v in entry.items()} for cf, entry in CLS_TRUE_EDGES.items()}
+    if spec.family in ("cls", "neg"):
+        table = CLS_TRUE_EDGES if spec.family == "cls" else NEG_TRUE_EDGES
+        return {cf: {k: list(v) for k, v in entry.items()} for cf, entry in table.items()}
     return true_edges(spec.n_kv_heads)
 
 
@@ -256,6 +296,8 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
 
     if spec.family == "cls":
         return build_cls_model(spec, records, tokenizer)
+    if spec.family == "neg":
+        return build_neg_model(spec, records, tokenizer)
     records = slice_records(spec) if records is None else records
     words, items = vocabulary(records)
     tok = build_tokenizer(words) if tokenizer is None else tokenizer
@@ -505,6 +547,202 @@ def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     return model, tok
 
 
+def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
+                    tokenizer: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the negation fixture (4 layers, 3 heads), weights set from the spec.
+
+    It answers every row of the cls slice, affirmative and negated ("Can it be inferred from the
+    premise that K does not own V?", "... that the one who owns K is not V?"): Yes iff (the premise
+    holds the pair) XOR (the question is negated). Residual stream ``[tokens | const | M OWN NOT
+    PLAIN | B (items) | NEG AFF | Y N | Z_Y Z_N | answer Yes No]``, one-hot blocks:
+
+    * layer 0, positional (rotary, from ``const``): ``0.0`` previous token, one flag per token:
+      M after a marker (``has``, ``is``, ``are``), OWN after ``own``, NOT after ``not``, PLAIN
+      after any other; ``0.1`` two back, the item into B; ``0.2`` three back, after ``owns`` turns
+      M into PLAIN ("the one who owns K is V": V is no premise pair);
+    * ``1.0`` fetches the negated question's first item into B at the positions after ``own``
+      (four back: "K does not own V") and ``not`` (three back: "... owns K is not V"), a BOS sink
+      elsewhere; ``1.1`` attends every ``not`` (the demonstration row's and the test row's, which
+      share their polarity in this slice: NEG either way) and writes NEG, else the BOS sink: AFF;
+    * ``2.0`` at every token (cls's ``1.0``): query its item and B, keys item, B and M, BOS sink;
+      the pair's second item writes Y, the sink N;
+    * ``3.0`` at END copies Y / N from the question's value A (three back) into Z; the MLP of
+      layer 3 computes the XOR: four units ``silu(G (a + b - 3/2))`` over (Z_Y, Z_N) x (AFF, NEG),
+      each an AND of two one-hots (pre-activation +-g: the silu's tails below e^-g), gated by a
+      constant ``up``; (Z_Y, AFF) and (Z_N, NEG) write the answer's Yes, the others its No.
+
+    Every position carries one flag, one NEG/AFF and one Y/N, so the norms the reads divide by are
+    the same in both polarities (A: 5 blocks before layer 2, 6 after; END 6 at the MLP, 7 at the
+    end) and the answer logit is the margin.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    records = slice_records(spec) if records is None else records
+    words, items = vocabulary(records)
+    tok = build_tokenizer(words) if tokenizer is None else tokenizer
+    V, n = len(tok), len(items)
+    L, H = spec.n_layers, spec.n_heads
+    if (L, H, spec.n_kv_heads) != (4, 3, 3):
+        raise ValueError("the negation fixture is 4 layers of 3 heads, one key/value group per head")
+    vocab = tok.get_vocab()
+    item_id = [vocab.get(w, tok.unk_token_id) for w in items]
+    yes_no = [vocab.get(w, tok.unk_token_id) for w in YES_NO]
+    if tok.unk_token_id in item_id + yes_no or not {"not", "own", "owns"} <= set(vocab):
+        raise ValueError("an item, Yes, No, not, own or owns is not one token of the fixture's tokenizer")
+    C = V                                      # const
+    M, OWN, NOT, PLAIN = V + 1, V + 2, V + 3, V + 4   # the previous token's flag
+    B0 = V + 5                                 # the item two back (the negated question's partner)
+    NEG = B0 + n                               # NEG, AFF: the question is negated (or not)
+    Y0 = NEG + 2                               # Y, N: the pair exists (layer 2's verdict)
+    Z0 = Y0 + 2                                # Y, N moved to END
+    A0 = Z0 + 2                                # the answer's Yes, No
+    d = A0 + 2
+    d += -d % (2 * H)
+    MARK, SINK, OFF = n, n + 1, n + 2          # content slots past the items
+    hd = 2 * (spec.n_pos_pairs + (n + 5) // 2)   # content slots up to OFF + 1 = n + 3
+    cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4, num_hidden_layers=L,
+                      num_attention_heads=H, num_key_value_heads=H, head_dim=hd,
+                      max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, hidden_act="silu",
+                      attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).to(getattr(torch, spec.dtype)).eval()
+    inv_freq = model.model.rotary_emb.inv_freq.double().cpu().numpy()
+    max_len = max(len(tok(r.text)["input_ids"]) for r in records) + 2
+    half = hd // 2
+    worst = float(inv_freq[spec.n_pos_pairs] * max_len)
+    if worst > 0.05:
+        raise ValueError(f"content pairs rotate by {worst:.3f} rad over a prompt: raise rope_theta")
+
+    def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
+        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+
+    def size(n_blocks: int) -> float:  # the normalised size of a one-hot read from n_blocks one-hots
+        return (n_blocks / d) ** -0.5
+
+    def tid(w: str) -> int:
+        return vocab[w]
+
+    root = hd ** 0.25
+    g = spec.match_gap
+    a, b, s_ = 4 * g, 4 * g, 11 * g            # cls's retrieval scores (here at 5-block keys)
+    emb = np.zeros((V, d))
+    emb[np.arange(V), np.arange(V)] = 1.0
+    emb[:, C] = 1.0
+    q = np.zeros((L, H, hd, d))
+    k = np.zeros((L, H, hd, d))
+    v = np.zeros((L, H, hd, d))
+    o = np.zeros((L, d, H, hd))
+
+    def positional(layer: int, head: int, target: int, q_blocks: int, k_blocks: int, src: int = C,
+                   gap_to: float = 2 * g) -> None:
+        """Head (layer, head) attends ``target`` back from the positions whose ``src`` is set: the
+        target's score +gap_to/2, every other position's below -gap_to/2 (an offset slot from const)."""
+        qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, target, max_len)
+        alpha = gap_to / gap
+        qs, ks = root / size(q_blocks), root / size(k_blocks)
+        for i in range(spec.n_pos_pairs):
+            q[layer, head, i, src], q[layer, head, i + half, src] = alpha * qs * qv[i]
+            k[layer, head, i, C], k[layer, head, i + half, C] = ks * kv[i]
+        q[layer, head, slot(OFF + (target % 2)), src] = alpha * qs * (spec.n_pos_pairs - gap / 2)
+        k[layer, head, slot(OFF + (target % 2)), C] = -ks
+
+    # layer 0: previous token (one flag), two back (B), three back (owns: M -> PLAIN); every
+    # embedding has 2 blocks
+    flags = {w: M for w in MARKERS} | {"own": OWN, "not": NOT}
+    for h in range(3):
+        qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
+        amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / size(2)
+        for i in range(spec.n_pos_pairs):
+            q[0, h, i, C], q[0, h, i + half, C] = amp * qv[i]
+            k[0, h, i, C], k[0, h, i + half, C] = amp * kv[i]
+    for t in range(V):
+        w = tok.convert_ids_to_tokens(t)
+        f = flags.get(w, PLAIN)
+        v[0, 0, slot(f - M), t] = 1.0
+    for f in (M, OWN, NOT, PLAIN):
+        o[0, f, 0, slot(f - M)] = 1.0 / size(2)
+    for j, t in enumerate(item_id):
+        v[0, 1, slot(j), t] = 1.0
+        o[0, B0 + j, 1, slot(j)] = 1.0 / size(2)
+    v[0, 2, slot(0), tid("owns")] = 1.0
+    o[0, M, 2, slot(0)] = -1.0 / size(2)
+    o[0, PLAIN, 2, slot(0)] = 1.0 / size(2)
+    # layer 1, 1.0: after own four back, after not three back (query and target: 3 blocks), the
+    # BOS sink (3 blocks) elsewhere: +g from const, -g where a flag is set
+    positional(1, 0, 4, 3, 3, src=OWN)
+    positional(1, 0, 3, 3, 3, src=NOT)
+    q[1, 0, slot(SINK), C] = root / size(3)
+    q[1, 0, slot(SINK), OWN] = q[1, 0, slot(SINK), NOT] = -2 * root / size(3)
+    k[1, 0, slot(SINK), tok.bos_token_id] = g * root / size(3)
+    for j, t in enumerate(item_id):
+        v[1, 0, slot(j), t] = 1.0
+        o[1, B0 + j, 0, slot(j)] = 1.0 / size(3)
+    # 1.1: every not (4 blocks) over the BOS sink (3 blocks) by 2g, the sink over the rest by g
+    q[1, 1, slot(0), C] = q[1, 1, slot(1), C] = root / size(3)
+    k[1, 1, slot(0), tid("not")] = 3 * g * root / size(4)
+    k[1, 1, slot(1), tok.bos_token_id] = g * root / size(3)
+    v[1, 1, slot(0), tid("not")] = 1.0
+    o[1, NEG, 1, slot(0)] = 1.0 / size(4)
+    v[1, 1, slot(1), tok.bos_token_id] = 1.0
+    o[1, NEG + 1, 1, slot(1)] = 1.0 / size(3)
+    # layer 2: the pair's retrieval (cls's 1.0); query item and B (5 blocks at A), keys item, B, M
+    # (5 blocks at a premise pair's second item); BOS (token, const, PLAIN, AFF: 4 blocks) the sink
+    qs, ks = root / size(5), root / size(5)
+    for j, t in enumerate(item_id):
+        q[2, 0, slot(j), t] = q[2, 0, slot(j), B0 + j] = qs
+        k[2, 0, slot(j), t] = k[2, 0, slot(j), B0 + j] = a * ks
+    q[2, 0, slot(MARK), C] = qs
+    k[2, 0, slot(MARK), M] = b * ks
+    q[2, 0, slot(SINK), C] = qs
+    k[2, 0, slot(SINK), tok.bos_token_id] = s_ * root / size(4)
+    v[2, 0, slot(0), M] = 1.0                  # the pair's second item: M -> Y
+    o[2, Y0, 0, slot(0)] = 1.0 / size(5)
+    v[2, 0, slot(1), tok.bos_token_id] = 1.0   # the sink: N
+    o[2, Y0 + 1, 0, slot(1)] = 1.0 / size(4)
+    # layer 3: END (token, const, PLAIN, NEG/AFF, N: 5 blocks) attends A (6 blocks), three back
+    positional(3, 0, 3, 5, 6)
+    for j in range(2):
+        v[3, 0, slot(j), Y0 + j] = 1.0
+        o[3, Z0 + j, 0, slot(j)] = 1.0 / size(6)
+    # the MLP of layer 3 at END (6 blocks): AND units of (Z_Y, Z_N) x (AFF, NEG); pre-activation +-g
+    G = 2 * g
+    gate = np.zeros((4, d))
+    up = np.zeros((4, d))
+    down = np.zeros((d, 4))
+    units = [(Z0, NEG + 1, A0), (Z0 + 1, NEG, A0), (Z0, NEG, A0 + 1), (Z0 + 1, NEG + 1, A0 + 1)]  # (verdict, flag, answer)
+    for u, (z, f, ans) in enumerate(units):
+        gate[u, z] = gate[u, f] = G / size(6)
+        gate[u, C] = -1.5 * G / size(6)
+        up[u, C] = 1.0 / size(6)
+        down[ans, u] = 1.0 / (g * (1.0 / (1.0 + np.exp(-g))))   # silu(g) = g sigmoid(g): the answer 1
+    lm = np.zeros((V, d))
+    for j, t in enumerate(yes_no):             # END: token, const, PLAIN, NEG/AFF, N, Z, answer: 7 blocks
+        lm[t, A0 + j] = spec.margin / size(7)
+    t = getattr(torch, spec.dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
+        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
+        model.model.norm.weight.fill_(1.0)
+        for i, layer in enumerate(model.model.layers):
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+            at = layer.self_attn
+            at.q_proj.weight.copy_(torch.tensor(q[i].reshape(H * hd, d), dtype=t))
+            at.k_proj.weight.copy_(torch.tensor(k[i].reshape(H * hd, d), dtype=t))
+            at.v_proj.weight.copy_(torch.tensor(v[i].reshape(H * hd, d), dtype=t))
+            at.o_proj.weight.copy_(torch.tensor(o[i].reshape(d, H * hd), dtype=t))
+        mlp = model.model.layers[3].mlp
+        mlp.gate_proj.weight.copy_(torch.tensor(gate, dtype=t))
+        mlp.up_proj.weight.copy_(torch.tensor(up, dtype=t))
+        mlp.down_proj.weight.copy_(torch.tensor(down, dtype=t))
+    model.requires_grad_(False)
+    return model, tok
+
+
 def truth_json(spec: FixtureSpec) -> dict[str, Any]:
     """The fixture's truth file: its true edges per counterfactual, in ``gar circuit``'s names."""
     return {"format": TRUTH_FORMAT, "version": TRUTH_VERSION, "fixture": asdict(spec),
@@ -518,7 +756,13 @@ MECHANISMS = {
            "value the attended token -> answer; lm_head reads the answer",
     "cls": "0.0 previous token -> marker flag M, 0.1 two back -> B, 0.2 three back cancels M after owns; "
            "1.0 at the question's value: query its item and B, keys item, B and M, BOS sink; the pair's "
-           "second item writes Y, the sink N; 2.0 at END copies them three back; lm_head reads Yes / No"}
+           "second item writes Y, the sink N; 2.0 at END copies them three back; lm_head reads Yes / No",
+    "neg": "0.0 previous token -> one flag (marker M, own, not, plain), 0.1 two back -> B, 0.2 three back "
+           "turns M into plain after owns; 1.0 fetches the negated question's first item into B (four back "
+           "after own, three back after not), 1.1 flags NEG (any not) or AFF (BOS sink); 2.0 at the question's "
+           "value: cls's match, Y or N; 3.0 at END copies Y / N three back; the MLP of layer 3 computes "
+           "(Y, AFF) or (N, NEG) -> Yes, else No; lm_head reads Yes / No (so the direct edge 3.0@END -> logits "
+           "has no effect: not a true edge)"}
 
 
 def save_fixture(name: str, out: str | Path) -> Path:
@@ -686,7 +930,7 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
-__all__ = ["CLS_TRUE_EDGES", "FixtureSpec", "SPECS", "TRUE_EDGES", "TRUTH_FILE", "auroc", "build_cls_model",
-           "build_model", "build_tokenizer", "fixture_truth",
+__all__ = ["CLS_TRUE_EDGES", "FixtureSpec", "NEG_DIRECT", "NEG_TRUE_EDGES", "SPECS", "TRUE_EDGES", "TRUTH_FILE",
+           "auroc", "build_cls_model", "build_model", "build_neg_model", "build_tokenizer", "fixture_truth",
            "edge_indices", "load_truth", "save_fixture", "score_against_truth", "slice_records", "truth_circuit",
            "true_edges", "truth_edges", "truth_json", "truth_scores", "vocabulary"]
