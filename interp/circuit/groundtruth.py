@@ -69,7 +69,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -289,11 +289,111 @@ def _positional(inv_freq: np.ndarray, n_pairs: int, target: int, max_len: int) -
     return q, k, gap
 
 
-def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None, tokenizer: Any = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` of the fixture, weights set from the spec (deterministic)."""
+def set_positional_heads(q0: np.ndarray, k0: np.ndarray, heads: Iterable[int], spec: FixtureSpec,
+                         inv_freq: np.ndarray, max_len: int, const: int) -> None:
+    """Layer-0 positional heads of the cls fixtures (``[head, hd, d]`` arrays of one layer): head ``h``
+    attends ``h + 1`` back, its target's score ahead by ``pos_gap``, from the const block (2-block
+    embeddings)."""
+    hd, d = q0.shape[1], q0.shape[2]
+    half, root = hd // 2, hd ** 0.25
+    for h in heads:
+        qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
+        amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / (2 / d) ** -0.5
+        for i in range(spec.n_pos_pairs):
+            q0[h, i, const], q0[h, i + half, const] = amp * qv[i]
+            k0[h, i, const], k0[h, i + half, const] = amp * kv[i]
+
+
+def set_pair_match(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray, spec: FixtureSpec,
+                   item_id: Sequence[int], bos: int, blocks: tuple[int, int, int],
+                   at: dict[str, int], scores: tuple[float, float, float]) -> None:
+    """Head 0 of one layer (``q/k/v [head, hd, d]``, ``o [d, head, hd]``) finds the premise pair of a
+    question's value: query its item and B, keys each token's item and B (either order) and M,
+    ``scores`` ``(a, b, s)`` for an item match, the marker and the BOS sink; the pair's second item
+    writes Y, the sink N. ``blocks``: the one-hot blocks of the query, of a premise pair's second
+    item and of BOS; ``at``: the stream indices ``C``, ``M``, ``B0``, ``Y0`` and the content slots
+    ``MARK``, ``SINK``."""
+    hd, d = q.shape[1], q.shape[2]
+    half, root = hd // 2, hd ** 0.25
+
+    def slot(j: int) -> int:
+        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+
+    def size(n_blocks: int) -> float:
+        return (n_blocks / d) ** -0.5
+
+    a, b, s_ = scores
+    nq, nk, nb = blocks
+    qs, ks = root / size(nq), root / size(nk)
+    for j, t in enumerate(item_id):
+        q[0, slot(j), t] = q[0, slot(j), at["B0"] + j] = qs
+        k[0, slot(j), t] = k[0, slot(j), at["B0"] + j] = a * ks
+    q[0, slot(at["MARK"]), at["C"]] = qs
+    k[0, slot(at["MARK"]), at["M"]] = b * ks
+    q[0, slot(at["SINK"]), at["C"]] = qs
+    k[0, slot(at["SINK"]), bos] = s_ * root / size(nb)
+    v[0, slot(0), at["M"]] = 1.0               # the pair's second item: M -> Y
+    o[at["Y0"], 0, slot(0)] = 1.0 / size(nk)
+    v[0, slot(1), bos] = 1.0                   # the sink: N
+    o[at["Y0"] + 1, 0, slot(1)] = 1.0 / size(nb)
+
+
+def blank_llama(spec: FixtureSpec, tok: Any, records: Sequence["GARRecord"], d: int, hd: int, n_layers: int,
+                n_heads: int, n_kv_heads: int) -> tuple[Any, np.ndarray, int]:
+    """``(model, rotary inverse frequencies, longest prompt + 2)``: a fixture's eager Llama of these
+    sizes (MLP width 4, no biases, untied unembedding), its weights still to be set. Refuses a
+    ``rope_theta`` under which the content pairs (past ``n_pos_pairs``) rotate over a prompt."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=d, intermediate_size=4, num_hidden_layers=n_layers,
+                      num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, head_dim=hd,
+                      max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, hidden_act="silu",
+                      attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).to(getattr(torch, spec.dtype)).eval()
+    inv_freq = model.model.rotary_emb.inv_freq.double().cpu().numpy()
+    max_len = max(len(tok(r.text)["input_ids"]) for r in records) + 2
+    worst = float(inv_freq[spec.n_pos_pairs] * max_len)
+    if worst > 0.05:
+        raise ValueError(f"content pairs rotate by {worst:.3f} rad over a prompt: raise rope_theta")
+    return model, inv_freq, max_len
+
+
+def set_weights(model: Any, dtype: str, emb: np.ndarray, lm: np.ndarray, layers: Iterable[Sequence[np.ndarray]],
+                mlps: dict[int, Sequence[np.ndarray]] | None = None) -> None:
+    """Zero every parameter of a fixture's Llama, then set its embedding, unembedding, per-layer
+    ``(q, k, v, o)`` (heads and groups folded into the rows / columns) and ``mlps`` (layer ->
+    ``(gate, up, down)``); every norm's gain is 1. The one place the builders' arrays meet torch."""
+    import torch
+
+    t = getattr(torch, dtype)
+    d = emb.shape[1]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
+        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
+        model.model.norm.weight.fill_(1.0)
+        for layer, (q, k, v, o) in zip(model.model.layers, layers):
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+            at = layer.self_attn
+            at.q_proj.weight.copy_(torch.tensor(q.reshape(-1, d), dtype=t))
+            at.k_proj.weight.copy_(torch.tensor(k.reshape(-1, d), dtype=t))
+            at.v_proj.weight.copy_(torch.tensor(v.reshape(-1, d), dtype=t))
+            at.o_proj.weight.copy_(torch.tensor(o.reshape(d, -1), dtype=t))
+        for i, (gate, up, down) in (mlps or {}).items():
+            mlp = model.model.layers[i].mlp
+            mlp.gate_proj.weight.copy_(torch.tensor(gate, dtype=t))
+            mlp.up_proj.weight.copy_(torch.tensor(up, dtype=t))
+            mlp.down_proj.weight.copy_(torch.tensor(down, dtype=t))
+    model.requires_grad_(False)
+
+
+def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None, tokenizer: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the fixture, weights set from the spec (deterministic)."""
     if spec.family == "cls":
         return build_cls_model(spec, records, tokenizer)
     if spec.family == "neg":
@@ -314,18 +414,8 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
     A0 = B0 + n                                # A: the answer
     d = A0 + n
     d += d % 2
-    cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4, num_hidden_layers=N_LAYERS,
-                      num_attention_heads=N_HEADS, num_key_value_heads=G, head_dim=hd,
-                      max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="eager")
-    model = LlamaForCausalLM(cfg).to(getattr(torch, spec.dtype)).eval()
-    inv_freq = model.model.rotary_emb.inv_freq.double().cpu().numpy()
-    max_len = max(len(tok(r.text)["input_ids"]) for r in records) + 2
+    model, inv_freq, max_len = blank_llama(spec, tok, records, d, hd, N_LAYERS, N_HEADS, G)
     half = hd // 2
-    worst = float(inv_freq[spec.n_pos_pairs] * max_len)
-    if worst > 0.05:
-        raise ValueError(f"content pairs rotate by {worst:.3f} rad over a prompt: raise rope_theta")
 
     def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
         return spec.n_pos_pairs + j // 2 + (j % 2) * half
@@ -392,22 +482,7 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
         layers.append((q, k, v, o))
     for j, t in enumerate(item_id):
         lm[t, A0 + j] = spec.margin / size(4)
-    t = getattr(torch, spec.dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
-        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
-        model.model.norm.weight.fill_(1.0)
-        for layer, (q, k, v, o) in zip(model.model.layers, layers):
-            layer.input_layernorm.weight.fill_(1.0)
-            layer.post_attention_layernorm.weight.fill_(1.0)
-            a = layer.self_attn
-            a.q_proj.weight.copy_(torch.tensor(q.reshape(N_HEADS * hd, d), dtype=t))
-            a.k_proj.weight.copy_(torch.tensor(k.reshape(G * hd, d), dtype=t))
-            a.v_proj.weight.copy_(torch.tensor(v.reshape(G * hd, d), dtype=t))
-            a.o_proj.weight.copy_(torch.tensor(o.reshape(d, N_HEADS * hd), dtype=t))
-    model.requires_grad_(False)
+    set_weights(model, spec.dtype, emb, lm, layers)
     return model, tok
 
 
@@ -432,9 +507,6 @@ def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     Every norm the reads divide by is known (A has 3 blocks before layer 1 and 4 after it, a
     premise pair's second item 4, BOS 2, END 4 at the end), so the answer logit is the margin.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     records = slice_records(spec) if records is None else records
     words, items = vocabulary(records)
     tok = build_tokenizer(words) if tokenizer is None else tokenizer
@@ -453,18 +525,8 @@ def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     d += -d % (2 * H)                          # even, and a multiple of the heads (the config checks it)
     MARK, SINK, OFF = n, n + 1, n + 2          # content slots past the items
     hd = 2 * (spec.n_pos_pairs + (n + 4) // 2)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4, num_hidden_layers=L,
-                      num_attention_heads=H, num_key_value_heads=H, head_dim=hd,
-                      max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, attn_implementation="eager")
-    model = LlamaForCausalLM(cfg).to(getattr(torch, spec.dtype)).eval()
-    inv_freq = model.model.rotary_emb.inv_freq.double().cpu().numpy()
-    max_len = max(len(tok(r.text)["input_ids"]) for r in records) + 2
+    model, inv_freq, max_len = blank_llama(spec, tok, records, d, hd, L, H, H)
     half = hd // 2
-    worst = float(inv_freq[spec.n_pos_pairs] * max_len)
-    if worst > 0.05:
-        raise ValueError(f"content pairs rotate by {worst:.3f} rad over a prompt: raise rope_theta")
 
     def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
         return spec.n_pos_pairs + j // 2 + (j % 2) * half
@@ -485,12 +547,9 @@ def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     k = np.zeros((L, H, hd, d))
     v = np.zeros((L, H, hd, d))
     o = np.zeros((L, d, H, hd))
-    for h in range(H):  # layer 0: previous token (M +1 after a marker), two back (B), three back (M -1 after owns)
-        qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
-        amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / size(2)
-        for i in range(spec.n_pos_pairs):
-            q[0, h, i, C], q[0, h, i + half, C] = amp * qv[i]
-            k[0, h, i, C], k[0, h, i + half, C] = amp * kv[i]
+    # layer 0: previous token (M +1 after a marker), two back (B), three back (M -1 after owns)
+    set_positional_heads(q[0], k[0], range(H), spec, inv_freq, max_len, C)
+    for h in range(H):
         if h == 1:
             for j, t in enumerate(item_id):
                 v[0, h, slot(j), t] = 1.0
@@ -501,18 +560,8 @@ def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
                     v[0, h, slot(MARK), tok.convert_tokens_to_ids(w)] = 1.0
             o[0, M, h, slot(MARK)] = (1.0 if h == 0 else -1.0) / size(2)
     # layer 1: the pair's retrieval; query item and B (3 blocks at A), keys item, B and M
-    qs, ks = root / size(3), root / size(4)
-    for j, t in enumerate(item_id):
-        q[1, 0, slot(j), t] = q[1, 0, slot(j), B0 + j] = qs
-        k[1, 0, slot(j), t] = k[1, 0, slot(j), B0 + j] = a * ks
-    q[1, 0, slot(MARK), C] = qs
-    k[1, 0, slot(MARK), M] = b * ks
-    q[1, 0, slot(SINK), C] = qs
-    k[1, 0, slot(SINK), tok.bos_token_id] = s_ * root / size(2)
-    v[1, 0, slot(0), M] = 1.0                  # the pair's second item: M -> Y
-    o[1, Y0, 0, slot(0)] = 1.0 / size(4)
-    v[1, 0, slot(1), tok.bos_token_id] = 1.0   # the sink: N
-    o[1, Y0 + 1, 0, slot(1)] = 1.0 / size(2)
+    set_pair_match(q[1], k[1], v[1], o[1], spec, item_id, tok.bos_token_id, (3, 4, 2),
+                   {"C": C, "M": M, "B0": B0, "Y0": Y0, "MARK": MARK, "SINK": SINK}, (a, b, s_))
     # layer 2: END (3 blocks) attends A (4 blocks), three back; the offset slot puts every other
     # token's positional score below zero, whatever its norm
     qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 3, max_len)
@@ -528,22 +577,7 @@ def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     lm = np.zeros((V, d))
     for j, t in enumerate(yes_no):             # END: token, const, N (layer 1's sink), answer: 4 blocks
         lm[t, A0 + j] = spec.margin / size(4)
-    t = getattr(torch, spec.dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
-        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
-        model.model.norm.weight.fill_(1.0)
-        for i, layer in enumerate(model.model.layers):
-            layer.input_layernorm.weight.fill_(1.0)
-            layer.post_attention_layernorm.weight.fill_(1.0)
-            at = layer.self_attn
-            at.q_proj.weight.copy_(torch.tensor(q[i].reshape(H * hd, d), dtype=t))
-            at.k_proj.weight.copy_(torch.tensor(k[i].reshape(H * hd, d), dtype=t))
-            at.v_proj.weight.copy_(torch.tensor(v[i].reshape(H * hd, d), dtype=t))
-            at.o_proj.weight.copy_(torch.tensor(o[i].reshape(d, H * hd), dtype=t))
-    model.requires_grad_(False)
+    set_weights(model, spec.dtype, emb, lm, zip(q, k, v, o))
     return model, tok
 
 
@@ -575,9 +609,6 @@ def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     the same in both polarities (A: 5 blocks before layer 2, 6 after; END 6 at the MLP, 7 at the
     end) and the answer logit is the margin.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     records = slice_records(spec) if records is None else records
     words, items = vocabulary(records)
     tok = build_tokenizer(words) if tokenizer is None else tokenizer
@@ -601,19 +632,8 @@ def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     d += -d % (2 * H)
     MARK, SINK, OFF = n, n + 1, n + 2          # content slots past the items
     hd = 2 * (spec.n_pos_pairs + (n + 5) // 2)   # content slots up to OFF + 1 = n + 3
-    cfg = LlamaConfig(vocab_size=V, hidden_size=d, intermediate_size=4, num_hidden_layers=L,
-                      num_attention_heads=H, num_key_value_heads=H, head_dim=hd,
-                      max_position_embeddings=512, rope_theta=spec.rope_theta, rms_norm_eps=1e-6,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      tie_word_embeddings=False, attention_bias=False, mlp_bias=False, hidden_act="silu",
-                      attn_implementation="eager")
-    model = LlamaForCausalLM(cfg).to(getattr(torch, spec.dtype)).eval()
-    inv_freq = model.model.rotary_emb.inv_freq.double().cpu().numpy()
-    max_len = max(len(tok(r.text)["input_ids"]) for r in records) + 2
+    model, inv_freq, max_len = blank_llama(spec, tok, records, d, hd, L, H, H)
     half = hd // 2
-    worst = float(inv_freq[spec.n_pos_pairs] * max_len)
-    if worst > 0.05:
-        raise ValueError(f"content pairs rotate by {worst:.3f} rad over a prompt: raise rope_theta")
 
     def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
         return spec.n_pos_pairs + j // 2 + (j % 2) * half
@@ -651,12 +671,7 @@ def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     # layer 0: previous token (one flag), two back (B), three back (owns: M -> PLAIN); every
     # embedding has 2 blocks
     flags = {w: M for w in MARKERS} | {"own": OWN, "not": NOT}
-    for h in range(3):
-        qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
-        amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / size(2)
-        for i in range(spec.n_pos_pairs):
-            q[0, h, i, C], q[0, h, i + half, C] = amp * qv[i]
-            k[0, h, i, C], k[0, h, i + half, C] = amp * kv[i]
+    set_positional_heads(q[0], k[0], range(3), spec, inv_freq, max_len, C)
     for t in range(V):
         w = tok.convert_ids_to_tokens(t)
         f = flags.get(w, PLAIN)
@@ -689,18 +704,8 @@ def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     o[1, NEG + 1, 1, slot(1)] = 1.0 / size(3)
     # layer 2: the pair's retrieval (cls's 1.0); query item and B (5 blocks at A), keys item, B, M
     # (5 blocks at a premise pair's second item); BOS (token, const, PLAIN, AFF: 4 blocks) the sink
-    qs, ks = root / size(5), root / size(5)
-    for j, t in enumerate(item_id):
-        q[2, 0, slot(j), t] = q[2, 0, slot(j), B0 + j] = qs
-        k[2, 0, slot(j), t] = k[2, 0, slot(j), B0 + j] = a * ks
-    q[2, 0, slot(MARK), C] = qs
-    k[2, 0, slot(MARK), M] = b * ks
-    q[2, 0, slot(SINK), C] = qs
-    k[2, 0, slot(SINK), tok.bos_token_id] = s_ * root / size(4)
-    v[2, 0, slot(0), M] = 1.0                  # the pair's second item: M -> Y
-    o[2, Y0, 0, slot(0)] = 1.0 / size(5)
-    v[2, 0, slot(1), tok.bos_token_id] = 1.0   # the sink: N
-    o[2, Y0 + 1, 0, slot(1)] = 1.0 / size(4)
+    set_pair_match(q[2], k[2], v[2], o[2], spec, item_id, tok.bos_token_id, (5, 5, 4),
+                   {"C": C, "M": M, "B0": B0, "Y0": Y0, "MARK": MARK, "SINK": SINK}, (a, b, s_))
     # layer 3: END (token, const, PLAIN, NEG/AFF, N: 5 blocks) attends A (6 blocks), three back
     positional(3, 0, 3, 5, 6)
     for j in range(2):
@@ -720,26 +725,7 @@ def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     lm = np.zeros((V, d))
     for j, t in enumerate(yes_no):             # END: token, const, PLAIN, NEG/AFF, N, Z, answer: 7 blocks
         lm[t, A0 + j] = spec.margin / size(7)
-    t = getattr(torch, spec.dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.model.embed_tokens.weight.copy_(torch.tensor(emb, dtype=t))
-        model.lm_head.weight.copy_(torch.tensor(lm, dtype=t))
-        model.model.norm.weight.fill_(1.0)
-        for i, layer in enumerate(model.model.layers):
-            layer.input_layernorm.weight.fill_(1.0)
-            layer.post_attention_layernorm.weight.fill_(1.0)
-            at = layer.self_attn
-            at.q_proj.weight.copy_(torch.tensor(q[i].reshape(H * hd, d), dtype=t))
-            at.k_proj.weight.copy_(torch.tensor(k[i].reshape(H * hd, d), dtype=t))
-            at.v_proj.weight.copy_(torch.tensor(v[i].reshape(H * hd, d), dtype=t))
-            at.o_proj.weight.copy_(torch.tensor(o[i].reshape(d, H * hd), dtype=t))
-        mlp = model.model.layers[3].mlp
-        mlp.gate_proj.weight.copy_(torch.tensor(gate, dtype=t))
-        mlp.up_proj.weight.copy_(torch.tensor(up, dtype=t))
-        mlp.down_proj.weight.copy_(torch.tensor(down, dtype=t))
-    model.requires_grad_(False)
+    set_weights(model, spec.dtype, emb, lm, zip(q, k, v, o), {3: (gate, up, down)})
     return model, tok
 
 
