@@ -289,6 +289,18 @@ def _positional(inv_freq: np.ndarray, n_pairs: int, target: int, max_len: int) -
     return q, k, gap
 
 
+def content_slot(spec: FixtureSpec, hd: int, j: int) -> int:
+    """Content slot ``j`` of a head of width ``hd``: one coordinate of rotary pair
+    ``n_pos_pairs + j // 2`` (the pairs past the positional ones barely rotate over a prompt)."""
+    return spec.n_pos_pairs + j // 2 + (j % 2) * (hd // 2)
+
+
+def block_size(d: int, n_blocks: int) -> float:
+    """The normalised size of a one-hot read from a stream of width ``d`` holding ``n_blocks``
+    one-hots (what a unit RMSNorm leaves of each)."""
+    return (n_blocks / d) ** -0.5
+
+
 def set_positional_heads(q0: np.ndarray, k0: np.ndarray, heads: Iterable[int], spec: FixtureSpec,
                          inv_freq: np.ndarray, max_len: int, const: int) -> None:
     """Layer-0 positional heads of the cls fixtures (``[head, hd, d]`` arrays of one layer): head ``h``
@@ -298,7 +310,7 @@ def set_positional_heads(q0: np.ndarray, k0: np.ndarray, heads: Iterable[int], s
     half, root = hd // 2, hd ** 0.25
     for h in heads:
         qv, kv, gap = _positional(inv_freq, spec.n_pos_pairs, 1 + h, max_len)
-        amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / (2 / d) ** -0.5
+        amp = (spec.pos_gap * root ** 2 / gap) ** 0.5 / block_size(d, 2)
         for i in range(spec.n_pos_pairs):
             q0[h, i, const], q0[h, i + half, const] = amp * qv[i]
             k0[h, i, const], k0[h, i + half, const] = amp * kv[i]
@@ -314,13 +326,13 @@ def set_pair_match(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray, s
     item and of BOS; ``at``: the stream indices ``C``, ``M``, ``B0``, ``Y0`` and the content slots
     ``MARK``, ``SINK``."""
     hd, d = q.shape[1], q.shape[2]
-    half, root = hd // 2, hd ** 0.25
+    root = hd ** 0.25
 
     def slot(j: int) -> int:
-        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+        return content_slot(spec, hd, j)
 
     def size(n_blocks: int) -> float:
-        return (n_blocks / d) ** -0.5
+        return block_size(d, n_blocks)
 
     a, b, s_ = scores
     nq, nk, nb = blocks
@@ -417,16 +429,16 @@ def build_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = None,
     model, inv_freq, max_len = blank_llama(spec, tok, records, d, hd, N_LAYERS, N_HEADS, G)
     half = hd // 2
 
-    def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
-        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+    def slot(j: int) -> int:
+        return content_slot(spec, hd, j)
 
     MARK, SINK = n, n + 1
     item_id = [tok.convert_tokens_to_ids(w) for w in items]
     if tok.unk_token_id in item_id:
         raise ValueError("an item is not one token of the fixture's tokenizer")
 
-    def size(n_blocks: int) -> float:  # the normalised size of a one-hot read from n_blocks one-hots
-        return (n_blocks / d) ** -0.5
+    def size(n_blocks: int) -> float:
+        return block_size(d, n_blocks)
 
     root = hd ** 0.25                          # q.k / sqrt(hd): each side carries hd ** 0.25
     g = spec.match_gap
@@ -528,11 +540,11 @@ def build_cls_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     model, inv_freq, max_len = blank_llama(spec, tok, records, d, hd, L, H, H)
     half = hd // 2
 
-    def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
-        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+    def slot(j: int) -> int:
+        return content_slot(spec, hd, j)
 
-    def size(n_blocks: int) -> float:  # the normalised size of a one-hot read from n_blocks one-hots
-        return (n_blocks / d) ** -0.5
+    def size(n_blocks: int) -> float:
+        return block_size(d, n_blocks)
 
     root = hd ** 0.25
     g = spec.match_gap
@@ -635,11 +647,11 @@ def build_neg_model(spec: FixtureSpec, records: Sequence["GARRecord"] | None = N
     model, inv_freq, max_len = blank_llama(spec, tok, records, d, hd, L, H, H)
     half = hd // 2
 
-    def slot(j: int) -> int:  # content slot j: one coordinate of rotary pair n_pos_pairs + j // 2
-        return spec.n_pos_pairs + j // 2 + (j % 2) * half
+    def slot(j: int) -> int:
+        return content_slot(spec, hd, j)
 
-    def size(n_blocks: int) -> float:  # the normalised size of a one-hot read from n_blocks one-hots
-        return (n_blocks / d) ** -0.5
+    def size(n_blocks: int) -> float:
+        return block_size(d, n_blocks)
 
     def tid(w: str) -> int:
         return vocab[w]
